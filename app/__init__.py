@@ -1,0 +1,24 @@
+"""The taskq API: ``create_app()`` wires config, database, auth, limits, cache and blueprints."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask
+
+from app.config import load_config
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask app; ``test_config`` overrides settings from the environment."""
+    app = Flask(__name__)
+    app.config.from_mapping(load_config(test_config))
+    app.url_map.strict_slashes = False
+    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
+
+    from app import db, errors, health
+
+    for module in (errors, db, health):
+        module.init_app(app)
+    return app

@@ -1,0 +1,63 @@
+"""Flask settings: defaults, then the environment (and .env), then overrides.
+
+Every setting is read and checked here, once, at start-up: a malformed value
+stops the process with a clear message instead of failing a request later.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import timedelta
+from typing import Any
+
+from taskq.settings import (
+    SettingError,
+    allow_private_urls,
+    env,
+    env_bool,
+    env_float,
+    env_int,
+    libpq_url,
+)
+
+
+def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the app config from the environment, with ``overrides`` on top."""
+    overrides = dict(overrides or {})
+    environment = overrides.get("TASKQ_ENV") or env("TASKQ_ENV", "production")
+    secret = overrides.get("JWT_SECRET_KEY") or env("JWT_SECRET_KEY")
+    if not secret:
+        if environment not in {"development", "test"}:
+            raise SettingError("JWT_SECRET_KEY is required outside development (TASKQ_ENV)")
+        secret = secrets.token_urlsafe(32)
+    database_url = overrides.get("DATABASE_URL") or env("DATABASE_URL")
+    config: dict[str, Any] = {
+        "TASKQ_ENV": environment,
+        "DATABASE_URL": libpq_url(database_url) if database_url else None,
+        "DB_POOL_MIN": env_int("TASKQ_DB_POOL_MIN", 1, minimum=0),
+        "DB_POOL_MAX": env_int("TASKQ_DB_POOL_MAX", 10, minimum=1),
+        "DB_POOL_TIMEOUT": env_float("TASKQ_DB_POOL_TIMEOUT", 5.0, minimum=0.1),
+        "REDIS_URL": env("REDIS_URL"),
+        "SECRET_KEY": secret,
+        "JWT_SECRET_KEY": secret,
+        "JWT_ACCESS_TOKEN_EXPIRES": timedelta(
+            seconds=env_int("TASKQ_ACCESS_TOKEN_SECONDS", 15 * 60, minimum=10)
+        ),
+        "JWT_REFRESH_TOKEN_EXPIRES": timedelta(
+            seconds=env_int("TASKQ_REFRESH_TOKEN_SECONDS", 7 * 24 * 3600, minimum=60)
+        ),
+        "JWT_TOKEN_LOCATION": ["headers"],
+        "MAX_CONTENT_LENGTH": env_int("TASKQ_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
+        "TASKQ_MAX_BATCH": env_int("TASKQ_MAX_BATCH", 1000, minimum=1),
+        "TASKQ_PAGE_SIZE": env_int("TASKQ_PAGE_SIZE", 20, minimum=1),
+        "TASKQ_MAX_PAGE_SIZE": env_int("TASKQ_MAX_PAGE_SIZE", 100, minimum=1),
+        "TASKQ_CACHE_TTL": env_int("TASKQ_CACHE_TTL", 300, minimum=1),
+        "TASKQ_ALLOW_PRIVATE_URLS": allow_private_urls(),
+        "TASKQ_PROXY_HOPS": env_int("TASKQ_PROXY_HOPS", 0, minimum=0),
+        "RATELIMIT_ENABLED": env_bool("TASKQ_RATELIMIT_ENABLED", True),
+        "TASKQ_RATELIMIT_DEFAULT": env("TASKQ_RATELIMIT_DEFAULT", "6000/minute"),
+        "TASKQ_RATELIMIT_AUTH": env("TASKQ_RATELIMIT_AUTH", "20/minute;60/hour"),
+        "JSON_SORT_KEYS": False,
+    }
+    config.update(overrides)
+    return config

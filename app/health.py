@@ -1,0 +1,45 @@
+"""Liveness and readiness: /healthz (process up), /readyz (Postgres, migrations, Redis)."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, current_app, jsonify
+
+from app.db import get_conn
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is up and serving."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready when Postgres answers and is migrated to head; Redis is reported when configured."""
+    from taskq.migrate import head_revision
+
+    checks: dict[str, str] = {}
+    ready = True
+    try:
+        with get_conn() as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        revision = row["version_num"] if row else None
+        head = head_revision()
+        checks["postgres"] = "ok"
+        checks["migrations"] = "ok" if revision == head else f"at {revision}, head is {head}"
+        ready = revision == head
+    except Exception as exc:  # any failure means not ready; the reason is reported
+        checks["postgres"] = f"unavailable: {type(exc).__name__}"
+        ready = False
+    redis_check = current_app.extensions.get("taskq_redis_check")
+    if current_app.config.get("REDIS_URL") and redis_check is not None:
+        checks["redis"] = "ok" if redis_check() else "unavailable (cache off, limits per process)"
+    body = {"status": "ready" if ready else "not ready", "checks": checks}
+    return jsonify(body), 200 if ready else 503
+
+
+def init_app(app: Flask) -> None:
+    """Register the health endpoints (outside /api/v1)."""
+    app.register_blueprint(bp)

@@ -1,0 +1,111 @@
+"""Real services for the tests.
+
+Postgres: ``TEST_DATABASE_URL`` when set, else a testcontainers Postgres when
+Docker answers, else the embedded ``pgserver``. A template database is
+migrated once per session; each test that asks for ``database_url`` gets its
+own ``CREATE DATABASE … TEMPLATE …`` copy, dropped ``WITH (FORCE)`` after, so
+tests are isolated and two connections can really race for rows.
+
+Redis: ``TEST_REDIS_URL`` (default redis://127.0.0.1:6379/15). Tests that need
+it skip when none answers, unless ``TASKQ_REQUIRE_REDIS`` is set (CI sets it).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psycopg
+import pytest
+
+from taskq.migrate import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> Iterator[str]:
+    """URL of a Postgres server the tests may create databases on."""
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if _docker_available():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    from taskq.embedded import start_embedded_postgres
+
+    yield start_embedded_postgres(ROOT / ".taskq" / "test-pgdata")
+
+
+def with_database(url: str, dbname: str) -> str:
+    """``url`` pointing at database ``dbname`` instead."""
+    return urlsplit(url)._replace(path="/" + dbname).geturl()
+
+
+def admin_execute(server_url: str, statement: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture(scope="session")
+def template_database(pg_server_url: str) -> Iterator[str]:
+    """Name of a database migrated to head once for the session."""
+    name = f"taskq_tpl_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin_execute(pg_server_url, f'CREATE DATABASE "{name}"')
+    upgrade(with_database(pg_server_url, name))
+    yield name
+    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(pg_server_url: str, template_database: str) -> Iterator[str]:
+    """A fresh migrated database for this test alone; its libpq URL."""
+    name = f"taskq_t_{uuid.uuid4().hex[:12]}"
+    admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    yield with_database(pg_server_url, name)
+    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test's database, rows as dicts."""
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
+        yield conn
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis database for this test, flushed before and after."""
+    import redis
+
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if os.environ.get("TASKQ_REQUIRE_REDIS"):
+            pytest.fail(f"TASKQ_REQUIRE_REDIS is set but Redis at {url} does not answer: {exc}")
+        pytest.skip(f"no Redis at {url}: {exc}")
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
