@@ -87,9 +87,7 @@ class TokenBlocklist(Base):
     __tablename__ = "token_blocklist"
     jti: Mapped[str] = mapped_column(Text, primary_key=True)
     token_type: Mapped[str] = mapped_column(Text)
-    user_id: Mapped[int] = mapped_column(
-        BigInteger, ForeignKey("users.id", ondelete="CASCADE")
-    )
+    user_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("users.id", ondelete="CASCADE"))
     expires_at: Mapped[datetime] = mapped_column(TZ, index=True)
     revoked_at: Mapped[datetime] = now_default()
 

@@ -1,0 +1,85 @@
+"""The ``taskq`` command line: up, migrate, api, worker, create-admin, list-tasks, stats, bench.
+
+Each command imports only what it runs: ``taskq worker`` never loads Flask.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from taskq.settings import SettingError, database_url
+
+
+@click.group()
+def main() -> None:
+    """taskq: a task queue and notification service on PostgreSQL alone."""
+
+
+def fail(message: str) -> None:
+    click.echo(f"taskq: {message}", err=True)
+    sys.exit(2)
+
+
+def required_database_url() -> str:
+    try:
+        return database_url()
+    except SettingError as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the migrations (alembic upgrade head) to DATABASE_URL."""
+    from taskq.migrate import upgrade
+
+    upgrade(required_database_url())
+    click.echo("database migrated to head")
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="HOST:PORT")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="processes")
+def api(bind: str, workers: int) -> None:
+    """Serve the API under gunicorn."""
+    from taskq.serve import serve_api
+
+    required_database_url()
+    serve_api(bind=bind, workers=workers)
+
+
+@main.command("create-admin")
+@click.argument("username")
+@click.option("--email", default=None, help="defaults to USERNAME@localhost")
+@click.option("--password-stdin", is_flag=True, help="read the password from standard input")
+def create_admin(username: str, email: str | None, password_stdin: bool) -> None:
+    """Create an admin user (or make an existing user admin and set its password)."""
+    from taskq.admin import create_admin_user
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        user_id = create_admin_user(required_database_url(), username, email, password)
+    except ValueError as exc:
+        fail(str(exc))
+    click.echo(f"admin {username} (id {user_id}) ready")
+
+
+@main.command()
+@click.option("--bind", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of the API")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="API procs")
+@click.option("--concurrency", default=None, type=click.IntRange(1), help="worker children")
+def up(bind: str, workers: int, concurrency: int | None) -> None:
+    """Everything on one machine: embedded Postgres if needed, migrations, API and worker."""
+    from taskq.up import run_up
+
+    sys.exit(run_up(bind=bind, api_workers=workers, concurrency=concurrency))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=os.path.basename(sys.argv[0]))
