@@ -1,0 +1,66 @@
+"""The task-type registry: ``@register("name")`` and the lookup the API and worker share.
+
+A task type is a function ``fn(payload: dict, ctx) -> JSON-able result`` and a
+marshmallow schema for its payload. The API validates payloads with the same
+schema (400 with ``payload.<field>`` errors) and lists it at /task-types; the
+worker looks the function up by name. Users register their own types in a
+module named by ``TASKQ_IMPORTS`` (comma-separated module paths).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema
+
+from taskq.settings import env
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """One registered task type."""
+
+    name: str
+    func: Callable[..., Any]
+    description: str
+    payload_schema: type[Schema] | None
+
+    def validate(self, payload: Any) -> dict[str, Any]:
+        """The payload as the task will see it; raises marshmallow.ValidationError."""
+        if self.payload_schema is None:
+            return payload
+        return self.payload_schema(unknown=EXCLUDE).load(payload)
+
+
+REGISTRY: dict[str, TaskType] = {}
+
+
+def register(
+    name: str, *, payload: type[Schema] | None = None, description: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as task type ``name``."""
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        if name in REGISTRY and REGISTRY[name].func is not func:
+            raise ValueError(f"task type {name!r} is registered twice")
+        doc = (func.__doc__ or "").strip().splitlines()
+        REGISTRY[name] = TaskType(name, func, description or (doc[0] if doc else ""), payload)
+        return func
+
+    return decorator
+
+
+def load_task_modules() -> dict[str, TaskType]:
+    """Import the built-in types and the modules of TASKQ_IMPORTS; the registry."""
+    importlib.import_module("worker.builtins")
+    for module in filter(None, (m.strip() for m in (env("TASKQ_IMPORTS") or "").split(","))):
+        importlib.import_module(module)
+    return REGISTRY
+
+
+def get_task_type(name: str) -> TaskType:
+    """The registered type ``name``; KeyError when there is none."""
+    return load_task_modules()[name]
