@@ -19,6 +19,47 @@ from marshmallow import EXCLUDE, Schema
 from taskq.settings import env
 
 
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a running task at its soft time limit; catch it to clean up quickly."""
+
+
+class TaskCancelled(BaseException):
+    """Raised inside a running task that was cancelled; a BaseException so that a task's
+    ``except Exception`` does not swallow it."""
+
+
+@dataclass
+class TaskContext:
+    """What a task function may know about its run, passed as ``ctx``."""
+
+    task_id: int
+    attempt: int
+    queue: str
+    task_type: str
+    worker_id: str
+    database_url: str | None = None
+
+    def connection(self):
+        """An autocommit psycopg connection to the queue's database, shared per process."""
+        return shared_connection(self.database_url)
+
+
+_CONNECTIONS: dict[str | None, Any] = {}
+
+
+def shared_connection(database_url: str | None):
+    """One lazily opened autocommit connection per process and URL, reopened when broken."""
+    import psycopg
+
+    from taskq.settings import database_url as env_database_url
+
+    conn = _CONNECTIONS.get(database_url)
+    if conn is None or conn.closed or conn.broken:
+        conn = psycopg.connect(database_url or env_database_url(), autocommit=True)
+        _CONNECTIONS[database_url] = conn
+    return conn
+
+
 @dataclass(frozen=True)
 class TaskType:
     """One registered task type."""

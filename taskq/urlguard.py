@@ -1,0 +1,156 @@
+"""Outbound HTTP that refuses private, loopback, link-local and reserved addresses.
+
+Shared by the ``http_request`` task type and webhooks; flask-free. The host is
+resolved once and *every* address it resolves to must be public; the socket
+then connects to one of those checked addresses, so a DNS answer that changes
+between the check and the connect (rebinding) cannot slip through. Redirects
+are never followed: a 3xx is returned as it is.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from taskq.settings import allow_private_urls
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class UnsafeURLError(ValueError):
+    """The URL is malformed or points at an address outbound calls may not reach."""
+
+
+def is_public_address(address: str) -> bool:
+    """True when ``address`` (an IP literal) is a global unicast address."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    )
+
+
+def split_url(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL; UnsafeURLError when it is not one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURLError(f"malformed URL: {exc}") from None
+    if parts.scheme not in {"http", "https"}:
+        raise UnsafeURLError("only http and https URLs are allowed")
+    if not parts.hostname:
+        raise UnsafeURLError("the URL has no host")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def literal_host_error(url: str, allow_private: bool | None = None) -> str | None:
+    """Why ``url`` is refused without a DNS lookup (bad shape, private IP literal), or None.
+
+    Cheap enough for request validation; the full check happens at connect time.
+    """
+    try:
+        _, host, _ = split_url(url)
+    except UnsafeURLError as exc:
+        return str(exc)
+    if allow_private_urls() if allow_private is None else allow_private:
+        return None
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return "private and loopback addresses are not allowed"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return None if is_public_address(host) else "private and loopback addresses are not allowed"
+
+
+def resolve_public(host: str, port: int, allow_private: bool | None = None) -> list[tuple]:
+    """getaddrinfo results for host:port, all checked; UnsafeURLError if any is private."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise UnsafeURLError(f"cannot resolve {host}: {exc.strerror}") from None
+    if not (allow_private_urls() if allow_private is None else allow_private):
+        for info in infos:
+            if not is_public_address(info[4][0]):
+                raise UnsafeURLError(
+                    f"{host} resolves to {info[4][0]}: private and loopback addresses "
+                    "are not allowed (TASKQ_ALLOW_PRIVATE_URLS)"
+                )
+    return infos
+
+
+def guarded_connection(allow_private: bool | None):
+    """A socket.create_connection replacement that connects only to checked addresses."""
+
+    def create_connection(address, timeout=None, source_address=None, **kwargs):
+        host, port = address
+        last_error: OSError | None = None
+        for family, type_, proto, _, sockaddr in resolve_public(host, port, allow_private):
+            sock = socket.socket(family, type_, proto)
+            try:
+                if timeout is not None:
+                    sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+        raise last_error or OSError(f"cannot connect to {host}:{port}")
+
+    return create_connection
+
+
+@dataclass
+class Response:
+    """What came back: status, headers, body (at most MAX_BODY_BYTES) and duration."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    elapsed_ms: float
+
+    def text(self) -> str:
+        """The body decoded as UTF-8, undecodable bytes replaced."""
+        return self.body.decode("utf-8", errors="replace")
+
+
+def fetch(
+    method: str,
+    url: str,
+    *,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+    timeout: float = 10.0,
+    allow_private: bool | None = None,
+) -> Response:
+    """One HTTP request through the guard; redirects are returned, not followed."""
+    scheme, host, port = split_url(url)
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    conn = cls(host, port, timeout=timeout)
+    conn._create_connection = guarded_connection(allow_private)  # type: ignore[attr-defined]
+    started = time.perf_counter()
+    try:
+        conn.request(method.upper(), target, body=body, headers=headers or {})
+        reply = conn.getresponse()
+        data = reply.read(MAX_BODY_BYTES)
+        return Response(
+            status=reply.status,
+            headers={k: v for k, v in reply.getheaders()},
+            body=data,
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+    finally:
+        conn.close()
