@@ -17,8 +17,9 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
 
-    from app import db, errors, health
+    from app import cache, db, errors, events, health, limits, metrics, webhooks
 
-    for module in (errors, db, health):
+    for module in (errors, db, health, events, cache, metrics, webhooks):
         module.init_app(app)
+    limits.init_app(app)  # last: it limits the auth routes the blueprints above registered
     return app

@@ -205,6 +205,7 @@ class WebhookDelivery(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = now_default()
     delivered_at: Mapped[datetime | None] = mapped_column(TZ)
+    attempt_log: Mapped[list] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
     __table_args__ = (Index("ix_webhook_deliveries_task_id", "task_id", "id"),)
 
 

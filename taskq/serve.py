@@ -1,10 +1,32 @@
-"""The API under gunicorn, configured in code (``taskq api``)."""
+"""The API under gunicorn, configured in code (``taskq api``).
+
+Worker class: **gevent**. An SSE stream is a long-lived request that mostly
+waits; with gevent each one is a greenlet blocked on an in-memory queue (a few
+KB), so one process holds thousands of streams (``TASKQ_WORKER_CONNECTIONS``,
+default 4000) while REST calls keep running beside them. The only database
+connection streams rely on is the process's single LISTEN connection
+(``app.events``). psycopg 3 cooperates with gevent on its own (since 3.1.14
+it detects gevent's monkey-patching and waits on gevent's hub), and
+psycopg_pool's worker threads become greenlets under the patched
+``threading``. A thread per stream (gthread) would need 1,000 OS threads per
+process for the same load.
+
+Metrics: prometheus_client's multiprocess mode needs a directory shared by
+all processes, set before any of them imports prometheus_client; this module
+creates one when ``PROMETHEUS_MULTIPROC_DIR`` is unset and cleans up after
+workers that exit.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+
+from taskq.settings import env_int
 
 
 class TaskqApplication(BaseApplication):
@@ -24,19 +46,44 @@ class TaskqApplication(BaseApplication):
         return app
 
 
+def child_exit(server: Any, worker: Any) -> None:
+    """Fold a dead worker's live gauges out of the multiprocess metrics."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def prepare_metrics_dir() -> str | None:
+    """Create PROMETHEUS_MULTIPROC_DIR when unset; the directory we created, if any."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return None
+    path = tempfile.mkdtemp(prefix="taskq-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    return path
+
+
 def gunicorn_options(bind: str, workers: int) -> dict[str, Any]:
     """gunicorn settings for the API."""
     return {
         "bind": bind,
         "workers": workers,
-        "worker_class": "gthread",
-        "threads": 8,
+        "worker_class": "gevent",
+        "worker_connections": env_int("TASKQ_WORKER_CONNECTIONS", 4000, minimum=10),
+        "backlog": 2048,
+        "keepalive": 5,
         "accesslog": None,
         "graceful_timeout": 10,
         "timeout": 30,
+        "child_exit": child_exit,
     }
 
 
 def serve_api(bind: str, workers: int) -> None:
     """Run gunicorn in the foreground until it is stopped."""
-    TaskqApplication(gunicorn_options(bind, workers)).run()
+    created = prepare_metrics_dir()
+    try:
+        TaskqApplication(gunicorn_options(bind, workers)).run()
+    finally:
+        if created:
+            shutil.rmtree(created, ignore_errors=True)

@@ -1,0 +1,504 @@
+"""Server-sent events: one LISTEN connection per API process, fanned out in memory.
+
+The ``Notifier`` owns the process's only LISTEN connection (channel
+``taskq_events``, filled by the transition triggers). For each batch of
+notifications it first runs its hooks (the detail cache drops the entries, so
+a client that sees an event never reads an older detail afterwards), then
+fetches the events of the subscribed tasks in one query and hands the same
+pre-rendered bytes to every subscriber's queue. Clients never hold a database
+connection; a stream costs a queue and a greenlet (see ``taskq/serve.py``).
+
+Resuming: a stream subscribes first, then replays ``task_history`` after the
+client's ``Last-Event-ID``, then drops live events whose id is not above the
+last replayed one, so the seam has neither a gap nor a duplicate. History
+ids of one task grow in commit order (its row lock serialises transitions),
+which is what makes the per-task resume exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import queue
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import jwt
+import psycopg
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
+from flask_jwt_extended.exceptions import JWTExtendedException
+
+from app.db import get_conn
+from app.errors import ApiError
+from taskq.representation import json_value
+from taskq.settings import env_float, env_int
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("events", __name__, url_prefix="/api/v1")
+
+CHANNEL = "taskq_events"
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "DELETED"})
+REPLAY_PAGE = 1000
+STREAM_SCOPE = "stream"
+CLOSE = object()  # sentinel a subscriber's queue receives when its stream must end
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of a ``taskq_events`` notification."""
+
+    history_id: int | None
+    task_id: int
+    user_id: int | None
+    status: str
+
+
+@dataclass(frozen=True)
+class Event:
+    """A transition rendered once as SSE bytes, shared by every subscriber."""
+
+    history_id: int | None
+    task_id: int
+    status: str
+    text: bytes
+
+
+def event_data(row: dict[str, Any]) -> dict[str, Any]:
+    """The JSON ``data:`` of one history row: ids, status, timestamps, result or error."""
+    status = row["to_status"]
+    data = {
+        "id": row["task_id"],
+        "event_id": row["id"],
+        "status": status,
+        "from_status": row["from_status"],
+        "attempt": row["attempt"],
+        "at": json_value(row["created_at"]),
+        "started_at": json_value(row.get("started_at")),
+        "completed_at": json_value(row.get("completed_at")),
+        "updated_at": json_value(row.get("updated_at")),
+    }
+    if status == "COMPLETED":
+        data["result"] = row.get("result")
+    elif status in {"FAILED", "RETRYING"}:
+        data["error"] = row.get("error")
+    return data
+
+
+def render_event(row: dict[str, Any]) -> Event:
+    """A history row as an SSE event: ``id`` is the history id, ``event`` the status."""
+    status = row["to_status"]
+    body = json.dumps(event_data(row), separators=(",", ":"))
+    text = f"id: {row['id']}\nevent: {status.lower()}\ndata: {body}\n\n"
+    return Event(row["id"], row["task_id"], status, text.encode())
+
+
+def render_deleted(change: Change) -> Event:
+    """The event of a deleted task (it has no history row left, so no ``id:``)."""
+    body = json.dumps({"id": change.task_id, "status": "DELETED"})
+    return Event(None, change.task_id, "DELETED", f"event: deleted\ndata: {body}\n\n".encode())
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One open stream's mailbox: events of a task, or of every task of a user."""
+
+    task_id: int | None
+    user_id: int | None
+    maxsize: int
+    mailbox: queue.Queue = field(init=False)
+    overflowed: bool = False
+
+    def __post_init__(self) -> None:
+        self.mailbox = queue.Queue(self.maxsize)
+
+    def put(self, item: Any) -> None:
+        """Deliver without ever blocking the notifier; a full mailbox ends the stream."""
+        try:
+            self.mailbox.put_nowait(item)
+        except queue.Full:
+            # The client resumes with Last-Event-ID: ending the stream loses nothing.
+            self.overflowed = True
+
+    def get(self, timeout: float) -> Any:
+        """The next event, CLOSE, or queue.Empty after ``timeout`` seconds."""
+        if self.overflowed and self.mailbox.empty():
+            return CLOSE
+        return self.mailbox.get(timeout=timeout)
+
+
+class Notifier:
+    """The process's LISTEN connection, its subscribers and its hooks (start/stop)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._lock = threading.Lock()
+        self._by_task: dict[int, set[Subscription]] = {}
+        self._by_user: dict[int, set[Subscription]] = {}
+        self._hooks: list[Callable[[list[Change]], None]] = []
+        self._reset_hooks: list[Callable[[], None]] = []
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self.batches = 0
+
+    @property
+    def healthy(self) -> bool:
+        """LISTEN is active in this process (so hooks see every transition from now on)."""
+        return self._ready.is_set() and self._pid == os.getpid()
+
+    def add_hook(self, hook: Callable[[list[Change]], None]) -> None:
+        """Run ``hook(changes)`` for every notification batch, before subscribers hear it."""
+        self._hooks.append(hook)
+
+    def add_reset_hook(self, hook: Callable[[], None]) -> None:
+        """Run ``hook()`` after the connection was lost: notifications may have been missed."""
+        self._reset_hooks.append(hook)
+
+    def start(self, timeout: float = 5.0) -> bool:
+        """Start listening (once per process, also after a fork); True once LISTEN is active."""
+        with self._lock:
+            if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+                self._pid = os.getpid()
+                self._ready.clear()
+                self._stopping.clear()
+                self._thread = threading.Thread(
+                    target=self._run, name="taskq-notifier", daemon=True
+                )
+                self._thread.start()
+        return self._ready.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop listening and end every open stream."""
+        self._stopping.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._close_all()
+
+    def subscribe(self, task_id: int | None = None, user_id: int | None = None) -> Subscription:
+        """A new mailbox for a task's events, or (task_id None) all of a user's."""
+        maxsize = int(current_app.config.get("TASKQ_SSE_QUEUE_SIZE", 1000))
+        sub = Subscription(task_id, user_id, maxsize)
+        with self._lock:
+            if task_id is not None:
+                self._by_task.setdefault(task_id, set()).add(sub)
+            else:
+                self._by_user.setdefault(user_id or 0, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        """Forget a mailbox (its stream ended)."""
+        with self._lock:
+            index, key = (
+                (self._by_task, sub.task_id)
+                if sub.task_id is not None
+                else (self._by_user, sub.user_id or 0)
+            )
+            subs = index.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del index[key]
+
+    def _close_all(self) -> None:
+        with self._lock:
+            groups = [*self._by_task.values(), *self._by_user.values()]
+            subs = [sub for group in groups for sub in group]
+        for sub in subs:
+            sub.put(CLOSE)
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            try:
+                with psycopg.connect(self.database_url, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._ready.set()
+                    backoff = 0.2
+                    self._listen(conn)
+            except Exception as exc:  # any failure: reconnect, and tell everyone who relies on us
+                log.warning("event listener lost its connection: %s", exc)
+            was_ready = self._ready.is_set()
+            self._ready.clear()
+            if was_ready:
+                # Streams resume from history with Last-Event-ID; caches drop what they hold.
+                self._close_all()
+                for hook in self._reset_hooks:
+                    self._call(hook)
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _listen(self, conn: psycopg.Connection) -> None:
+        while not self._stopping.is_set():
+            notes = list(conn.notifies(timeout=1.0, stop_after=1))
+            if not notes:
+                conn.execute("SELECT 1")  # notice a dead server within a second
+                continue
+            notes.extend(conn.notifies(timeout=0))
+            self._dispatch(conn, notes)
+
+    def _dispatch(self, conn: psycopg.Connection, notes: list[psycopg.Notify]) -> None:
+        from sql import queries
+
+        changes: list[Change] = []
+        for note in notes:
+            try:
+                message = json.loads(note.payload)
+                changes.extend(Change(h, t, u, message["s"]) for h, t, u in message["e"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring malformed %s payload %r", CHANNEL, note.payload[:200])
+        self.batches += 1
+        for hook in self._hooks:
+            self._call(hook, changes)
+        with self._lock:
+            tasks, users = self._by_task, self._by_user
+            wanted = [c for c in changes if c.task_id in tasks or c.user_id in users]
+        if not wanted:
+            return
+        ids = [c.history_id for c in wanted if c.history_id is not None]
+        rows = {}
+        if ids:
+            with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                rows = {r["id"]: r for r in cur.execute(queries["fetch_events"], {"ids": ids})}
+        for change in wanted:
+            if change.history_id is None:
+                event = render_deleted(change)
+            elif change.history_id in rows:
+                event = render_event(rows[change.history_id])
+            else:
+                continue  # the task was deleted since: its own DELETED event follows
+            with self._lock:
+                subs = [*tasks.get(change.task_id, ()), *users.get(change.user_id, ())]
+            for sub in subs:
+                sub.put(event)
+
+    @staticmethod
+    def _call(hook: Callable[..., None], *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:  # a failing hook must not stop the listener
+            log.exception("event hook %r failed", hook)
+
+
+def get_notifier(app: Flask | None = None) -> Notifier:
+    """The app's notifier (created with the app; it starts listening on first use)."""
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    return app.extensions["taskq_notifier"]
+
+
+# ---- authentication: bearer header, or a short-lived stream token in the URL ----
+
+
+def stream_token_key(secret: str) -> bytes:
+    """The key of stream tokens: derived, so a stream token is never a valid API bearer."""
+    return hmac.new(secret.encode(), b"taskq-stream-token", hashlib.sha256).digest()
+
+
+def create_stream_token(user_id: int, seconds: int) -> str:
+    """A JWT with scope ``stream`` for ``user_id``, valid ``seconds``."""
+    now = datetime.now(UTC)
+    claims = {
+        "sub": str(user_id),
+        "scope": STREAM_SCOPE,
+        "iat": now,
+        "exp": now + timedelta(seconds=seconds),
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, stream_token_key(current_app.config["JWT_SECRET_KEY"]), "HS256")
+
+
+def decode_stream_token(token: str) -> int:
+    """The user id of a valid stream token; 401 otherwise (long-lived tokens included)."""
+    try:
+        claims = jwt.decode(
+            token, stream_token_key(current_app.config["JWT_SECRET_KEY"]), algorithms=["HS256"]
+        )
+    except jwt.PyJWTError:
+        raise ApiError(401, "Invalid or expired stream token.") from None
+    if claims.get("scope") != STREAM_SCOPE:
+        raise ApiError(401, "Invalid or expired stream token.")
+    return int(claims["sub"])
+
+
+def bearer_user_id() -> int:
+    """The caller of an Authorization-header request; 401 when there is no valid token."""
+    try:
+        verify_jwt_in_request()
+        return int(get_jwt_identity())
+    except (JWTExtendedException, jwt.PyJWTError, TypeError, ValueError):
+        raise ApiError(401) from None
+
+
+def stream_user_id() -> int:
+    """The caller of an events endpoint: ``?token=`` (stream scope only) or the header."""
+    token = request.args.get("token")
+    if token is not None:
+        return decode_stream_token(token)
+    return bearer_user_id()
+
+
+def last_event_id() -> int:
+    """The client's resume point: Last-Event-ID header, or ``last_event_id`` query; 0 if none."""
+    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+    if raw is None or raw.strip() == "":
+        return 0
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ApiError(
+            400, "Invalid Last-Event-ID.", {"Last-Event-ID": ["Must be a non-negative integer."]}
+        )
+    return value
+
+
+# ---- the streams ----
+
+
+def replay(query: str, params: dict[str, Any], after: int) -> list[Event]:
+    """History rows after ``after`` as events, page by page (one pooled connection)."""
+    from sql import queries
+
+    events: list[Event] = []
+    with get_conn() as conn:
+        while True:
+            rows = conn.execute(
+                queries[query], {**params, "after": after, "limit": REPLAY_PAGE}
+            ).fetchall()
+            events.extend(render_event(r) for r in rows)
+            if len(rows) < REPLAY_PAGE:
+                return events
+            after = rows[-1]["id"]
+
+
+def sse_response(body: Iterator[bytes]) -> Response:
+    """A streaming text/event-stream response that proxies must not buffer."""
+    response = Response(body, mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    return response
+
+
+def stream_body(
+    notifier: Notifier, sub: Subscription, replayed: list[Event], after: int, follow_task: bool
+) -> Iterator[bytes]:
+    """The bytes of one stream: retry, replay, then live events without duplicates."""
+    from app.metrics import SSE_STREAMS_OPEN
+
+    keepalive = float(current_app.config["TASKQ_SSE_KEEPALIVE"])
+    retry_ms = int(current_app.config["TASKQ_SSE_RETRY_MS"])
+
+    def generate() -> Iterator[bytes]:
+        SSE_STREAMS_OPEN.inc()
+        try:
+            yield f"retry: {retry_ms}\n: connected\n\n".encode()
+            last = after
+            for event in replayed:
+                yield event.text
+                last = event.history_id or last
+            if follow_task and replayed and replayed[-1].status in TERMINAL:
+                return
+            while True:
+                try:
+                    event = sub.get(timeout=keepalive)
+                except queue.Empty:
+                    yield b": keep-alive\n\n"
+                    continue
+                if event is CLOSE:
+                    return
+                if event.history_id is not None and event.history_id <= last:
+                    continue  # already sent by the replay
+                yield event.text
+                last = event.history_id or last
+                if follow_task and event.status in TERMINAL:
+                    return
+        finally:
+            notifier.unsubscribe(sub)
+            SSE_STREAMS_OPEN.dec()
+
+    return generate()
+
+
+def open_notifier() -> Notifier:
+    """The started notifier, or 503 when this process cannot LISTEN."""
+    notifier = get_notifier()
+    if not notifier.start():
+        raise ApiError(503, "Event stream unavailable: cannot listen to the database.")
+    return notifier
+
+
+@bp.get("/tasks/<int:task_id>/events")
+def task_events(task_id: int):
+    """Stream one task's transitions (its history first; closes once it is finished)."""
+    user_id = stream_user_id()
+    after = last_event_id()
+    notifier = open_notifier()
+    sub = notifier.subscribe(task_id=task_id)  # before the replay: nothing falls in between
+    try:
+        task = _task_for_stream(task_id, user_id)
+        replayed = replay("task_events_since", {"task_id": task_id}, after)
+    except BaseException:
+        notifier.unsubscribe(sub)
+        raise
+    if not replayed and task["status"] in TERMINAL:
+        notifier.unsubscribe(sub)
+        return Response(status=204)  # finished and fully seen: EventSource stops reconnecting
+    return sse_response(stream_body(notifier, sub, replayed, after, follow_task=True))
+
+
+def _task_for_stream(task_id: int, user_id: int) -> dict[str, Any]:
+    from sql import queries
+
+    with get_conn() as conn:
+        task = conn.execute(
+            queries["stream_task_owner"], {"task_id": task_id, "user_id": user_id}
+        ).fetchone()
+    if task is None:
+        raise ApiError(404, "Task not found.")
+    return task
+
+
+@bp.get("/events")
+def user_events():
+    """Stream every transition of the caller's tasks (replay only after a Last-Event-ID)."""
+    user_id = stream_user_id()
+    after = last_event_id()
+    notifier = open_notifier()
+    sub = notifier.subscribe(user_id=user_id)
+    try:
+        replayed = replay("user_events_since", {"user_id": user_id}, after) if after else []
+    except BaseException:
+        notifier.unsubscribe(sub)
+        raise
+    return sse_response(stream_body(notifier, sub, replayed, after, follow_task=False))
+
+
+@bp.post("/events/token")
+def stream_token():
+    """A stream token for ``?token=`` on the events endpoints (EventSource sends no headers)."""
+    user_id = bearer_user_id()
+    seconds = int(current_app.config["TASKQ_STREAM_TOKEN_SECONDS"])
+    return jsonify({"token": create_stream_token(user_id, seconds), "expires_in": seconds})
+
+
+def init_app(app: Flask) -> None:
+    """Settings, the process's notifier, and the event endpoints."""
+    app.config.setdefault("TASKQ_SSE_KEEPALIVE", env_float("TASKQ_SSE_KEEPALIVE", 15.0, 0.05))
+    app.config.setdefault("TASKQ_SSE_RETRY_MS", env_int("TASKQ_SSE_RETRY_MS", 3000, 0))
+    app.config.setdefault("TASKQ_SSE_QUEUE_SIZE", env_int("TASKQ_SSE_QUEUE_SIZE", 1000, 10))
+    app.config.setdefault(
+        "TASKQ_STREAM_TOKEN_SECONDS", env_int("TASKQ_STREAM_TOKEN_SECONDS", 60, 5)
+    )
+    app.extensions["taskq_notifier"] = Notifier(app.config["DATABASE_URL"] or "")
+    app.register_blueprint(bp)

@@ -1,0 +1,115 @@
+"""``GET /metrics``: Prometheus text for every API process, the workers, and the queues.
+
+Under gunicorn each process writes its samples to ``PROMETHEUS_MULTIPROC_DIR``
+(``taskq/serve.py`` sets one up before forking) and a scrape of any process
+merges them all (prometheus_client's multiprocess mode); workers started with
+the same directory (``taskq up`` on one machine) appear in the same scrape.
+Figures that live in Postgres are read at scrape time, so they are right
+whichever process answers: queue depth and oldest due age per queue (the
+``queue_stats`` view) and webhook deliveries per status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import os
+
+from flask import Blueprint, Flask, Response, current_app, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Gauge,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from app.db import fetch_all
+from app.errors import ApiError
+from taskq.settings import env
+
+bp = Blueprint("metrics", __name__)
+
+SSE_STREAMS_OPEN = Gauge(
+    "taskq_sse_streams_open",
+    "Server-sent-event streams open now, over all API processes.",
+    multiprocess_mode="livesum",
+)
+
+
+class DatabaseCollector:
+    """Queue and webhook figures read from Postgres when scraped."""
+
+    def collect(self):
+        """One query per family; the view does the aggregation."""
+        waiting = GaugeMetricFamily(
+            "taskq_queue_depth", "Tasks waiting (PENDING or RETRYING) per queue.", labels=["queue"]
+        )
+        due = GaugeMetricFamily(
+            "taskq_queue_due", "Waiting tasks already due per queue.", labels=["queue"]
+        )
+        running = GaugeMetricFamily(
+            "taskq_queue_running", "Tasks PROCESSING per queue.", labels=["queue"]
+        )
+        oldest = GaugeMetricFamily(
+            "taskq_queue_oldest_due_age_seconds",
+            "How long the oldest due task of each queue has waited.",
+            labels=["queue"],
+        )
+        for row in fetch_all("metrics_queue_stats"):
+            waiting.add_metric([row["queue"]], row["waiting"])
+            due.add_metric([row["queue"]], row["due"])
+            running.add_metric([row["queue"]], row["running"])
+            oldest.add_metric([row["queue"]], row["oldest_due_seconds"])
+        deliveries = GaugeMetricFamily(
+            "taskq_webhook_deliveries",
+            "Webhook deliveries kept in Postgres, per status (pending, delivered, failed).",
+            labels=["status"],
+        )
+        for row in fetch_all("metrics_webhook_deliveries"):
+            deliveries.add_metric([row["status"]], row["deliveries"])
+        yield from (waiting, due, running, oldest, deliveries)
+
+
+def scrape_registry() -> CollectorRegistry:
+    """This scrape's registry: every process's samples plus the database's figures."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+    else:
+        registry = CollectorRegistry()
+        registry.register(_Forward(REGISTRY))
+    registry.register(DatabaseCollector())
+    return registry
+
+
+class _Forward:
+    """The default registry's metrics inside a scrape registry (single-process mode)."""
+
+    def __init__(self, source: CollectorRegistry) -> None:
+        self.source = source
+
+    def collect(self):
+        """Whatever the process registered (worker counters imported here included)."""
+        return self.source.collect()
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus text exposition (``TASKQ_METRICS_TOKEN`` set: a bearer token is required)."""
+    token = current_app.config.get("TASKQ_METRICS_TOKEN")
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(401, "A valid metrics token is required.")
+    return Response(generate_latest(scrape_registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+def init_app(app: Flask) -> None:
+    """Register /metrics (outside /api/v1) and import the worker's metric definitions."""
+    app.config.setdefault("TASKQ_METRICS_TOKEN", env("TASKQ_METRICS_TOKEN"))
+    with contextlib.suppress(ImportError):  # the worker's counters, for single-process scrapes
+        import worker.metrics  # noqa: F401
+    app.register_blueprint(bp)

@@ -1,0 +1,9 @@
+-- name: metrics_queue_stats
+-- Depth, running and oldest due age per queue for /metrics, from the operators' view.
+SELECT queue, waiting, due, running,
+       coalesce(extract(epoch FROM oldest_due_age), 0)::float8 AS oldest_due_seconds
+  FROM queue_stats;
+
+-- name: metrics_webhook_deliveries
+-- Webhook deliveries per status (pending, delivered, failed) for /metrics.
+SELECT status, count(*) AS deliveries FROM webhook_deliveries GROUP BY status;
