@@ -17,9 +17,34 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
 
-    from app import cache, db, errors, events, health, limits, metrics, webhooks
+    from app import (
+        admin,
+        auth,
+        cache,
+        db,
+        errors,
+        events,
+        health,
+        limits,
+        metrics,
+        openapi,
+        tasks,
+        webhooks,
+    )
 
-    for module in (errors, db, health, events, cache, metrics, webhooks):
+    for module in (
+        errors,
+        db,
+        health,
+        auth,
+        tasks,
+        admin,
+        openapi,
+        events,
+        cache,
+        metrics,
+        webhooks,
+    ):
         module.init_app(app)
     limits.init_app(app)  # last: it limits the auth routes the blueprints above registered
     return app

@@ -1,0 +1,60 @@
+"""Admin-only endpoints: every user's tasks, queue statistics and live workers.
+
+Queue and worker figures come from the operator views of ``sql/views.sql``,
+the same ones psql users and ``taskq stats`` read.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask
+
+from app import schemas
+from app.auth import admin_required
+from app.db import fetch_all
+from app.openapi import doc
+from app.tasks import list_tasks_page
+from taskq.representation import row_to_json
+
+bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
+
+
+@bp.get("/tasks")
+@doc(
+    "Every user's tasks (admins only)",
+    tag="admin",
+    query=schemas.AdminTaskListQuerySchema,
+    response=schemas.TaskPageSchema,
+    errors=(403,),
+)
+@admin_required
+def admin_tasks():
+    """The filters of GET /tasks, plus user_id and username; each task with its owner."""
+    query = schemas.load_query(schemas.AdminTaskListQuerySchema)
+    return list_tasks_page("admin_list_tasks", "admin_count_tasks", query, {})
+
+
+@bp.get("/queues")
+@doc(
+    "Depth, age and rate per queue (admins only)",
+    tag="admin",
+    response=schemas.QueuesSchema,
+    errors=(403,),
+)
+@admin_required
+def admin_queues():
+    """One row of the queue_stats view per queue."""
+    return {"queues": [row_to_json(row) for row in fetch_all("admin_queue_stats")]}
+
+
+@bp.get("/workers")
+@doc("Live workers (admins only)", tag="admin", response=schemas.WorkersSchema, errors=(403,))
+@admin_required
+def admin_workers():
+    """Workers heard from in the last minute, with the tasks they run."""
+    return {"workers": [row_to_json(row) for row in fetch_all("admin_live_workers")]}
+
+
+def init_app(app: Flask) -> None:
+    """Register the admin endpoints."""
+    schemas.reject_bad_data(bp)
+    app.register_blueprint(bp)

@@ -1,0 +1,418 @@
+"""Accounts and JWTs: register, login, refresh (rotating), verify, logout, profile, password.
+
+Tokens carry ``pv``, the owner's password version (``users.password_changed_at``
+in microseconds): changing the password makes every older token fail the
+check in ``token_is_revoked``. Logout and refresh rotation put the token's jti
+on ``token_blocklist`` in Postgres, so revocation holds across processes and
+restarts, with or without Redis.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from difflib import SequenceMatcher
+from functools import wraps
+from typing import Any
+
+import psycopg
+from flask import Blueprint, Flask, g, request
+from flask_jwt_extended import (
+    JWTManager,
+    create_access_token,
+    create_refresh_token,
+    decode_token,
+    get_jwt,
+    jwt_required,
+)
+from flask_jwt_extended.exceptions import JWTExtendedException
+from jwt.exceptions import PyJWTError
+from werkzeug.security import check_password_hash
+
+from app import schemas
+from app.db import fetch_one, get_conn
+from app.errors import ApiError, error_response, get_json_body
+from app.openapi import doc
+from sql import queries
+from taskq.admin import hash_password
+from taskq.representation import row_to_json
+
+bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+USER_FIELDS = ("id", "username", "email", "first_name", "last_name", "is_admin", "created_at")
+# A hash checked when the login names nobody, so both paths cost one scrypt.
+_DUMMY_HASH: list[str] = []
+
+# A small built-in list; the strength check also refuses passwords like the username.
+_COMMON = """
+    password password1 password12 password123 password1234 passw0rd p@ssw0rd p@ssword
+    12345678 123456789 1234567890 87654321 11111111 00000000 12341234 11223344 a1b2c3d4
+    qwertyui qwerty123 qwertyuiop 1q2w3e4r 1qaz2wsx zaq12wsx asdfghjk asdfasdf zxcvbnm1
+    iloveyou iloveyou1 sunshine princess football baseball basketball superman batman
+    starwars trustno1 whatever dragon123 monkey123 letmein1 letmein123 welcome1 welcome123
+    admin123 administrator changeme changeme1 secret123 abc12345 abcd1234 abcdefgh
+    computer internet michelle jennifer jordan23 master123 shadow123 freedom1 charlie1
+    mustang1 access14 liverpool chelsea1 arsenal1 killer12 pokemon1 samsung1 google123
+    taskqueue taskq123 qwerty12 q1w2e3r4 q1w2e3r4t5 passpass testtest test1234 temp1234
+"""
+COMMON_PASSWORDS = frozenset(_COMMON.split())
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def password_version(changed_at: datetime) -> int:
+    """``password_changed_at`` in whole microseconds: the ``pv`` claim of every token."""
+    return (changed_at - EPOCH) // timedelta(microseconds=1)
+
+
+def user_to_json(row: dict[str, Any]) -> dict[str, Any]:
+    """A users row as the API shows it (never the hash)."""
+    return row_to_json({key: row[key] for key in USER_FIELDS})
+
+
+def issue_tokens(user: dict[str, Any]) -> dict[str, str]:
+    """A fresh access and refresh token for ``user``."""
+    claims = {"pv": password_version(user["password_changed_at"])}
+    identity = str(user["id"])
+    return {
+        "access": create_access_token(identity, additional_claims=claims),
+        "refresh": create_refresh_token(identity, additional_claims=claims),
+    }
+
+
+def password_problems(password: str, **attributes: str) -> list[str]:
+    """Why ``password`` is too weak (empty when it is fine).
+
+    ``attributes`` (username, email, names) must not be what the password is
+    made of: each, and each of its word-parts, is compared like Django's
+    UserAttributeSimilarityValidator does.
+    """
+    problems = []
+    if len(password) < 8:
+        problems.append("This password is too short. It must contain at least 8 characters.")
+    if password.isdigit():
+        problems.append("This password is entirely numeric.")
+    if password.lower() in COMMON_PASSWORDS:
+        problems.append("This password is too common.")
+    lowered = password.lower()
+    for name, value in attributes.items():
+        parts = {value.lower(), *re.split(r"\W+", value.lower())}
+        if any(
+            len(part) >= 3 and SequenceMatcher(a=lowered, b=part).quick_ratio() >= 0.7
+            for part in parts
+        ):
+            problems.append(f"The password is too similar to the {name.replace('_', ' ')}.")
+            break
+    return problems
+
+
+def check_password_strength(field: str, password: str, **attributes: str) -> None:
+    """400 with ``field_errors[field]`` when the password is weak."""
+    problems = password_problems(password, **attributes)
+    if problems:
+        raise ApiError(400, "Invalid input.", {field: problems})
+
+
+def optional_json_body() -> Any:
+    """The JSON body, or ``{}`` when the request has none."""
+    if not request.content_length and not request.data:
+        return {}
+    return get_json_body()
+
+
+def decode_user_token(token: str, field: str, expected_type: str | None = None) -> dict[str, Any]:
+    """Decode a token a client sent in the body; 401 unless it is valid and not revoked."""
+    try:
+        claims = decode_token(token)
+    except (PyJWTError, JWTExtendedException, ValueError) as exc:
+        raise ApiError(401, "Token is invalid or expired.", {field: [str(exc)]}) from None
+    if expected_type and claims.get("type") != expected_type:
+        raise ApiError(401, f"Not a {expected_type} token.", {field: ["Wrong token type."]})
+    if token_is_revoked({}, claims):
+        raise ApiError(401, "Token has been revoked.", {field: ["Token has been revoked."]})
+    return claims
+
+
+def revoke(conn: psycopg.Connection, claims: dict[str, Any]) -> bool:
+    """Blocklist a token; False when it already was (a refresh token used twice)."""
+    params = {
+        "jti": claims["jti"],
+        "token_type": claims.get("type", "access"),
+        "user_id": int(claims["sub"]),
+        "expires_at": datetime.fromtimestamp(claims["exp"], UTC),
+    }
+    return conn.execute(queries["revoke_token"], params).fetchone() is not None
+
+
+def current_user_id() -> int:
+    """The id of the user whose access token authenticated this request."""
+    return int(get_jwt()["sub"])
+
+
+def admin_required(view: Callable[..., Any]) -> Callable[..., Any]:
+    """An access token of an admin, else 401 (no token) or 403 (not an admin)."""
+
+    @wraps(view)
+    @jwt_required()
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        state = g.get("taskq_token_state")
+        if not state or not state["is_admin"]:
+            raise ApiError(403, "Admins only.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def token_is_revoked(jwt_header: dict[str, Any], claims: dict[str, Any]) -> bool:
+    """The blocklist check of every token: revoked jti, gone or inactive owner, old password."""
+    try:
+        user_id = int(claims["sub"])
+    except (KeyError, TypeError, ValueError):
+        return True
+    state = fetch_one("token_state", {"jti": claims.get("jti"), "user_id": user_id})
+    g.taskq_token_state = state
+    return (
+        state is None
+        or state["revoked"]
+        or not state["is_active"]
+        or claims.get("pv") != password_version(state["password_changed_at"])
+    )
+
+
+def taken_fields(username: str | None, email: str | None) -> dict[str, list[str]]:
+    """field_errors for a username or email someone else already has."""
+    errors: dict[str, list[str]] = {}
+    with get_conn() as conn:
+        rows = conn.execute(
+            queries["find_taken_identity"], {"username": username, "email": email}
+        ).fetchall()
+    if any(row["username_taken"] for row in rows):
+        errors["username"] = ["A user with that username already exists."]
+    if any(row["email_taken"] for row in rows):
+        errors["email"] = ["A user with that email already exists."]
+    return errors
+
+
+# ------------------------------------------------------------------- views
+
+
+@bp.post("/register")
+@doc(
+    "Create an account and get its tokens",
+    tag="auth",
+    body=schemas.RegisterSchema,
+    response=schemas.AuthResponseSchema,
+    status=201,
+    auth=False,
+)
+def register():
+    """Create a user; 400 when the username or email is taken or the password is weak."""
+    data = schemas.RegisterSchema().load(get_json_body())
+    errors = taken_fields(data["username"], data["email"])
+    problems = password_problems(
+        data["password"],
+        username=data["username"],
+        email=data["email"],
+        first_name=data["first_name"],
+        last_name=data["last_name"],
+    )
+    if problems:
+        errors["password"] = problems
+    if errors:
+        raise ApiError(400, "Invalid input.", errors)
+    params = {**data, "password_hash": hash_password(data["password"])}
+    try:
+        user = fetch_one("insert_user", params)
+    except psycopg.errors.UniqueViolation:  # lost a race with an identical registration
+        errors = taken_fields(data["username"], data["email"])
+        raise ApiError(400, "Invalid input.", errors) from None
+    assert user is not None
+    body = {
+        "user": user_to_json(user),
+        "tokens": issue_tokens(user),
+        "message": "User registered successfully",
+    }
+    return body, 201
+
+
+@bp.post("/login")
+@bp.post("/token")
+@doc(
+    "Log in with username (or email) and password",
+    tag="auth",
+    body=schemas.LoginSchema,
+    response=schemas.AuthResponseSchema,
+    auth=False,
+)
+def login():
+    """Check the password and return a fresh token pair."""
+    data = schemas.LoginSchema().load(get_json_body())
+    user = fetch_one("get_user_for_login", {"login": data["username"]})
+    if user is None:
+        if not _DUMMY_HASH:
+            _DUMMY_HASH.append(hash_password("not a real password"))
+        check_password_hash(_DUMMY_HASH[0], data["password"])
+        raise ApiError(401, "Invalid username or password.")
+    if not check_password_hash(user["password_hash"], data["password"]):
+        raise ApiError(401, "Invalid username or password.")
+    return {"user": user_to_json(user), "tokens": issue_tokens(user), "message": "Login successful"}
+
+
+@bp.post("/token/refresh")
+@doc(
+    "Trade a refresh token for a new pair (the old one is revoked)",
+    tag="auth",
+    body=schemas.RefreshSchema,
+    response=schemas.AuthResponseSchema,
+    auth=False,
+)
+def refresh():
+    """Rotate: revoke the refresh token and issue a new access and refresh token."""
+    data = schemas.RefreshSchema().load(get_json_body())
+    claims = decode_user_token(data["refresh"], "refresh", expected_type="refresh")
+    with get_conn() as conn:
+        if not revoke(conn, claims):  # a concurrent refresh with the same token won
+            raise ApiError(401, "Token has been revoked.", {"refresh": ["Already used."]})
+        user = conn.execute(queries["get_user"], {"user_id": int(claims["sub"])}).fetchone()
+    return {"user": user_to_json(user), "tokens": issue_tokens(user), "message": "Token refreshed"}
+
+
+@bp.post("/token/verify")
+@doc(
+    "Check that a token is valid and not revoked",
+    tag="auth",
+    body=schemas.VerifySchema,
+    response=schemas.VerifyResponseSchema,
+    auth=False,
+)
+def verify():
+    """200 with the token's type, owner and expiry, or 401."""
+    data = schemas.VerifySchema().load(get_json_body())
+    claims = decode_user_token(data["token"], "token")
+    return {
+        "valid": True,
+        "token_type": claims.get("type"),
+        "user_id": int(claims["sub"]),
+        "expires_at": datetime.fromtimestamp(claims["exp"], UTC).isoformat(),
+    }
+
+
+@bp.post("/logout")
+@doc(
+    "Revoke the access token and, when given, the refresh token",
+    tag="auth",
+    body=schemas.LogoutSchema,
+    response=schemas.MessageSchema,
+)
+@jwt_required()
+def logout():
+    """Blocklist this access token and the refresh token of the body."""
+    data = schemas.LogoutSchema().load(optional_json_body())
+    revoked = [get_jwt()]
+    if data["refresh"]:
+        try:
+            refresh_claims = decode_token(data["refresh"], allow_expired=True)
+        except (PyJWTError, JWTExtendedException, ValueError):
+            raise ApiError(400, "Invalid input.", {"refresh": ["Not a valid token."]}) from None
+        if refresh_claims.get("type") != "refresh" or refresh_claims.get("sub") != get_jwt()["sub"]:
+            raise ApiError(400, "Invalid input.", {"refresh": ["Not your refresh token."]})
+        revoked.append(refresh_claims)
+    with get_conn() as conn:
+        for claims in revoked:
+            revoke(conn, claims)
+    return {"message": "Successfully logged out"}
+
+
+@bp.get("/profile")
+@doc("The caller's profile", tag="auth", response=schemas.UserResponseSchema)
+@jwt_required()
+def get_profile():
+    """The authenticated user."""
+    user = fetch_one("get_user", {"user_id": current_user_id()})
+    if user is None:
+        raise ApiError(404, "User not found.")
+    return {"user": user_to_json(user)}
+
+
+@bp.patch("/profile")
+@doc(
+    "Change email, first or last name",
+    tag="auth",
+    body=schemas.ProfileUpdateSchema,
+    response=schemas.UserResponseSchema,
+)
+@jwt_required()
+def update_profile():
+    """Update the given fields; 400 when the new email belongs to someone else."""
+    data = schemas.ProfileUpdateSchema().load(get_json_body())
+    params = {"email": None, "first_name": None, "last_name": None, **data}
+    params["user_id"] = current_user_id()
+    try:
+        user = fetch_one("update_profile", params)
+    except psycopg.errors.UniqueViolation:
+        raise ApiError(400, "Invalid input.", taken_fields(None, data.get("email"))) from None
+    if user is None:
+        raise ApiError(404, "User not found.")
+    return {"user": user_to_json(user), "message": "Profile updated"}
+
+
+@bp.post("/change-password")
+@doc(
+    "Change the password; every older token stops working",
+    tag="auth",
+    body=schemas.ChangePasswordSchema,
+    response=schemas.AuthResponseSchema,
+)
+@jwt_required()
+def change_password():
+    """Check the old password, store the new one and return a fresh token pair."""
+    data = schemas.ChangePasswordSchema().load(get_json_body())
+    user = fetch_one("get_user", {"user_id": current_user_id()})
+    if user is None:
+        raise ApiError(404, "User not found.")
+    if not check_password_hash(user["password_hash"], data["old_password"]):
+        raise ApiError(400, "Invalid input.", {"old_password": ["Wrong password."]})
+    check_password_strength(
+        "new_password",
+        data["new_password"],
+        username=user["username"],
+        email=user["email"],
+        first_name=user["first_name"],
+        last_name=user["last_name"],
+    )
+    params = {"user_id": user["id"], "password_hash": hash_password(data["new_password"])}
+    user = fetch_one("set_password", params)
+    return {
+        "user": user_to_json(user),
+        "tokens": issue_tokens(user),
+        "message": "Password changed successfully",
+    }
+
+
+# ------------------------------------------------------------------ set-up
+
+
+def jwt_error(message: str) -> Callable[..., Any]:
+    """A flask-jwt-extended callback answering 401 in the contract's error shape."""
+
+    def callback(*args: Any) -> Any:
+        return error_response(401, message)
+
+    return callback
+
+
+def init_app(app: Flask) -> None:
+    """Set up flask-jwt-extended (Postgres blocklist, JSON 401s) and register the views."""
+    jwt = JWTManager(app)
+    jwt.token_in_blocklist_loader(token_is_revoked)
+    jwt.unauthorized_loader(jwt_error("Authentication credentials were not provided."))
+    jwt.invalid_token_loader(jwt_error("Token is invalid."))
+    jwt.expired_token_loader(jwt_error("Token has expired."))
+    jwt.revoked_token_loader(jwt_error("Token has been revoked."))
+    jwt.needs_fresh_token_loader(jwt_error("A fresh token is required."))
+    jwt.user_lookup_error_loader(jwt_error("User not found."))
+    jwt.token_verification_failed_loader(jwt_error("Token verification failed."))
+    app.register_blueprint(bp)

@@ -1,0 +1,694 @@
+"""marshmallow schemas of every request body, query string and response.
+
+The views load requests with these classes, and /openapi.json is generated from
+the same classes, so the documentation cannot drift from what is enforced.
+Strings refuse NUL characters and unpaired surrogates and JSON objects refuse
+NaN/Infinity, so nothing a client sends can fail later inside Postgres.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
+
+from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
+
+STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
+MAX_JSON_DEPTH = 32
+NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+
+
+def check_text(value: str) -> None:
+    """Refuse what Postgres text cannot hold: NUL, and what UTF-8 cannot encode."""
+    if "\x00" in value:
+        raise ValidationError("NUL characters are not allowed.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Not valid UTF-8 text.") from None
+
+
+def check_json(value: Any, depth: int = 0) -> None:
+    """Refuse JSON that jsonb cannot store: NaN/Infinity, NUL, bad text, deep nesting."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValidationError(f"Nested deeper than {MAX_JSON_DEPTH} levels.")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError("NaN and Infinity are not valid JSON numbers.")
+    if isinstance(value, str):
+        check_text(value)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_text(key)
+            check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            check_json(item, depth + 1)
+
+
+class Text(fields.String):
+    """A string Postgres can store."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        check_text(text)
+        return text
+
+
+class JsonObject(fields.Dict):
+    """A JSON object jsonb can store."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        obj = super()._deserialize(value, attr, data, **kwargs)
+        check_json(obj)
+        return obj
+
+
+class Priority(fields.Field):
+    """low/normal/high/critical (1/5/10/20) or an integer 0..100."""
+
+    MESSAGE = "Must be low, normal, high, critical or an integer from 0 to 100."
+
+    def __init__(self, **kwargs: Any) -> None:
+        metadata = {
+            "oneOf": [
+                {"type": "string", "enum": list(PRIORITY_NAMES)},
+                {"type": "integer", "minimum": 0, "maximum": 100},
+            ],
+            "description": "Higher runs first: low=1, normal=5, high=10, critical=20.",
+        }
+        metadata.update(kwargs.pop("metadata", {}))
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            name = value.strip().lower()
+            if name in PRIORITY_NAMES:
+                return PRIORITY_NAMES[name]
+            if not name.isdigit():
+                raise ValidationError(self.MESSAGE)
+            value = int(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+            raise ValidationError(self.MESSAGE)
+        return value
+
+
+class DateBound(fields.Field):
+    """A date (whole day) or an ISO 8601 datetime, as an aware UTC datetime.
+
+    ``end=True`` makes the bound exclusive: the day after a date, a microsecond
+    after a datetime, so ``created_at < bound`` keeps the index usable.
+    """
+
+    def __init__(self, end: bool = False, **kwargs: Any) -> None:
+        metadata = {"description": "YYYY-MM-DD or an ISO 8601 datetime (UTC when no offset)."}
+        metadata.update(kwargs.pop("metadata", {}))
+        super().__init__(metadata=metadata, **kwargs)
+        self.end = end
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, str):
+            raise ValidationError("Not a valid date.")
+        try:
+            if len(value) == 10:
+                day = date.fromisoformat(value)
+                bound = datetime.combine(day, time.min, tzinfo=UTC)
+                step = timedelta(days=1)
+            else:
+                bound = datetime.fromisoformat(value)
+                if bound.tzinfo is None:
+                    bound = bound.replace(tzinfo=UTC)
+                step = timedelta(microseconds=1)
+            return bound + step if self.end else bound
+        except (ValueError, OverflowError):
+            raise ValidationError("Not a valid date: use YYYY-MM-DD or ISO 8601.") from None
+
+
+def rename_alias(data: Any, alias: str, name: str) -> Any:
+    """Move ``alias`` to ``name`` in a request body (the seeds' field names)."""
+    if isinstance(data, dict) and alias in data:
+        data = dict(data)
+        value = data.pop(alias)
+        data.setdefault(name, value)
+    return data
+
+
+# --------------------------------------------------------------------------- auth
+
+
+class RegisterSchema(Schema):
+    """POST /auth/register."""
+
+    username = Text(
+        required=True,
+        validate=[
+            validate.Length(min=3, max=150),
+            validate.Regexp(r"^[\w.@+-]+$", error="Letters, digits and @ . + - _ only."),
+        ],
+    )
+    email = fields.Email(required=True, validate=validate.Length(max=254))
+    password = Text(required=True, load_only=True, validate=validate.Length(max=128))
+    password2 = Text(
+        required=True,
+        load_only=True,
+        metadata={"description": "Repeat of password (alias password_confirm)."},
+    )
+    first_name = Text(load_default="", validate=validate.Length(max=150))
+    last_name = Text(load_default="", validate=validate.Length(max=150))
+
+    @pre_load
+    def aliases(self, data: Any, **kwargs: Any) -> Any:
+        """Accept password_confirm for password2."""
+        return rename_alias(data, "password_confirm", "password2")
+
+    @validates_schema
+    def passwords_match(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """password2 repeats password."""
+        if data.get("password") != data.get("password2"):
+            raise ValidationError("The two passwords do not match.", "password2")
+
+
+class LoginSchema(Schema):
+    """POST /auth/login (and /auth/token): username or email, and password."""
+
+    username = Text(required=True, metadata={"description": "Username or email."})
+    password = Text(required=True, load_only=True)
+
+
+class RefreshSchema(Schema):
+    """POST /auth/token/refresh."""
+
+    refresh = Text(required=True, metadata={"description": "A refresh token."})
+
+
+class VerifySchema(Schema):
+    """POST /auth/token/verify."""
+
+    token = Text(required=True)
+
+
+class LogoutSchema(Schema):
+    """POST /auth/logout: the refresh token to revoke with the access token."""
+
+    refresh = Text(load_default=None, allow_none=True)
+
+
+class ProfileUpdateSchema(Schema):
+    """PATCH /auth/profile."""
+
+    email = fields.Email(validate=validate.Length(max=254))
+    first_name = Text(validate=validate.Length(max=150))
+    last_name = Text(validate=validate.Length(max=150))
+
+
+class ChangePasswordSchema(Schema):
+    """POST /auth/change-password."""
+
+    old_password = Text(required=True, load_only=True)
+    new_password = Text(required=True, load_only=True, validate=validate.Length(max=128))
+    new_password2 = Text(
+        required=True,
+        load_only=True,
+        metadata={"description": "Repeat of new_password (alias new_password_confirm)."},
+    )
+
+    @pre_load
+    def aliases(self, data: Any, **kwargs: Any) -> Any:
+        """Accept new_password_confirm for new_password2."""
+        return rename_alias(data, "new_password_confirm", "new_password2")
+
+    @validates_schema
+    def passwords_match(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """new_password2 repeats new_password."""
+        if data.get("new_password") != data.get("new_password2"):
+            raise ValidationError("The two passwords do not match.", "new_password2")
+
+
+class UserSchema(Schema):
+    """A user as the API shows it."""
+
+    id = fields.Integer()
+    username = fields.String()
+    email = fields.String()
+    first_name = fields.String()
+    last_name = fields.String()
+    is_admin = fields.Boolean()
+    created_at = fields.DateTime()
+
+
+class TokensSchema(Schema):
+    """A pair of JWTs."""
+
+    access = fields.String()
+    refresh = fields.String()
+
+
+class AuthResponseSchema(Schema):
+    """Register, login, refresh and change-password answers."""
+
+    user = fields.Nested(UserSchema)
+    tokens = fields.Nested(TokensSchema)
+    message = fields.String()
+
+
+class UserResponseSchema(Schema):
+    """Profile answers."""
+
+    user = fields.Nested(UserSchema)
+    message = fields.String()
+
+
+class VerifyResponseSchema(Schema):
+    """Token verification answer."""
+
+    valid = fields.Boolean()
+    token_type = fields.String()
+    user_id = fields.Integer()
+    expires_at = fields.DateTime()
+
+
+class MessageSchema(Schema):
+    """A plain confirmation."""
+
+    message = fields.String()
+
+
+class ErrorSchema(Schema):
+    """Every error body."""
+
+    error = fields.String()
+    field_errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+
+
+# -------------------------------------------------------------------------- tasks
+
+
+class TaskCreateSchema(Schema):
+    """POST /tasks (and each item of POST /tasks/batch).
+
+    The payload is checked against the task type's own schema; unknown types
+    are refused with the list of known ones.
+    """
+
+    title = Text(validate=validate.Length(min=1, max=255))
+    name = Text(
+        load_only=True,
+        validate=validate.Length(min=1, max=255),
+        metadata={"description": "Alias of title."},
+    )
+    description = Text(load_default="", validate=validate.Length(max=10_000))
+    task_type = Text(load_default="process", validate=validate.Length(min=1, max=100))
+    payload = JsonObject(load_default=dict)
+    queue = Text(load_default="default", validate=validate.Regexp(NAME_PATTERN))
+    priority = Priority(load_default=PRIORITY_NAMES["normal"])
+    scheduled_at = fields.AwareDateTime(
+        default_timezone=UTC,
+        allow_none=True,
+        load_default=None,
+        metadata={"description": "Run no earlier than this (UTC when no offset)."},
+    )
+    scheduled_time = fields.AwareDateTime(
+        default_timezone=UTC,
+        allow_none=True,
+        load_only=True,
+        metadata={"description": "Alias of scheduled_at."},
+    )
+    max_retries = fields.Integer(strict=True, load_default=3, validate=validate.Range(0, 100))
+    retry_delay = fields.Integer(
+        strict=True,
+        load_default=60,
+        validate=validate.Range(0, 7 * 86400),
+        metadata={"description": "Base of the exponential backoff, seconds."},
+    )
+    timeout = fields.Integer(
+        strict=True,
+        allow_none=True,
+        load_default=None,
+        validate=validate.Range(1, 7 * 86400),
+        metadata={"description": "Hard time limit of one attempt, seconds."},
+    )
+    tags = fields.List(
+        Text(validate=validate.Length(min=1, max=64)),
+        load_default=list,
+        validate=validate.Length(max=50),
+    )
+    metadata = JsonObject(load_default=dict)
+    callback_url = fields.Url(
+        schemes={"http", "https"},
+        require_tld=False,
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(max=2048),
+    )
+    callback_events = fields.List(
+        fields.String(validate=validate.OneOf(CALLBACK_EVENTS)),
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(min=1, max=len(CALLBACK_EVENTS)),
+    )
+    callback_headers = fields.Dict(
+        keys=Text(validate=validate.Length(min=1, max=256)),
+        values=Text(validate=validate.Length(max=4096)),
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(max=50),
+    )
+    callback_secret = Text(
+        load_only=True,
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(min=1, max=256),
+    )
+    callback_max_attempts = fields.Integer(
+        strict=True, load_default=5, validate=validate.Range(1, 50)
+    )
+
+    @post_load
+    def resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Apply the aliases, then check task_type and the payload against the registry."""
+        from worker.registry import load_task_modules
+
+        alias = data.pop("name", None)
+        data["title"] = data.get("title") or alias
+        if not data["title"]:
+            raise ValidationError("Missing data for required field.", "title")
+        alias_time = data.pop("scheduled_time", None)
+        data["scheduled_at"] = data.get("scheduled_at") or alias_time
+        registry = load_task_modules()
+        task_type = registry.get(data["task_type"])
+        if task_type is None:
+            known = ", ".join(sorted(registry))
+            message = f"Unknown task type {data['task_type']!r}; known types: {known}."
+            raise ValidationError(message, "task_type")
+        try:
+            task_type.validate(data["payload"])
+        except ValidationError as exc:
+            raise ValidationError({"payload": exc.messages}) from None
+        return data
+
+
+class TaskBatchSchema(Schema):
+    """POST /tasks/batch: up to TASKQ_MAX_BATCH tasks, created in one transaction."""
+
+    tasks = fields.List(
+        fields.Nested(TaskCreateSchema), required=True, validate=validate.Length(min=1)
+    )
+
+
+class TaskListQuerySchema(Schema):
+    """Query string of GET /tasks and GET /admin/tasks."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    status = Text(
+        metadata={"description": "One status or several, comma-separated (case-insensitive)."}
+    )
+    task_type = Text()
+    queue = Text()
+    priority = Priority()
+    tag = Text()
+    start_date = DateBound(metadata={"description": "Created at or after (YYYY-MM-DD or ISO)."})
+    end_date = DateBound(end=True)
+    search = Text(
+        validate=validate.Length(max=200),
+        metadata={"description": "Case-insensitive text in title or description."},
+    )
+    ordering = Text(metadata={"description": "Fields, comma-separated; '-' for descending."})
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    page_size = fields.Integer(validate=validate.Range(min=1))
+
+    @post_load
+    def split_status(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """status=pending,failed as a list of enum values."""
+        if "status" in data:
+            statuses = [s.strip().upper() for s in data["status"].split(",") if s.strip()]
+            unknown = [s for s in statuses if s not in STATUSES]
+            if unknown or not statuses:
+                raise ValidationError(f"Must be among {', '.join(STATUSES)}.", "status")
+            data["status"] = statuses
+        return data
+
+
+class AdminTaskListQuerySchema(TaskListQuerySchema):
+    """Query string of GET /admin/tasks: the user filters as well."""
+
+    user_id = fields.Integer(validate=validate.Range(min=1, max=2**63 - 1))
+    username = Text()
+
+
+class PageQuerySchema(Schema):
+    """page/page_size of the other paginated lists."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    page_size = fields.Integer(validate=validate.Range(min=1))
+
+
+class OwnerSchema(Schema):
+    """The owner of a task, in the admin list."""
+
+    id = fields.Integer()
+    username = fields.String()
+    email = fields.String()
+
+
+class TaskSchema(Schema):
+    """A task as the API, webhooks and events show it (taskq.representation)."""
+
+    id = fields.Integer()
+    user_id = fields.Integer(allow_none=True)
+    user = fields.Nested(OwnerSchema, metadata={"description": "Owner (admin list only)."})
+    title = fields.String()
+    description = fields.String()
+    task_type = fields.String()
+    payload = fields.Dict()
+    queue = fields.String()
+    priority = fields.Integer()
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    scheduled_at = fields.DateTime(allow_none=True)
+    run_at = fields.DateTime()
+    next_retry_at = fields.DateTime(allow_none=True)
+    attempts = fields.Integer()
+    max_retries = fields.Integer()
+    retry_delay = fields.Integer()
+    timeout = fields.Integer(allow_none=True)
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    tags = fields.List(fields.String())
+    metadata = fields.Dict()
+    worker_id = fields.String(allow_none=True)
+    callback_url = fields.String(allow_none=True)
+    callback_events = fields.List(fields.String(), allow_none=True)
+    callback_max_attempts = fields.Integer()
+    has_callback_secret = fields.Boolean()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    completed_at = fields.DateTime(allow_none=True)
+    updated_at = fields.DateTime()
+
+
+class TaskCreatedSchema(Schema):
+    """Answer of POST /tasks."""
+
+    task = fields.Nested(TaskSchema)
+    message = fields.String()
+
+
+class TaskBatchCreatedSchema(Schema):
+    """Answer of POST /tasks/batch."""
+
+    tasks = fields.List(fields.Nested(TaskSchema))
+    count = fields.Integer()
+    message = fields.String()
+
+
+class TaskPageSchema(Schema):
+    """A page of tasks."""
+
+    count = fields.Integer()
+    next = fields.String(allow_none=True)
+    previous = fields.String(allow_none=True)
+    results = fields.List(fields.Nested(TaskSchema))
+
+
+class TaskDetailSchema(Schema):
+    """Answer of GET /tasks/{id}."""
+
+    task = fields.Nested(TaskSchema)
+    cached = fields.Boolean()
+
+
+class TaskStatusSchema(Schema):
+    """Answer of GET /tasks/{id}/status."""
+
+    id = fields.Integer()
+    status = fields.String()
+    attempts = fields.Integer()
+    max_retries = fields.Integer()
+    result = fields.Raw(allow_none=True)
+    error = fields.String(allow_none=True)
+    next_retry_at = fields.DateTime(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
+    completed_at = fields.DateTime(allow_none=True)
+    updated_at = fields.DateTime()
+
+
+class HistoryEntrySchema(Schema):
+    """One transition."""
+
+    id = fields.Integer()
+    from_status = fields.String(allow_none=True)
+    to_status = fields.String()
+    attempt = fields.Integer()
+    worker_id = fields.String(allow_none=True)
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+
+
+class TaskHistorySchema(Schema):
+    """Answer of GET /tasks/{id}/history."""
+
+    task_id = fields.Integer()
+    history = fields.List(fields.Nested(HistoryEntrySchema))
+
+
+class TaskActionSchema(Schema):
+    """Answer of cancel, retry and reprocess."""
+
+    task = fields.Nested(TaskSchema)
+    message = fields.String()
+
+
+class StatusCountSchema(Schema):
+    """Tasks in one status."""
+
+    status = fields.String()
+    count = fields.Integer()
+
+
+class StatsSchema(Schema):
+    """Answer of GET /tasks/stats."""
+
+    stats = fields.List(fields.Nested(StatusCountSchema))
+    total = fields.Integer()
+
+
+class TaskTypeSchema(Schema):
+    """One registered task type."""
+
+    name = fields.String()
+    description = fields.String()
+    payload_schema = fields.Dict(metadata={"description": "JSON schema of the payload."})
+
+
+class TaskTypesSchema(Schema):
+    """Answer of GET /task-types."""
+
+    task_types = fields.List(fields.Nested(TaskTypeSchema))
+
+
+class DeadLetterSchema(Schema):
+    """A task that ended FAILED."""
+
+    id = fields.Integer()
+    task_id = fields.Integer()
+    user_id = fields.Integer(allow_none=True)
+    task_type = fields.String()
+    queue = fields.String()
+    payload = fields.Dict()
+    error = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    failed_at = fields.DateTime()
+    reprocessed_at = fields.DateTime(allow_none=True)
+    task_status = fields.String(allow_none=True)
+
+
+class DeadLetterPageSchema(Schema):
+    """A page of dead letters."""
+
+    count = fields.Integer()
+    next = fields.String(allow_none=True)
+    previous = fields.String(allow_none=True)
+    results = fields.List(fields.Nested(DeadLetterSchema))
+
+
+class DeadLetterDetailSchema(Schema):
+    """Answer of GET /dead-letters/{id}."""
+
+    dead_letter = fields.Nested(DeadLetterSchema)
+
+
+class QueueStatSchema(Schema):
+    """One row of the queue_stats view."""
+
+    queue = fields.String()
+    waiting = fields.Integer()
+    due = fields.Integer()
+    running = fields.Integer()
+    oldest_due_age = fields.Float(allow_none=True, metadata={"description": "Seconds."})
+    completed_last_minute = fields.Integer()
+    failed_last_minute = fields.Integer()
+
+
+class QueuesSchema(Schema):
+    """Answer of GET /admin/queues."""
+
+    queues = fields.List(fields.Nested(QueueStatSchema))
+
+
+class WorkerSchema(Schema):
+    """One row of the live_workers view."""
+
+    id = fields.String()
+    hostname = fields.String()
+    pid = fields.Integer()
+    queues = fields.List(fields.String())
+    concurrency = fields.Integer()
+    started_at = fields.DateTime()
+    heartbeat_at = fields.DateTime()
+    silent_for = fields.Float(metadata={"description": "Seconds since the last heartbeat."})
+    running = fields.Integer()
+
+
+class WorkersSchema(Schema):
+    """Answer of GET /admin/workers."""
+
+    workers = fields.List(fields.Nested(WorkerSchema))
+
+
+# ------------------------------------------------------------ request helpers
+
+
+def load_query(schema_cls: type[Schema]) -> dict[str, Any]:
+    """The request's query string loaded with ``schema_cls`` (400 with field_errors)."""
+    from flask import request
+
+    return schema_cls().load(request.args.to_dict())
+
+
+def reject_bad_data(bp: Any) -> None:
+    """Answer 400, not 500, when Postgres refuses a value that passed validation."""
+    import psycopg
+    from flask import current_app
+
+    from app.errors import error_response
+
+    def handle(exc: psycopg.errors.DataError):
+        current_app.logger.info("data refused by Postgres: %s", exc)
+        return error_response(400, "Invalid data: a value is out of range or malformed.")
+
+    bp.register_error_handler(psycopg.errors.DataError, handle)

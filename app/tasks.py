@@ -1,0 +1,461 @@
+"""The tasks API: create (single, batch), list, detail, status, history, delete, cancel,
+retry, stats, task types and dead letters. Another user's task is always 404.
+
+Views only change ``tasks.status`` (and its timestamps): the triggers of the
+migration write the history row and the NOTIFY of every transition.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import Blueprint, Flask, current_app, request, url_for
+from flask_jwt_extended import jwt_required
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from app import schemas
+from app.auth import current_user_id
+from app.db import fetch_all, fetch_one, get_conn
+from app.errors import ApiError, get_json_body
+from app.openapi import doc, payload_json_schema
+from sql import queries
+from taskq.representation import (
+    DEFAULT_CALLBACK_EVENTS,
+    row_to_json,
+    task_status_to_json,
+    task_to_json,
+)
+
+bp = Blueprint("tasks", __name__, url_prefix="/api/v1")
+
+ORDERING_FIELDS = (
+    "id",
+    "created_at",
+    "updated_at",
+    "scheduled_at",
+    "run_at",
+    "started_at",
+    "completed_at",
+    "priority",
+    "status",
+    "title",
+    "task_type",
+    "queue",
+    "attempts",
+)
+MAX_ORDERING_TERMS = 5
+# Query parameter -> the named fragment of sql/*.sql that filters on it.
+FILTER_FRAGMENTS = {
+    "user_id": "task_filter_owner",
+    "username": "task_filter_username",
+    "status": "task_filter_status",
+    "task_type": "task_filter_task_type",
+    "queue": "task_filter_queue",
+    "priority": "task_filter_priority",
+    "tag": "task_filter_tag",
+    "start_date": "task_filter_start_date",
+    "end_date": "task_filter_end_date",
+    "search": "task_filter_search",
+}
+CANCELLABLE = ("PENDING", "RETRYING", "PROCESSING")
+RETRYABLE = ("FAILED", "CANCELLED")
+
+
+# ----------------------------------------------------------------- helpers
+
+
+def like_pattern(text: str) -> str:
+    """``%text%`` for ILIKE, with the pattern characters of ``text`` escaped."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def ordering_sql(ordering: str | None) -> sql.Composable:
+    """ORDER BY terms from ``-created_at,title``, whitelisted; id breaks ties."""
+    terms = [t.strip() for t in (ordering or "-created_at").split(",") if t.strip()]
+    if not terms or len(terms) > MAX_ORDERING_TERMS:
+        raise ApiError(
+            400,
+            "Invalid ordering.",
+            {"ordering": [f"Give 1 to {MAX_ORDERING_TERMS} comma-separated fields."]},
+        )
+    parts = []
+    for term in terms:
+        name = term.removeprefix("-")
+        if name not in ORDERING_FIELDS:
+            allowed = ", ".join(ORDERING_FIELDS)
+            message = f"Unknown field {name!r}; order by {allowed} ('-' for descending)."
+            raise ApiError(400, "Invalid ordering.", {"ordering": [message]})
+        direction = sql.SQL("DESC" if term.startswith("-") else "ASC")
+        parts.append(sql.SQL("{} {}").format(sql.Identifier("t", name), direction))
+    # The tie-breaker follows the first term's direction so (user_id, created_at
+    # DESC, id DESC) serves the default order as one index scan.
+    if "id" not in {t.removeprefix("-") for t in terms}:
+        tie = "DESC" if terms[0].startswith("-") else "ASC"
+        parts.append(sql.SQL("{} {}").format(sql.Identifier("t", "id"), sql.SQL(tie)))
+    return sql.SQL(", ").join(parts)
+
+
+def where_sql(filters: dict[str, Any]) -> sql.Composable:
+    """The AND of the fragments of the filters present."""
+    parts = [sql.SQL(queries[FILTER_FRAGMENTS[name]]) for name in filters]
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
+
+
+def page_size_of(query: dict[str, Any]) -> int:
+    """The page size asked for, checked against TASKQ_MAX_PAGE_SIZE."""
+    size = query.get("page_size") or current_app.config["TASKQ_PAGE_SIZE"]
+    maximum = current_app.config["TASKQ_MAX_PAGE_SIZE"]
+    if size > maximum:
+        raise ApiError(400, "Invalid input.", {"page_size": [f"At most {maximum}."]})
+    return size
+
+
+def page_url(page: int) -> str:
+    """This request's absolute URL with ``page`` replaced."""
+    args = request.args.copy()
+    args["page"] = str(page)
+    return f"{request.base_url}?{urlencode(list(args.items(multi=True)))}"
+
+
+def page_body(results: list[dict[str, Any]], count: int, page: int, size: int) -> dict[str, Any]:
+    """``{count, next, previous, results}`` with absolute links."""
+    last = max(1, math.ceil(count / size))
+    return {
+        "count": count,
+        "next": page_url(page + 1) if page < last else None,
+        "previous": page_url(min(page - 1, last)) if page > 1 else None,
+        "results": results,
+    }
+
+
+def list_tasks_page(
+    list_query: str, count_query: str, query: dict[str, Any], filters: dict[str, Any]
+) -> dict[str, Any]:
+    """A page of tasks matching ``query``'s filters (plus ``filters``), as the API shows it."""
+    for name in FILTER_FRAGMENTS:
+        if name in query:
+            filters[name] = query[name]
+    if "search" in filters:
+        filters["search"] = like_pattern(filters["search"])
+    page, size = query["page"], page_size_of(query)
+    where, order = where_sql(filters), ordering_sql(query.get("ordering"))
+    params = {**filters, "limit": size, "offset": (page - 1) * size}
+    with get_conn() as conn:
+        count = conn.execute(sql.SQL(queries[count_query]).format(where=where), params)
+        total = count.fetchone()["count"]
+        rows = []
+        if params["offset"] < total:
+            statement = sql.SQL(queries[list_query]).format(where=where, order=order)
+            rows = conn.execute(statement, params).fetchall()
+    return page_body([task_to_json(row) for row in rows], total, page, size)
+
+
+def idempotency_key() -> str | None:
+    """The Idempotency-Key header, checked."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= 255 or "\x00" in key:
+        raise ApiError(400, "Invalid input.", {"Idempotency-Key": ["Give 1 to 255 characters."]})
+    return key
+
+
+def task_columns(data: dict[str, Any]) -> dict[str, Any]:
+    """A validated create body as the column values of a new task."""
+    columns = dict(data)
+    if columns["callback_url"] and not columns["callback_events"]:
+        columns["callback_events"] = list(DEFAULT_CALLBACK_EVENTS)
+    return columns
+
+
+def task_params(data: dict[str, Any], user_id: int) -> dict[str, Any]:
+    """Parameters of insert_task."""
+    params = task_columns(data)
+    params["user_id"] = user_id
+    for name in ("payload", "metadata", "callback_headers"):
+        if params[name] is not None:
+            params[name] = Jsonb(params[name])
+    return params
+
+
+def task_or_404(conn: Any, task_id: int, user_id: int) -> dict[str, Any]:
+    """The caller's task, or 404 (also when it belongs to someone else)."""
+    row = conn.execute(queries["get_task"], {"task_id": task_id, "user_id": user_id}).fetchone()
+    if row is None:
+        raise ApiError(404, f"Task {task_id} not found.")
+    return row
+
+
+def change_status(query: str, task_id: int, allowed: tuple[str, ...], verb: str) -> dict[str, Any]:
+    """Run a status-changing query on the caller's task; 404 or 409 when it cannot apply."""
+    params = {"task_id": task_id, "user_id": current_user_id()}
+    with get_conn() as conn:
+        row = conn.execute(queries[query], params).fetchone()
+        if row is None:
+            current = task_or_404(conn, task_id, params["user_id"])
+            raise ApiError(
+                409,
+                f"Task {task_id} is {current['status']}: only {', '.join(allowed)} tasks "
+                f"can be {verb}.",
+            )
+    return row
+
+
+def load_task_detail(task_id: int, user_id: int) -> dict[str, Any] | None:
+    """The task as GET /tasks/{id} shows it, read from Postgres; None unless it is the user's."""
+    row = fetch_one("get_task", {"task_id": task_id, "user_id": user_id})
+    return task_to_json(row) if row is not None else None
+
+
+# ------------------------------------------------------------------- tasks
+
+
+@bp.post("/tasks")
+@doc(
+    "Create a task",
+    tag="tasks",
+    body=schemas.TaskCreateSchema,
+    response=schemas.TaskCreatedSchema,
+    status=201,
+)
+@jwt_required()
+def create_task():
+    """201 with the new task; 200 with the first one when the Idempotency-Key was used before."""
+    data = schemas.TaskCreateSchema().load(get_json_body())
+    key = idempotency_key()
+    params = {**task_params(data, current_user_id()), "idempotency_key": key}
+    with get_conn() as conn:
+        row = conn.execute(queries["insert_task"], params).fetchone()
+        if row is None:
+            lookup = {"user_id": params["user_id"], "idempotency_key": key}
+            row = conn.execute(queries["get_task_by_idempotency_key"], lookup).fetchone()
+            body = {"task": task_to_json(row), "message": "Task already created with this key"}
+            return body, 200
+    location = url_for("tasks.get_task", task_id=row["id"])
+    body = {"task": task_to_json(row), "message": "Task created successfully"}
+    return body, 201, {"Location": location}
+
+
+@bp.post("/tasks/batch")
+@doc(
+    "Create many tasks in one transaction",
+    tag="tasks",
+    body=schemas.TaskBatchSchema,
+    response=schemas.TaskBatchCreatedSchema,
+    status=201,
+)
+@jwt_required()
+def create_tasks_batch():
+    """All tasks or none; at most TASKQ_MAX_BATCH; a bare JSON array is accepted too."""
+    body = get_json_body()
+    if isinstance(body, list):
+        body = {"tasks": body}
+    maximum = current_app.config["TASKQ_MAX_BATCH"]
+    if isinstance(body, dict) and len(body.get("tasks") or ()) > maximum:
+        raise ApiError(400, "Batch too large.", {"tasks": [f"At most {maximum} tasks."]})
+    data = schemas.TaskBatchSchema().load(body)
+    items = []
+    for n, task in enumerate(data["tasks"]):
+        item = task_columns(task)
+        item["n"] = n
+        if item["scheduled_at"] is not None:
+            item["scheduled_at"] = item["scheduled_at"].isoformat()
+        items.append(item)
+    rows = fetch_all("insert_tasks_batch", {"user_id": current_user_id(), "tasks": Jsonb(items)})
+    tasks = [task_to_json(row) for row in sorted(rows, key=lambda r: r["id"])]
+    return {"tasks": tasks, "count": len(tasks), "message": f"{len(tasks)} tasks created"}, 201
+
+
+@bp.get("/tasks")
+@doc(
+    "List the caller's tasks",
+    tag="tasks",
+    query=schemas.TaskListQuerySchema,
+    response=schemas.TaskPageSchema,
+)
+@jwt_required()
+def list_tasks():
+    """Filtered, ordered, paginated."""
+    query = schemas.load_query(schemas.TaskListQuerySchema)
+    return list_tasks_page("list_tasks", "count_tasks", query, {"user_id": current_user_id()})
+
+
+@bp.get("/tasks/stats")
+@doc("Count the caller's tasks per status", tag="tasks", response=schemas.StatsSchema)
+@jwt_required()
+def task_stats():
+    """Every status with its count, and the total."""
+    rows = fetch_all("task_stats", {"user_id": current_user_id()})
+    stats = [{"status": row["status"], "count": row["count"]} for row in rows]
+    return {"stats": stats, "total": sum(row["count"] for row in stats)}
+
+
+@bp.get("/tasks/<int:task_id>")
+@doc("One task", tag="tasks", response=schemas.TaskDetailSchema)
+@jwt_required()
+def get_task(task_id: int):
+    """The task and whether it came from the cache."""
+    task = load_task_detail(task_id, current_user_id())
+    if task is None:
+        raise ApiError(404, f"Task {task_id} not found.")
+    return {"task": task, "cached": False}
+
+
+@bp.get("/tasks/<int:task_id>/status")
+@doc("The short status of a task", tag="tasks", response=schemas.TaskStatusSchema)
+@jwt_required()
+def get_task_status(task_id: int):
+    """Status, attempts, result or error, and when it next runs."""
+    with get_conn() as conn:
+        row = task_or_404(conn, task_id, current_user_id())
+    return task_status_to_json(row)
+
+
+@bp.get("/tasks/<int:task_id>/history")
+@doc("The transitions of a task", tag="tasks", response=schemas.TaskHistorySchema)
+@jwt_required()
+def get_task_history(task_id: int):
+    """Every status change, oldest first."""
+    with get_conn() as conn:
+        task_or_404(conn, task_id, current_user_id())
+        rows = conn.execute(queries["task_history"], {"task_id": task_id}).fetchall()
+    return {"task_id": task_id, "history": [row_to_json(row) for row in rows]}
+
+
+@bp.delete("/tasks/<int:task_id>")
+@doc("Delete a task", tag="tasks", response=schemas.MessageSchema, errors=(409,))
+@jwt_required()
+def delete_task(task_id: int):
+    """Delete a task that no worker is running (cancel a running one first: 409)."""
+    params = {"task_id": task_id, "user_id": current_user_id()}
+    with get_conn() as conn:
+        if conn.execute(queries["delete_task"], params).fetchone() is None:
+            task_or_404(conn, task_id, params["user_id"])
+            raise ApiError(409, f"Task {task_id} is running: cancel it before deleting it.")
+    return {"message": f"Task {task_id} deleted successfully"}
+
+
+@bp.post("/tasks/<int:task_id>/cancel")
+@doc(
+    "Cancel a waiting or running task",
+    tag="tasks",
+    response=schemas.TaskActionSchema,
+    errors=(409,),
+)
+@jwt_required()
+def cancel_task(task_id: int):
+    """PENDING, RETRYING or PROCESSING -> CANCELLED (a running task's worker is told)."""
+    row = change_status("cancel_task", task_id, CANCELLABLE, "cancelled")
+    return {"task": task_to_json(row), "message": f"Task {task_id} cancelled"}
+
+
+@bp.post("/tasks/<int:task_id>/retry")
+@doc(
+    "Retry a failed or cancelled task",
+    tag="tasks",
+    response=schemas.TaskActionSchema,
+    errors=(409,),
+)
+@jwt_required()
+def retry_task(task_id: int):
+    """FAILED or CANCELLED -> PENDING with a new attempt series, due now."""
+    row = change_status("retry_task", task_id, RETRYABLE, "retried")
+    return {"task": task_to_json(row), "message": f"Task {task_id} queued for retry"}
+
+
+@bp.get("/task-types")
+@doc("The registered task types and their payloads", tag="tasks", response=schemas.TaskTypesSchema)
+@jwt_required()
+def task_types():
+    """Name, description and payload JSON schema of every registered type."""
+    from worker.registry import load_task_modules
+
+    types = [
+        {
+            "name": task_type.name,
+            "description": task_type.description,
+            "payload_schema": payload_json_schema(task_type.payload_schema)
+            if task_type.payload_schema is not None
+            else {"type": "object"},
+        }
+        for task_type in sorted(load_task_modules().values(), key=lambda t: t.name)
+    ]
+    return {"task_types": types}
+
+
+# ------------------------------------------------------------ dead letters
+
+
+def dead_letter_or_404(conn: Any, dead_letter_id: int, user_id: int) -> dict[str, Any]:
+    """The caller's dead letter, or 404."""
+    params = {"dead_letter_id": dead_letter_id, "user_id": user_id}
+    row = conn.execute(queries["get_dead_letter"], params).fetchone()
+    if row is None:
+        raise ApiError(404, f"Dead letter {dead_letter_id} not found.")
+    return row
+
+
+@bp.get("/dead-letters")
+@doc(
+    "The caller's failed tasks",
+    tag="dead letters",
+    query=schemas.PageQuerySchema,
+    response=schemas.DeadLetterPageSchema,
+)
+@jwt_required()
+def list_dead_letters():
+    """Newest first, paginated."""
+    query = schemas.load_query(schemas.PageQuerySchema)
+    page, size = query["page"], page_size_of(query)
+    params = {"user_id": current_user_id(), "limit": size, "offset": (page - 1) * size}
+    with get_conn() as conn:
+        total = conn.execute(queries["count_dead_letters"], params).fetchone()["count"]
+        rows = conn.execute(queries["list_dead_letters"], params).fetchall()
+    return page_body([row_to_json(row) for row in rows], total, page, size)
+
+
+@bp.get("/dead-letters/<int:dead_letter_id>")
+@doc("One dead letter", tag="dead letters", response=schemas.DeadLetterDetailSchema)
+@jwt_required()
+def get_dead_letter(dead_letter_id: int):
+    """The failed task's type, payload, error and attempts."""
+    with get_conn() as conn:
+        row = dead_letter_or_404(conn, dead_letter_id, current_user_id())
+    return {"dead_letter": row_to_json(row)}
+
+
+@bp.post("/dead-letters/<int:dead_letter_id>/reprocess")
+@doc(
+    "Send a dead letter's task back to the queue",
+    tag="dead letters",
+    response=schemas.TaskActionSchema,
+    errors=(409,),
+)
+@jwt_required()
+def reprocess_dead_letter(dead_letter_id: int):
+    """A new attempt series: the task goes back to PENDING with no attempts; once per letter."""
+    user_id = current_user_id()
+    with get_conn() as conn:
+        letter = dead_letter_or_404(conn, dead_letter_id, user_id)
+        if letter["reprocessed_at"] is not None:
+            raise ApiError(409, f"Dead letter {dead_letter_id} was already reprocessed.")
+        # retry_task re-checks the status under the row lock, so two concurrent
+        # reprocesses (or a retry racing one) requeue the task once.
+        params = {"task_id": letter["task_id"], "user_id": user_id}
+        row = conn.execute(queries["retry_task"], params).fetchone()
+        if row is None:
+            raise ApiError(
+                409, f"Task {letter['task_id']} is {letter['task_status']}: nothing to reprocess."
+            )
+    return {"task": task_to_json(row), "message": f"Task {row['id']} requeued"}
+
+
+def init_app(app: Flask) -> None:
+    """Register the tasks and dead-letter endpoints."""
+    schemas.reject_bad_data(bp)
+    app.register_blueprint(bp)
