@@ -81,5 +81,20 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
     sys.exit(run_up(bind=bind, api_workers=workers, concurrency=concurrency))
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="smaller sizes, one run each (under 5 minutes)")
+@click.option("--database-url", default=None, help="server to benchmark on (default DATABASE_URL)")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="write")
+@click.option("--system", "systems", multiple=True, help="only these systems (repeatable)")
+def bench(quick: bool, database_url: str | None, json_path: str | None, systems: tuple) -> None:
+    """Benchmark taskq against PgQueuer and procrastinate on the same Postgres."""
+    from pathlib import Path
+
+    from bench.harness import run_bench
+
+    url = database_url or required_database_url()
+    run_bench(url, quick, Path(json_path) if json_path else None, list(systems) or None)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))
