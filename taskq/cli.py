@@ -96,5 +96,57 @@ def bench(quick: bool, database_url: str | None, json_path: str | None, systems:
     run_bench(url, quick, Path(json_path) if json_path else None, list(systems) or None)
 
 
+@main.command()
+@click.option("--queues", default=None, help="comma-separated queues (TASKQ_QUEUES, default)")
+@click.option("--concurrency", default=None, type=click.IntRange(1), help="child processes")
+@click.option("--max-tasks", default=None, type=click.IntRange(0), help="recycle a child after N")
+@click.option("--poll-interval", default=None, type=click.FloatRange(0.01), help="seconds")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR")
+@click.option("--metrics-port", default=None, type=click.IntRange(1, 65535), help="Prometheus")
+def worker(
+    queues: str | None,
+    concurrency: int | None,
+    max_tasks: int | None,
+    poll_interval: float | None,
+    log_level: str | None,
+    metrics_port: int | None,
+) -> None:
+    """A supervised pool of worker processes; SIGTERM drains it."""
+    from worker.config import load_config, split_queues
+    from worker.supervisor import run_worker
+
+    try:
+        config = load_config(
+            database_url=required_database_url(),
+            queues=split_queues(queues) if queues else None,
+            concurrency=concurrency,
+            max_tasks=max_tasks,
+            poll_interval=poll_interval,
+            log_level=log_level.upper() if log_level else None,
+            metrics_port=metrics_port,
+        )
+    except SettingError as exc:
+        fail(str(exc))
+    sys.exit(run_worker(config))
+
+
+@main.command("list-tasks")
+def list_tasks() -> None:
+    """Print the task-type registry (built-ins and TASKQ_IMPORTS modules)."""
+    from worker.stats import registry_table
+
+    click.echo(registry_table())
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="one JSON document")
+def stats(as_json: bool) -> None:
+    """Queue depth, age and rate per queue, stuck tasks and live workers (the sql/ views)."""
+    from worker.stats import view_json, view_report
+
+    url = required_database_url()
+    click.echo(view_json(url) if as_json else view_report(url))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(prog_name=os.path.basename(sys.argv[0]))

@@ -1,0 +1,130 @@
+-- name: claim_tasks
+-- Lock up to %(limit)s runnable tasks of the given queues in claim order, skipping rows others hold; lease them.
+-- One index-ordered scan per queue (ix_tasks_claim), so a deep backlog costs a LIMIT, not a sort.
+WITH next AS (
+    SELECT c.id
+      FROM unnest(%(queues)s::text[]) AS q(name)
+     CROSS JOIN LATERAL (
+            SELECT id, priority, run_at FROM tasks
+             WHERE queue = q.name
+               AND status IN ('PENDING', 'RETRYING')
+               AND run_at <= now()
+             ORDER BY priority DESC, run_at, id
+             LIMIT %(limit)s
+               FOR UPDATE SKIP LOCKED) c
+     ORDER BY c.priority DESC, c.run_at, c.id
+     LIMIT %(limit)s)
+UPDATE tasks t
+   SET status = 'PROCESSING',
+       attempts = t.attempts + 1,
+       worker_id = %(worker_id)s,
+       lease_token = nextval('task_lease_token_seq'),
+       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+       started_at = now(),
+       updated_at = now()
+  FROM next
+ WHERE t.id = next.id
+RETURNING t.id, t.lease_token, t.task_type, t.payload, t.queue, t.priority, t.run_at,
+          t.attempts, t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited;
+
+-- name: complete_tasks
+-- Store results and COMPLETED, fenced: only while our claim (lease_token) still holds the row.
+UPDATE tasks t
+   SET status = 'COMPLETED',
+       result = d.result,
+       error = NULL,
+       completed_at = now(),
+       lease_expires_at = NULL,
+       updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[], %(results)s::jsonb[]) AS d(id, token, result)
+ WHERE t.id = d.id AND t.lease_token = d.token AND t.status = 'PROCESSING'
+RETURNING t.id;
+
+-- name: fail_tasks
+-- Record failed attempts, fenced: RETRYING after exponential backoff with jitter, or FAILED when spent.
+-- Backoff: retry_delay * 2^(attempt-1), capped at %(max_delay)s, times a random 0.75-1.25.
+UPDATE tasks t
+   SET status = CASE WHEN t.attempts <= t.max_retries
+                     THEN 'RETRYING'::task_status ELSE 'FAILED'::task_status END,
+       error = f.error,
+       run_at = CASE WHEN t.attempts <= t.max_retries
+                     THEN now() + make_interval(secs =>
+                          least(t.retry_delay * power(2, least(t.attempts - 1, 40)), %(max_delay)s)
+                          * (0.75 + random() * 0.5))
+                     ELSE t.run_at END,
+       completed_at = CASE WHEN t.attempts <= t.max_retries THEN NULL ELSE now() END,
+       lease_expires_at = NULL,
+       updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[], %(errors)s::text[]) AS f(id, token, error)
+ WHERE t.id = f.id AND t.lease_token = f.token AND t.status = 'PROCESSING'
+RETURNING t.id, t.status;
+
+-- name: release_tasks
+-- Hand claimed tasks back without counting the attempt (shutdown, or claimed but never started).
+UPDATE tasks t
+   SET status = CASE WHEN t.attempts > 1 THEN 'RETRYING'::task_status ELSE 'PENDING'::task_status END,
+       attempts = t.attempts - 1,
+       worker_id = NULL,
+       lease_expires_at = NULL,
+       started_at = NULL,
+       updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS r(id, token)
+ WHERE t.id = r.id AND t.lease_token = r.token AND t.status = 'PROCESSING'
+RETURNING t.id;
+
+-- name: held_tasks
+-- The running tasks a worker process holds (ix_tasks_lease covers every PROCESSING row).
+SELECT id, lease_token FROM tasks
+ WHERE status = 'PROCESSING' AND worker_id = %(worker_id)s
+   FOR UPDATE SKIP LOCKED;
+
+-- name: expired_leases
+-- Running tasks whose lease ran out: their worker is gone. Locked so two reapers never race.
+SELECT id, lease_token, worker_id FROM tasks
+ WHERE status = 'PROCESSING' AND lease_expires_at < now()
+ ORDER BY lease_expires_at
+ LIMIT %(limit)s
+   FOR UPDATE SKIP LOCKED;
+
+-- name: extend_leases
+-- Heartbeat: push the lease of every task the live worker processes hold.
+UPDATE tasks
+   SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+ WHERE status = 'PROCESSING' AND worker_id = ANY(%(worker_ids)s::text[]);
+
+-- name: touch_workers
+-- Heartbeat: the worker processes are alive.
+UPDATE workers SET heartbeat_at = now() WHERE id = ANY(%(worker_ids)s::text[]);
+
+-- name: register_worker
+-- A worker process announces itself (live_workers view).
+INSERT INTO workers (id, hostname, pid, queues, concurrency)
+VALUES (%(id)s, %(hostname)s, %(pid)s, %(queues)s, %(concurrency)s)
+ON CONFLICT (id) DO UPDATE
+   SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, queues = EXCLUDED.queues,
+       concurrency = EXCLUDED.concurrency, started_at = now(), heartbeat_at = now();
+
+-- name: delete_workers
+-- Worker processes that are gone.
+DELETE FROM workers WHERE id = ANY(%(worker_ids)s::text[]);
+
+-- name: try_leader_lock
+-- Maintenance runs on one worker at a time: the holder of this session advisory lock.
+SELECT pg_try_advisory_lock(%(key)s) AS leader;
+
+-- name: insert_periodic_tick
+-- Claim one cron tick; the primary key makes it happen once however many leaders ever try.
+INSERT INTO periodic_ticks (name, tick_at) VALUES (%(name)s, %(tick_at)s)
+ON CONFLICT DO NOTHING
+RETURNING name;
+
+-- name: enqueue_periodic_task
+-- The task of a periodic tick (no owner).
+INSERT INTO tasks (title, task_type, payload, queue, priority, max_retries, timeout, metadata)
+VALUES (%(title)s, %(task_type)s, %(payload)s, %(queue)s, %(priority)s, %(max_retries)s,
+        %(timeout)s, %(metadata)s)
+RETURNING id;
+
+-- name: set_tick_task
+-- Remember which task a tick enqueued.
+UPDATE periodic_ticks SET task_id = %(task_id)s WHERE name = %(name)s AND tick_at = %(tick_at)s;

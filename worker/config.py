@@ -1,0 +1,156 @@
+"""Worker settings: command-line options over the environment over defaults, checked once."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from taskq.settings import SettingError, database_url, env, env_float, env_int
+
+
+@dataclass(frozen=True)
+class PeriodicSchedule:
+    """One cron schedule: enqueue ``task_type`` with ``payload`` at every tick."""
+
+    name: str
+    schedule: str
+    task_type: str
+    payload: dict = field(default_factory=dict)
+    queue: str = "default"
+    priority: int = 5
+    max_retries: int = 0
+    timeout: int | None = None
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Everything a supervisor and its children need; plain data, so it pickles."""
+
+    database_url: str
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 2
+    max_tasks: int = 0
+    poll_interval: float = 2.0
+    lease_seconds: float = 30.0
+    heartbeat_seconds: float = 10.0
+    task_timeout: float = 600.0
+    soft_limit_ratio: float = 0.9
+    shutdown_grace: float = 30.0
+    max_retry_delay: float = 3600.0
+    batch_size: int = 200
+    fast_task_ms: float = 5.0
+    flush_ms: float = 50.0
+    cancel_grace: float = 1.0
+    reaper_interval: float = 5.0
+    periodic_catchup: float = 300.0
+    periodic: tuple[PeriodicSchedule, ...] = ()
+    metrics_port: int | None = None
+    log_level: str = "INFO"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain data (for a child process)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WorkerConfig:
+        """The inverse of to_dict."""
+        data = dict(data)
+        data["queues"] = tuple(data["queues"])
+        data["periodic"] = tuple(PeriodicSchedule(**p) for p in data["periodic"])
+        return cls(**data)
+
+
+def split_queues(value: str) -> tuple[str, ...]:
+    """``"a, b"`` -> ("a", "b"); an error when empty."""
+    queues = tuple(dict.fromkeys(q.strip() for q in value.split(",") if q.strip()))
+    if not queues:
+        raise SettingError("at least one queue is needed")
+    return queues
+
+
+def periodic_schedules() -> tuple[PeriodicSchedule, ...]:
+    """TASKQ_PERIODIC (a JSON list of schedules, or an object keyed by name) plus the clean-up.
+
+    The built-in ``cleanup_old_tasks`` runs on TASKQ_CLEANUP_SCHEDULE (default
+    ``0 0 * * *``, midnight UTC; ``off`` disables it).
+    """
+    raw = env("TASKQ_PERIODIC")
+    items: list[dict] = []
+    if raw:
+        try:
+            parsed = json.loads(raw)
+        except ValueError as exc:
+            raise SettingError(f"TASKQ_PERIODIC is not JSON: {exc}") from None
+        if isinstance(parsed, dict):
+            parsed = [{"name": name, **spec} for name, spec in parsed.items()]
+        if not isinstance(parsed, list) or not all(isinstance(p, dict) for p in parsed):
+            raise SettingError("TASKQ_PERIODIC must be a JSON list of objects")
+        items = parsed
+    cleanup = env("TASKQ_CLEANUP_SCHEDULE", "0 0 * * *")
+    if (
+        cleanup
+        and cleanup.lower() != "off"
+        and not any(i.get("name") == "cleanup_old_tasks" for i in items)
+    ):
+        items = [*items, {"name": "cleanup_old_tasks", "schedule": cleanup,
+                          "task_type": "cleanup_old_tasks"}]  # fmt: skip
+    return tuple(check_schedule(item) for item in items)
+
+
+def check_schedule(item: dict) -> PeriodicSchedule:
+    """A validated schedule: known fields, a valid cron expression, a payload the type accepts."""
+    from croniter import croniter
+    from marshmallow import ValidationError
+
+    from worker.registry import load_task_modules
+
+    try:
+        schedule = PeriodicSchedule(**item)
+    except TypeError as exc:
+        raise SettingError(f"TASKQ_PERIODIC entry {item!r}: {exc}") from None
+    if not croniter.is_valid(schedule.schedule):
+        raise SettingError(f"periodic {schedule.name!r}: bad cron {schedule.schedule!r}")
+    registry = load_task_modules()
+    if schedule.task_type not in registry:
+        raise SettingError(f"periodic {schedule.name!r}: unknown task type {schedule.task_type!r}")
+    try:
+        registry[schedule.task_type].validate(schedule.payload)
+    except ValidationError as exc:
+        raise SettingError(f"periodic {schedule.name!r}: bad payload {exc.messages}") from None
+    return schedule
+
+
+def load_config(**options: Any) -> WorkerConfig:
+    """Settings from the environment, with command-line ``options`` (None = unset) on top."""
+    given = {k: v for k, v in options.items() if v is not None}
+    lease = env_float("TASKQ_LEASE_SECONDS", 30.0, minimum=0.5)
+    queues = given.pop("queues", None) or env("TASKQ_QUEUES", "default") or "default"
+    config = WorkerConfig(
+        database_url=given.pop("database_url", None) or database_url(),
+        queues=split_queues(queues) if isinstance(queues, str) else tuple(queues),
+        concurrency=env_int("TASKQ_CONCURRENCY", os.cpu_count() or 1, minimum=1),
+        max_tasks=env_int("TASKQ_MAX_TASKS", 0, minimum=0),
+        poll_interval=env_float("TASKQ_POLL_INTERVAL", 2.0, minimum=0.01),
+        lease_seconds=lease,
+        heartbeat_seconds=env_float("TASKQ_HEARTBEAT_SECONDS", lease / 3, minimum=0.05),
+        task_timeout=env_float("TASKQ_TASK_TIMEOUT", 600.0, minimum=0.1),
+        soft_limit_ratio=env_float("TASKQ_SOFT_LIMIT_RATIO", 0.9, minimum=0.05),
+        shutdown_grace=env_float("TASKQ_SHUTDOWN_GRACE", 30.0, minimum=0),
+        max_retry_delay=env_float("TASKQ_MAX_RETRY_DELAY", 3600.0, minimum=0),
+        batch_size=env_int("TASKQ_BATCH_SIZE", 200, minimum=1),
+        fast_task_ms=env_float("TASKQ_FAST_TASK_MS", 5.0, minimum=0),
+        flush_ms=env_float("TASKQ_FLUSH_MS", 50.0, minimum=0),
+        cancel_grace=env_float("TASKQ_CANCEL_GRACE", 1.0, minimum=0.05),
+        reaper_interval=env_float("TASKQ_REAPER_INTERVAL", min(5.0, lease / 2), minimum=0.05),
+        periodic_catchup=env_float("TASKQ_PERIODIC_CATCHUP", 300.0, minimum=0),
+        periodic=periodic_schedules(),
+        metrics_port=env_int("TASKQ_METRICS_PORT", 0, minimum=0) or None,
+        log_level=(env("TASKQ_LOG_LEVEL", "INFO") or "INFO").upper(),
+    )
+    if config.soft_limit_ratio > 1:
+        raise SettingError("TASKQ_SOFT_LIMIT_RATIO must be at most 1")
+    from dataclasses import replace
+
+    return replace(config, **given)
