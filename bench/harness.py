@@ -144,7 +144,7 @@ class Workers:
     def __init__(self, system: System, url: str, procs: int, record: Path) -> None:
         self.system, self.url, self.procs = system, url, procs
         self.ready_lines = 0
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **system.worker_env(url, record)}
         self.popens = [
             subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, env=env)
             for cmd in system.worker_commands(url, procs, record)

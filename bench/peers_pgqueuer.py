@@ -59,7 +59,7 @@ class PgQueuerSystem(System):
     """PgQueuer: jobs leave the ``pgqueuer`` table when they are done."""
 
     name = "pgqueuer"
-    unfinished_sql = "SELECT count(*) FROM pgqueuer"
+    unfinished_sql = "SELECT count(*) FROM (SELECT 1 FROM pgqueuer LIMIT 1) s"
 
     def install(self, url: str) -> None:
         """``Queries.install()``: tables, triggers, functions."""

@@ -68,7 +68,10 @@ class ProcrastinateSystem(System):
     """procrastinate: finished jobs stay in ``procrastinate_jobs`` as ``succeeded``."""
 
     name = "procrastinate"
-    unfinished_sql = "SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')"
+    unfinished_sql = (
+        "SELECT count(*) FROM (SELECT 1 FROM procrastinate_jobs"
+        " WHERE status IN ('todo', 'doing') LIMIT 1) s"
+    )
 
     def install(self, url: str) -> None:
         """``schema_manager.apply_schema_async()``."""

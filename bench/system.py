@@ -55,6 +55,10 @@ class System:
         """
         raise NotImplementedError
 
+    def worker_env(self, url: str, record: Path) -> dict[str, str]:
+        """Extra environment of the worker processes."""
+        return {}
+
     def wait_ready(self, url: str, procs: int, lines: Callable[[], int], timeout: float) -> None:
         """Block until the workers listen; default: each printed ``ready``."""
         deadline = time.monotonic() + timeout

@@ -1,0 +1,27 @@
+"""The benchmark's own taskq task type, loaded by workers through ``TASKQ_IMPORTS``.
+
+``bench_stamp`` is a no-op that notes when it started, so taskq's pickup
+latency is measured at the same point as the peers' (the job function's
+first line), not at a database timestamp.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from worker.registry import TaskContext, register
+
+_stamps = None
+
+
+@register("bench_stamp", description="Benchmark no-op: notes its start time (bench/ only).")
+def bench_stamp(payload: Any, ctx: TaskContext) -> None:
+    """Append ``key start_time`` to the file ``BENCH_STAMP_FILE`` names (per process)."""
+    global _stamps
+    if _stamps is None:
+        # Line-buffered: a child killed at shutdown still leaves every line it wrote.
+        path = f"{os.environ['BENCH_STAMP_FILE']}.{os.getpid()}"
+        _stamps = open(path, "a", buffering=1)  # noqa: SIM115 - open for the process's life
+    _stamps.write(f"{payload['key']} {time.time()}\n")
