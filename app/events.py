@@ -446,7 +446,7 @@ def task_events(task_id: int):
     notifier = open_notifier()
     sub = notifier.subscribe(task_id=task_id)  # before the replay: nothing falls in between
     try:
-        task = _task_for_stream(task_id, user_id)
+        task = owned_task(task_id, user_id)
         replayed = replay("task_events_since", {"task_id": task_id}, after)
     except BaseException:
         notifier.unsubscribe(sub)
@@ -457,7 +457,8 @@ def task_events(task_id: int):
     return sse_response(stream_body(notifier, sub, replayed, after, follow_task=True))
 
 
-def _task_for_stream(task_id: int, user_id: int) -> dict[str, Any]:
+def owned_task(task_id: int, user_id: int) -> dict[str, Any]:
+    """The task (id, status, user_id) if the caller owns it or is an admin; else 404."""
     from sql import queries
 
     with get_conn() as conn:

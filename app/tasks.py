@@ -18,6 +18,7 @@ from psycopg.types.json import Jsonb
 
 from app import schemas
 from app.auth import current_user_id
+from app.cache import cached_task_detail
 from app.db import fetch_all, fetch_one, get_conn
 from app.errors import ApiError, get_json_body
 from app.openapi import doc, payload_json_schema
@@ -30,6 +31,7 @@ from taskq.representation import (
 )
 
 bp = Blueprint("tasks", __name__, url_prefix="/api/v1")
+schemas.reject_bad_data(bp)
 
 ORDERING_FIELDS = (
     "id",
@@ -300,10 +302,10 @@ def task_stats():
 @jwt_required()
 def get_task(task_id: int):
     """The task and whether it came from the cache."""
-    task = load_task_detail(task_id, current_user_id())
+    task, cached = cached_task_detail(task_id, current_user_id(), load_task_detail)
     if task is None:
         raise ApiError(404, f"Task {task_id} not found.")
-    return {"task": task, "cached": False}
+    return {"task": task, "cached": cached}
 
 
 @bp.get("/tasks/<int:task_id>/status")
@@ -457,5 +459,4 @@ def reprocess_dead_letter(dead_letter_id: int):
 
 def init_app(app: Flask) -> None:
     """Register the tasks and dead-letter endpoints."""
-    schemas.reject_bad_data(bp)
     app.register_blueprint(bp)

@@ -1,7 +1,72 @@
-"""Webhook history and replay (placeholder until the endpoints land)."""
+"""Webhook history and replay: the endpoints over ``webhook_deliveries``.
 
-from flask import Flask
+Deliveries are made by the transition trigger (migration 0002) and sent by the
+``deliver_webhook`` task type (``worker/webhooks.py``); here a client lists a
+task's deliveries, replays one (a new delivery of the same event and task
+snapshot), or triggers one for the task as it is now.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Flask, jsonify, request
+
+from app.db import fetch_all, fetch_one
+from app.errors import ApiError
+from app.events import bearer_user_id, owned_task
+from taskq.representation import CALLBACK_EVENTS, EVENT_FOR_STATUS, row_to_json
+
+bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/tasks")
+
+# task.cancelled is the name the trigger sends for CANCELLED unless task.revoked was asked for.
+KNOWN_EVENTS = frozenset({*CALLBACK_EVENTS, "task.cancelled"})
+
+
+@bp.get("/<int:task_id>/webhook-deliveries")
+def list_deliveries(task_id: int):
+    """A task's webhook deliveries, newest first, each with its attempt log."""
+    owned_task(task_id, bearer_user_id())
+    rows = fetch_all("list_webhook_deliveries", {"task_id": task_id})
+    return jsonify({"count": len(rows), "results": [row_to_json(r) for r in rows]})
+
+
+@bp.post("/<int:task_id>/webhook-deliveries/<int:delivery_id>/replay")
+def replay_delivery(task_id: int, delivery_id: int):
+    """Send a delivery again: a new delivery with the same event and task snapshot."""
+    owned_task(task_id, bearer_user_id())
+    row = fetch_one("replay_webhook_delivery", {"task_id": task_id, "delivery_id": delivery_id})
+    if row is None:
+        raise ApiError(404, "Webhook delivery not found.")
+    body = {
+        "delivery_id": row["delivery_id"],
+        "replay_of": delivery_id,
+        "message": f"Delivery {delivery_id} replayed as delivery {row['delivery_id']}",
+    }
+    return jsonify(body), 202
+
+
+@bp.post("/<int:task_id>/trigger-webhook")
+def trigger_webhook(task_id: int):
+    """Enqueue a delivery of the task as it is now; ``{"event": ...}`` optional."""
+    owned_task(task_id, bearer_user_id())
+    data = request.get_json(silent=True) if request.data else {}
+    if not isinstance(data, dict):
+        raise ApiError(400, "Malformed JSON body.")
+    task = fetch_one("task_callback", {"task_id": task_id})
+    if task is None:
+        raise ApiError(404, "Task not found.")
+    if not task["callback_url"]:
+        raise ApiError(400, "The task has no callback_url.", {"callback_url": ["Not set."]})
+    event = data.get("event") or EVENT_FOR_STATUS.get(task["status"], "task.queued")
+    if event not in KNOWN_EVENTS:
+        choices = ", ".join(sorted(KNOWN_EVENTS))
+        raise ApiError(400, "Invalid input.", {"event": [f"Must be one of: {choices}."]})
+    row = fetch_one("trigger_webhook", {"task_id": task_id, "event": event})
+    if row is None:  # the task was deleted or lost its callback in between
+        raise ApiError(404, "Task not found.")
+    body = {"delivery_id": row["delivery_id"], "event": event, "message": "Webhook enqueued"}
+    return jsonify(body), 202
 
 
 def init_app(app: Flask) -> None:
     """Register the webhook endpoints."""
+    app.register_blueprint(bp)

@@ -97,6 +97,7 @@ def register(
 def load_task_modules() -> dict[str, TaskType]:
     """Import the built-in types and the modules of TASKQ_IMPORTS; the registry."""
     importlib.import_module("worker.builtins")
+    importlib.import_module("worker.webhooks")
     for module in filter(None, (m.strip() for m in (env("TASKQ_IMPORTS") or "").split(","))):
         importlib.import_module(module)
     return REGISTRY

@@ -32,8 +32,29 @@ COMMENT ON COLUMN webhook_deliveries.attempt_log IS
 COMMENT ON COLUMN webhook_deliveries.payload IS
     'Snapshot of the task at the transition (no secret, no headers): the body''s "task".';
 
+CREATE FUNCTION taskq_enqueue_webhook_deliveries(delivery_ids bigint[]) RETURNS integer
+LANGUAGE sql AS $$
+    WITH queued AS (
+        INSERT INTO tasks (title, task_type, payload, queue, priority, max_retries,
+                           retry_delay, timeout)
+        SELECT 'webhook delivery ' || w.id, 'deliver_webhook',
+               jsonb_build_object('delivery_id', w.id), 'webhooks', 10, w.max_attempts - 1,
+               coalesce(nullif(current_setting('taskq.webhook_retry_delay', true), '')::integer,
+                        10),
+               120
+          FROM webhook_deliveries w
+         WHERE w.id = ANY(delivery_ids)
+         ORDER BY w.id
+        RETURNING 1)
+    SELECT count(*)::integer FROM queued;
+$$;
+COMMENT ON FUNCTION taskq_enqueue_webhook_deliveries(bigint[]) IS
+    'One deliver_webhook task (queue webhooks, no owner) per delivery id.';
+
 CREATE FUNCTION taskq_tasks_webhooks() RETURNS trigger
 LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
 BEGIN
     WITH due AS (
         SELECT n.id, n.callback_url, n.callback_max_attempts, ev.event,
@@ -59,15 +80,12 @@ BEGIN
         INSERT INTO webhook_deliveries (task_id, event, url, payload, max_attempts)
         SELECT id, event, callback_url, snapshot, greatest(callback_max_attempts, 1)
           FROM due ORDER BY id
-        RETURNING id, max_attempts
+        RETURNING id
     )
-    INSERT INTO tasks (title, task_type, payload, queue, priority, max_retries, retry_delay,
-                       timeout)
-    SELECT 'webhook delivery ' || d.id, 'deliver_webhook', jsonb_build_object('delivery_id', d.id),
-           'webhooks', 10, d.max_attempts - 1,
-           coalesce(nullif(current_setting('taskq.webhook_retry_delay', true), '')::integer, 10),
-           120
-      FROM deliveries d ORDER BY d.id;
+    SELECT array_agg(id ORDER BY id) INTO ids FROM deliveries;
+    IF ids IS NOT NULL THEN
+        PERFORM taskq_enqueue_webhook_deliveries(ids);
+    END IF;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION taskq_tasks_webhooks() IS
@@ -81,6 +99,7 @@ CREATE TRIGGER tasks_webhooks AFTER UPDATE ON tasks
 DOWNGRADE = """
 DROP TRIGGER IF EXISTS tasks_webhooks ON tasks;
 DROP FUNCTION IF EXISTS taskq_tasks_webhooks();
+DROP FUNCTION IF EXISTS taskq_enqueue_webhook_deliveries(bigint[]);
 ALTER TABLE webhook_deliveries DROP COLUMN IF EXISTS attempt_log;
 """
 

@@ -1,0 +1,58 @@
+-- name: webhook_delivery_for_send
+-- A delivery with what sending it needs from its task (secret and headers stay in Postgres).
+SELECT w.id, w.task_id, w.event, w.url, w.payload, w.attempt, w.max_attempts, w.status,
+       t.callback_secret, t.callback_headers
+  FROM webhook_deliveries w
+  LEFT JOIN tasks t ON t.id = w.task_id
+ WHERE w.id = %(delivery_id)s;
+
+-- name: record_webhook_attempt
+-- One attempt's outcome on its delivery row, appended to the attempt log.
+UPDATE webhook_deliveries
+   SET attempt = attempt + 1,
+       status = CASE WHEN %(delivered)s THEN 'delivered'
+                     WHEN %(final)s THEN 'failed'
+                     ELSE 'pending' END,
+       status_code = %(status_code)s,
+       duration_ms = %(duration_ms)s,
+       error = %(error)s,
+       delivered_at = CASE WHEN %(delivered)s THEN now() ELSE delivered_at END,
+       attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
+           'attempt', attempt + 1, 'at', now(), 'status_code', %(status_code)s,
+           'duration_ms', %(duration_ms)s, 'error', %(error)s))
+ WHERE id = %(delivery_id)s
+RETURNING attempt, max_attempts, status;
+
+-- name: list_webhook_deliveries
+-- A task's deliveries, newest first.
+SELECT id, task_id, event, url, attempt, max_attempts, status, status_code, duration_ms,
+       error, created_at, delivered_at, attempt_log
+  FROM webhook_deliveries
+ WHERE task_id = %(task_id)s
+ ORDER BY id DESC;
+
+-- name: replay_webhook_delivery
+-- A new delivery copying an old one (same event, URL and task snapshot), and its task.
+WITH copy AS (
+    INSERT INTO webhook_deliveries (task_id, event, url, payload, max_attempts)
+    SELECT task_id, event, url, payload, max_attempts
+      FROM webhook_deliveries
+     WHERE id = %(delivery_id)s AND task_id = %(task_id)s
+    RETURNING id)
+SELECT id AS delivery_id, taskq_enqueue_webhook_deliveries(ARRAY[id]) AS queued FROM copy;
+
+-- name: trigger_webhook
+-- A delivery of the task as it is now, for an event the caller names, and its task.
+WITH copy AS (
+    INSERT INTO webhook_deliveries (task_id, event, url, payload, max_attempts)
+    SELECT id, %(event)s, callback_url,
+           to_jsonb(tasks) - 'callback_secret' - 'callback_headers',
+           greatest(callback_max_attempts, 1)
+      FROM tasks
+     WHERE id = %(task_id)s AND callback_url IS NOT NULL
+    RETURNING id)
+SELECT id AS delivery_id, taskq_enqueue_webhook_deliveries(ARRAY[id]) AS queued FROM copy;
+
+-- name: task_callback
+-- The callback settings of a task (trigger-webhook checks them first).
+SELECT id, status, callback_url, callback_events FROM tasks WHERE id = %(task_id)s;

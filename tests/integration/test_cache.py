@@ -1,0 +1,189 @@
+"""The Redis detail cache of GET /tasks/{id}: hits, invalidation by every transition, races."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+
+from app.cache import DELETED_VERSION, cache_key, get_cache
+from app.events import get_notifier
+from tests.conftest import close_app
+
+
+@pytest.fixture
+def cache_app(database_url: str, redis_url: str):
+    """The API with the shared test Redis as cache, limits off."""
+    from app import create_app
+
+    application = create_app(
+        {
+            "DATABASE_URL": database_url,
+            "TASKQ_ENV": "test",
+            "REDIS_URL": redis_url,
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    yield application
+    close_app(application)
+
+
+def create_task(client, account, **fields) -> dict:
+    """A task of ``account`` made through the API."""
+    body = {"title": "t", "task_type": "echo", "payload": {"x": 1}, **fields}
+    response = client.post("/api/v1/tasks", json=body, headers=account.headers)
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()["task"]
+
+
+def wait_until(predicate, timeout: float = 5.0) -> bool:
+    """Poll until ``predicate()`` holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def transition(database_url: str, task_id: int, status: str) -> None:
+    """An operator's UPDATE in psql: the trigger writes history and notifies."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE tasks SET status = %s, attempts = attempts + 1 WHERE id = %s",
+            (status, task_id),
+        )
+
+
+def test_detail_is_cached_then_invalidated_by_a_psql_transition(cache_app, database_url):
+    client = cache_app.test_client()
+
+    account = register(client)
+    task = create_task(client, account)
+    url = f"/api/v1/tasks/{task['id']}"
+
+    first = client.get(url, headers=account.headers).get_json()
+    second = client.get(url, headers=account.headers).get_json()
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["task"]["status"] == "PENDING"
+
+    batches = get_notifier(cache_app).batches
+    transition(database_url, task["id"], "PROCESSING")
+    assert wait_until(lambda: get_notifier(cache_app).batches > batches)
+    fresh = client.get(url, headers=account.headers).get_json()
+    assert fresh == {"task": fresh["task"], "cached": False}
+    assert fresh["task"]["status"] == "PROCESSING"
+    assert client.get(url, headers=account.headers).get_json()["cached"] is True
+
+
+def test_another_users_read_is_404_even_when_cached(cache_app):
+    client = cache_app.test_client()
+    owner, other = register(client, "owner"), register(client, "other")
+    task = create_task(client, owner)
+    url = f"/api/v1/tasks/{task['id']}"
+    client.get(url, headers=owner.headers)
+    assert client.get(url, headers=owner.headers).get_json()["cached"] is True
+    response = client.get(url, headers=other.headers)
+    assert response.status_code == 404
+    assert set(response.get_json()) == {"error", "field_errors"}
+
+
+def test_a_read_that_raced_a_transition_cannot_write_back_the_older_version(cache_app):
+    cache = get_cache(cache_app)
+    with cache_app.app_context():
+        from app.events import Change
+
+        cache.invalidate([Change(history_id=10, task_id=7, user_id=1, status="COMPLETED")])
+        # A read that took version 9 before the transition and loaded the PROCESSING row:
+        assert cache.fill(7, 9, {"id": 7, "user_id": 1, "status": "PROCESSING"}) is False
+        assert cache.get(7) is None
+        assert cache.fill(7, 10, {"id": 7, "user_id": 1, "status": "COMPLETED"}) is True
+        assert cache.get(7)["status"] == "COMPLETED"
+        # An older invalidation arriving late does not tombstone the newer entry.
+        cache.invalidate([Change(history_id=9, task_id=7, user_id=1, status="PROCESSING")])
+        assert cache.get(7)["status"] == "COMPLETED"
+
+
+def test_delete_invalidates_for_good(cache_app, database_url):
+    client = cache_app.test_client()
+    account = register(client)
+    task = create_task(client, account)
+    url = f"/api/v1/tasks/{task['id']}"
+    client.get(url, headers=account.headers)
+    assert client.get(url, headers=account.headers).get_json()["cached"] is True
+    assert client.delete(url, headers=account.headers).status_code == 200
+    raw = get_cache(cache_app).client
+    assert wait_until(
+        lambda: (raw.get(cache_key(task["id"])) or b"").startswith(b"%d|" % DELETED_VERSION)
+    )
+    response = client.get(url, headers=account.headers)
+    assert response.status_code == 404
+    assert response.get_json()["error"]
+
+
+def test_no_stale_read_after_the_event_is_seen(cache_app, database_url):
+    """Readers hammer the detail while transitions commit; once the SSE subscriber of the
+    same process has seen transition k, no read that starts afterwards returns older data."""
+    client_app = cache_app
+    account = register(client_app.test_client())
+    task = create_task(client_app.test_client(), account)
+    url = f"/api/v1/tasks/{task['id']}"
+    notifier = get_notifier(client_app)
+    with client_app.test_request_context():
+        assert notifier.start()
+        sub = notifier.subscribe(task_id=task["id"])
+    seen = {"attempts": 0}
+    stop = threading.Event()
+    stale: list[tuple[int, int]] = []
+    reads = [0]
+
+    def reader() -> None:
+        client = client_app.test_client()
+        while not stop.is_set():
+            floor = seen["attempts"]
+            body = client.get(url, headers=account.headers).get_json()
+            reads[0] += 1
+            if body["task"]["attempts"] < floor:
+                stale.append((floor, body["task"]["attempts"]))
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            for k in range(1, 41):
+                status = "PROCESSING" if k % 2 else "RETRYING"
+                conn.execute(
+                    "UPDATE tasks SET status = %s, attempts = %s WHERE id = %s",
+                    (status, k, task["id"]),
+                )
+                event = sub.get(timeout=5)
+                assert event.status == status
+                seen["attempts"] = k
+                time.sleep(0.005)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        notifier.unsubscribe(sub)
+    assert reads[0] > 40
+    assert stale == []
+
+
+def register(client, username: str = "ann"):
+    """Register through the API; the account with its access token."""
+    from tests.conftest import Account
+
+    password = "Sturdy-Lamp-42"
+    body = {
+        "username": username,
+        "email": f"{username}@example.com",
+        "password": password,
+        "password2": password,
+    }
+    response = client.post("/api/v1/auth/register", json=body)
+    assert response.status_code == 201, response.get_json()
+    data = response.get_json()
+    return Account(data["user"], data["tokens"], password)

@@ -1,0 +1,174 @@
+"""The ``deliver_webhook`` task type: POST a signed event to a task's callback URL.
+
+The transition trigger (migration 0002) writes a ``webhook_deliveries`` row
+and enqueues this task on queue ``webhooks``; a failed attempt raises, so the
+engine retries it with its usual backoff, up to the delivery's
+``max_attempts``. Each attempt updates the delivery row (status code,
+duration, error) and appends to its ``attempt_log``.
+
+Signatures, when the task has a ``callback_secret``:
+
+* ``X-Taskqueue-Signature``: HMAC-SHA256 hex of the raw body;
+* ``X-Taskqueue-Signature-256``: ``t=<unix seconds>,v1=<HMAC-SHA256 hex of "<t>." + body>``,
+  so a receiver can refuse old (replayed) requests.
+
+Outbound calls go through ``taskq.urlguard``: private and loopback addresses
+are refused unless ``TASKQ_ALLOW_PRIVATE_URLS`` is set; redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from marshmallow import Schema, fields
+from psycopg.rows import dict_row
+
+from sql import queries
+from taskq.representation import task_to_json
+from taskq.settings import env_float
+from taskq.urlguard import UnsafeURLError, fetch
+from worker.registry import TaskContext, register
+
+SIGNATURE_HEADER = "X-Taskqueue-Signature"
+TIMESTAMPED_SIGNATURE_HEADER = "X-Taskqueue-Signature-256"
+
+
+_ATTEMPTS: Any = None
+
+
+def count_attempt(outcome: str) -> None:
+    """Count one attempt by outcome, when the worker records metrics (worker.metrics)."""
+    global _ATTEMPTS
+    from worker import metrics
+
+    if not metrics.ENABLED:
+        return
+    if _ATTEMPTS is None:
+        from prometheus_client import Counter
+
+        _ATTEMPTS = Counter(
+            "taskq_webhook_attempts_total",
+            "Webhook delivery attempts by outcome (delivered, error, refused).",
+            ["outcome"],
+        )
+    _ATTEMPTS.labels(outcome=outcome).inc()
+
+
+class WebhookDeliveryError(RuntimeError):
+    """An attempt failed; the engine retries the task while attempts remain."""
+
+
+class DeliverySchema(Schema):
+    """The delivery to send."""
+
+    delivery_id = fields.Integer(required=True, strict=True)
+
+
+def webhook_body(event: str, task_snapshot: dict[str, Any], sent_at: datetime) -> bytes:
+    """The raw body: ``{"event", "sent_at", "task"}`` with the API's task representation."""
+    body = {"event": event, "sent_at": sent_at.isoformat(), "task": task_to_json(task_snapshot)}
+    return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """Both signature headers of ``body``."""
+    key = secret.encode()
+    plain = hmac.new(key, body, hashlib.sha256).hexdigest()
+    stamped = hmac.new(key, f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return {
+        SIGNATURE_HEADER: plain,
+        TIMESTAMPED_SIGNATURE_HEADER: f"t={timestamp},v1={stamped}",
+    }
+
+
+def verify_signature(
+    secret: str, body: bytes, header: str, tolerance: float = 300, now: float | None = None
+) -> bool:
+    """Receiver side: a valid ``t=…,v1=…`` header no older than ``tolerance`` seconds."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        timestamp = int(parts["t"])
+    except (KeyError, ValueError):
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance:
+        return False
+    expected = sign(secret, body, timestamp)[TIMESTAMPED_SIGNATURE_HEADER]
+    return hmac.compare_digest(expected.encode(), header.encode())
+
+
+def request_headers(delivery: dict[str, Any], body: bytes) -> dict[str, str]:
+    """The user's callback headers, then ours (which the user cannot override)."""
+    headers = {str(k): str(v) for k, v in (delivery.get("callback_headers") or {}).items()}
+    headers.update(
+        {
+            "Content-Type": "application/json",
+            "User-Agent": "taskq-webhooks",
+            "X-Taskqueue-Event": delivery["event"],
+            "X-Taskqueue-Delivery": str(delivery["id"]),
+        }
+    )
+    if delivery.get("callback_secret"):
+        headers.update(sign(delivery["callback_secret"], body, int(time.time())))
+    return headers
+
+
+def send(delivery: dict[str, Any]) -> tuple[int | None, float, str | None]:
+    """One POST: (status code, duration ms, error); a refused URL is an error, not a raise."""
+    body = webhook_body(delivery["event"], delivery["payload"], datetime.now(UTC))
+    timeout = env_float("TASKQ_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
+    started = time.perf_counter()
+    try:
+        reply = fetch(
+            "POST",
+            delivery["url"],
+            headers=request_headers(delivery, body),
+            body=body,
+            timeout=timeout,
+        )
+    except UnsafeURLError as exc:
+        return None, (time.perf_counter() - started) * 1000, f"refused: {exc}"
+    except (OSError, ValueError) as exc:  # connection refused, timeout, bad response
+        return None, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}"
+    error = None if 200 <= reply.status < 300 else f"HTTP {reply.status}"
+    return reply.status, reply.elapsed_ms, error
+
+
+@register("deliver_webhook", payload=DeliverySchema)
+def deliver_webhook(payload: dict, ctx: TaskContext) -> dict:
+    """Sends one webhook delivery (signed POST); raises so the engine retries a failure."""
+    conn = ctx.connection()
+    with conn.cursor(row_factory=dict_row) as cur:
+        delivery = cur.execute(
+            queries["webhook_delivery_for_send"], {"delivery_id": payload["delivery_id"]}
+        ).fetchone()
+    if delivery is None:
+        return {"skipped": "the delivery was deleted with its task"}
+    if delivery["status"] != "pending":
+        return {"skipped": f"already {delivery['status']}"}  # a re-run after a lost lease
+    status_code, duration_ms, error = send(delivery)
+    delivered = error is None
+    refused = error is not None and error.startswith("refused:")
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            queries["record_webhook_attempt"],
+            {
+                "delivery_id": delivery["id"],
+                "delivered": delivered,
+                # The attempt the engine will not retry: the last one, or a refused URL.
+                "final": refused or delivery["attempt"] + 1 >= delivery["max_attempts"],
+                "status_code": status_code,
+                "duration_ms": round(duration_ms, 3),
+                "error": error,
+            },
+        ).fetchone()
+    outcome = "delivered" if delivered else ("refused" if refused else "error")
+    count_attempt(outcome)
+    result = {"delivery_id": delivery["id"], "attempt": row["attempt"] if row else None}
+    if delivered or refused:
+        return {**result, "status_code": status_code, "error": error}
+    raise WebhookDeliveryError(f"webhook delivery {delivery['id']} failed: {error}")
