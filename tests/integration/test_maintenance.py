@@ -1,0 +1,143 @@
+"""Reaper, leader election, periodic ticks and clean-up against a real Postgres."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+from tests.worker_helpers import insert_tasks, wait_for
+from worker.builtins import cleanup_old_tasks
+from worker.claim import claim_tasks, connect
+from worker.config import PeriodicSchedule, WorkerConfig, check_schedule
+from worker.maintenance import Maintenance, enqueue_tick, latest_tick
+from worker.registry import TaskContext
+
+EVERY_SECOND = PeriodicSchedule(name="tick", schedule="* * * * * *", task_type="noop")
+
+
+def config(url: str, **changes: object) -> WorkerConfig:
+    return replace(WorkerConfig(database_url=url, reaper_interval=0.05), **changes)
+
+
+def test_reaper_returns_expired_tasks_counting_the_attempt(db: psycopg.Connection, database_url):
+    again, spent, alive = insert_tasks(db, 3, max_retries=1, retry_delay=0)
+    db.execute("UPDATE tasks SET max_retries = 0 WHERE id = %s", [spent])
+    with connect(database_url) as conn:
+        claim_tasks(conn, worker_id="lost", queues=["default"], limit=2)
+        claim_tasks(conn, worker_id="alive", queues=["default"], limit=1)
+    db.execute(
+        "UPDATE tasks SET lease_expires_at = now() - interval '1 s' WHERE worker_id = 'lost'"
+    )
+    assert db.execute("SELECT count(*) AS n FROM stuck_tasks").fetchone()["n"] == 2
+    leader = Maintenance(config(database_url))
+    try:
+        leader.step()
+        assert leader.leader
+    finally:
+        leader.close()
+    rows = db.execute("SELECT id, status::text, attempts, error FROM tasks ORDER BY id").fetchall()
+    assert [(r["id"], r["status"], r["attempts"]) for r in rows] == [
+        (again, "RETRYING", 1), (spent, "FAILED", 1), (alive, "PROCESSING", 1),
+    ]  # fmt: skip
+    assert rows[0]["error"] == "lease expired: worker lost lost"
+    assert db.execute("SELECT task_id FROM dead_letters").fetchall() == [{"task_id": spent}]
+
+
+def test_one_leader_and_takeover_when_it_dies(db: psycopg.Connection, database_url: str):
+    first, second = Maintenance(config(database_url)), Maintenance(config(database_url))
+    try:
+        first.step()
+        second.step()
+        assert first.leader and not second.leader
+        db.execute("SELECT pg_terminate_backend(%s)", [first.lock_conn.info.backend_pid])
+        first.step()  # notices its lock connection is gone
+        assert not first.leader
+
+        def second_leads() -> bool:
+            second.next_attempt = 0
+            second.step()
+            return second.leader
+
+        wait_for(second_leads, 5, "takeover")
+        first.next_attempt = 0
+        first.step()
+        assert not first.leader
+    finally:
+        first.close()
+        second.close()
+
+
+def test_each_tick_is_enqueued_once_by_racing_leaders(db: psycopg.Connection, database_url):
+    tick = datetime(2030, 1, 1, tzinfo=UTC)
+    results: list[int | None] = []
+
+    def race() -> None:
+        with connect(database_url) as conn:
+            results.append(enqueue_tick(conn, EVERY_SECOND, tick))
+
+    threads = [threading.Thread(target=race) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    tasks = db.execute("SELECT id, task_type, user_id, metadata FROM tasks").fetchall()
+    assert tasks == [{"id": winners[0], "task_type": "noop", "user_id": None,
+                      "metadata": {"periodic": "tick", "tick_at": tick.isoformat()}}]  # fmt: skip
+    assert db.execute("SELECT task_id FROM periodic_ticks").fetchone()["task_id"] == winners[0]
+
+
+def test_periodic_enqueuer_follows_the_cron(db: psycopg.Connection, database_url: str) -> None:
+    leader = Maintenance(config(database_url, periodic=(EVERY_SECOND,)))
+    try:
+        now = datetime(2030, 1, 1, 12, 0, 0, 500_000, tzinfo=UTC)
+        leader.leader = True
+        for step in range(4):  # four calls within two distinct seconds
+            leader.enqueue_periodic(now + timedelta(seconds=step // 2, milliseconds=step))
+    finally:
+        leader.close()
+    ticks = db.execute("SELECT tick_at FROM periodic_ticks ORDER BY 1").fetchall()
+    assert [t["tick_at"].second for t in ticks] == [0, 1]
+    assert latest_tick("0 0 * * *", now) == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_schedule_validation() -> None:
+    import pytest
+
+    from taskq.settings import SettingError
+
+    assert check_schedule({"name": "c", "schedule": "0 0 * * *", "task_type": "cleanup_old_tasks"})
+    for bad in (
+        {"name": "x", "schedule": "not cron", "task_type": "noop"},
+        {"name": "x", "schedule": "* * * * *", "task_type": "nope"},
+        {"name": "x", "schedule": "* * * * *", "task_type": "compute", "payload": {}},
+        {"name": "x", "schedule": "* * * * *", "task_type": "noop", "colour": "red"},
+    ):
+        with pytest.raises(SettingError):
+            check_schedule(bad)
+
+
+def test_cleanup_deletes_old_finished_tasks_in_batches(db: psycopg.Connection, database_url):
+    old = insert_tasks(db, 25, status="COMPLETED")
+    old_failed = insert_tasks(db, 5, status="FAILED")
+    recent = insert_tasks(db, 3, status="COMPLETED")
+    waiting = insert_tasks(db, 2)
+    db.execute("UPDATE tasks SET completed_at = now() - interval '40 days' WHERE id = ANY(%s)",
+               [old + old_failed])  # fmt: skip
+    db.execute("UPDATE tasks SET completed_at = now() WHERE id = ANY(%s)", [recent])
+    db.execute("UPDATE tasks SET created_at = now() - interval '60 days' WHERE id = ANY(%s)",
+               [waiting])  # fmt: skip
+    ctx = TaskContext(task_id=0, attempt=1, queue="default", task_type="cleanup_old_tasks",
+                      worker_id="t", database_url=database_url)  # fmt: skip
+    assert cleanup_old_tasks({"days": None, "batch_size": 7}, ctx) == {"deleted": 30, "days": 30}
+    left = db.execute("SELECT id FROM tasks ORDER BY id").fetchall()
+    assert [r["id"] for r in left] == recent + waiting
+    orphans = db.execute(
+        "SELECT count(*) AS n FROM task_history h WHERE NOT EXISTS "
+        "(SELECT 1 FROM tasks t WHERE t.id = h.task_id)"
+    ).fetchone()["n"]
+    assert orphans == 0
