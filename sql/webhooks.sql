@@ -18,8 +18,8 @@ UPDATE webhook_deliveries
        error = %(error)s,
        delivered_at = CASE WHEN %(delivered)s THEN now() ELSE delivered_at END,
        attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
-           'attempt', attempt + 1, 'at', now(), 'status_code', %(status_code)s,
-           'duration_ms', %(duration_ms)s, 'error', %(error)s))
+           'attempt', attempt + 1, 'at', now(), 'status_code', %(status_code)s::integer,
+           'duration_ms', %(duration_ms)s::float8, 'error', %(error)s::text))
  WHERE id = %(delivery_id)s
 RETURNING attempt, max_attempts, status;
 

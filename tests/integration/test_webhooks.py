@@ -1,0 +1,234 @@
+"""Webhooks: the trigger that enqueues deliveries, the endpoints, and one delivery attempt."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from worker.registry import TaskContext
+from worker.webhooks import WebhookDeliveryError, deliver_webhook, verify_signature
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 answering with the given status codes in turn."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.statuses = list(statuses)
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.requests.append((dict(self.headers), body))
+                status = (
+                    receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
+                )
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver([200])
+    yield server
+    server.close()
+
+
+def insert_task(db, url: str | None, events: list[str] | None = None, secret: str = "s3cret"):
+    """A task with callback settings, straight in SQL (as psql or another client would)."""
+    user = db.execute(
+        "INSERT INTO users (username, email, password_hash) VALUES ('wh', 'wh@x', 'x') "
+        "ON CONFLICT DO NOTHING RETURNING id"
+    ).fetchone()
+    user_id = user["id"] if user else db.execute("SELECT id FROM users").fetchone()["id"]
+    return db.execute(
+        "INSERT INTO tasks (user_id, title, task_type, callback_url, callback_events, "
+        "callback_secret, callback_headers, callback_max_attempts) "
+        "VALUES (%s, 'hooked', 'echo', %s, %s, %s, %s, 3) RETURNING *",
+        (user_id, url, events, secret, Jsonb({"X-Custom": "yes"})),
+    ).fetchone()
+
+
+def context(database_url: str, task_id: int = 0) -> TaskContext:
+    return TaskContext(task_id, 1, "webhooks", "deliver_webhook", "test-worker", database_url)
+
+
+def test_a_subscribed_transition_enqueues_a_delivery_and_its_task(db):
+    task = insert_task(db, "https://example.com/hook")
+    plain = insert_task(db, None)
+    db.execute(
+        "UPDATE tasks SET status = 'PROCESSING' WHERE id = ANY(%s)", ([task["id"], plain["id"]],)
+    )
+    assert db.execute("SELECT count(*) AS n FROM webhook_deliveries").fetchone()["n"] == 0
+    db.execute(
+        "UPDATE tasks SET status = 'COMPLETED' WHERE id = ANY(%s)", ([task["id"], plain["id"]],)
+    )
+    deliveries = db.execute("SELECT * FROM webhook_deliveries").fetchall()
+    assert [(d["task_id"], d["event"], d["max_attempts"]) for d in deliveries] == [
+        (task["id"], "task.succeeded", 3)
+    ]
+    assert "callback_secret" not in deliveries[0]["payload"]
+    assert deliveries[0]["payload"]["status"] == "COMPLETED"
+    job = db.execute("SELECT * FROM tasks WHERE task_type = 'deliver_webhook'").fetchone()
+    assert (job["queue"], job["user_id"], job["max_retries"], job["status"]) == (
+        "webhooks",
+        None,
+        2,
+        "PENDING",
+    )
+    assert job["payload"] == {"delivery_id": deliveries[0]["id"]}
+
+
+def test_event_selection_and_the_revoked_alias(db):
+    started = insert_task(db, "https://example.com/a", ["task.started"])
+    revoked = insert_task(db, "https://example.com/b", ["task.succeeded", "task.revoked"])
+    default = insert_task(db, "https://example.com/c")
+    ids = [started["id"], revoked["id"], default["id"]]
+    db.execute("UPDATE tasks SET status = 'PROCESSING' WHERE id = ANY(%s)", (ids,))
+    db.execute("UPDATE tasks SET status = 'CANCELLED' WHERE id = ANY(%s)", (ids,))
+    rows = db.execute("SELECT task_id, event FROM webhook_deliveries ORDER BY id").fetchall()
+    assert [(r["task_id"], r["event"]) for r in rows] == [
+        (started["id"], "task.started"),
+        (revoked["id"], "task.revoked"),
+        (default["id"], "task.cancelled"),
+    ]
+
+
+def delivery_for(db, task) -> dict:
+    db.execute("UPDATE tasks SET status = 'FAILED' WHERE id = %s", (task["id"],))
+    return db.execute(
+        "SELECT * FROM webhook_deliveries WHERE task_id = %s", (task["id"],)
+    ).fetchone()
+
+
+def test_delivery_is_signed_twice_and_recorded(db, database_url, receiver, monkeypatch):
+    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
+    task = insert_task(db, receiver.url)
+    delivery = delivery_for(db, task)
+    result = deliver_webhook({"delivery_id": delivery["id"]}, context(database_url))
+    assert result["status_code"] == 200
+    headers, body = receiver.requests[0]
+    assert headers["X-Taskqueue-Signature"] == hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    assert verify_signature("s3cret", body, headers["X-Taskqueue-Signature-256"])
+    assert not verify_signature("wrong", body, headers["X-Taskqueue-Signature-256"])
+    assert headers["X-Custom"] == "yes"
+    sent = json.loads(body)
+    assert (sent["event"], sent["task"]["id"], sent["task"]["status"]) == (
+        "task.failed",
+        task["id"],
+        "FAILED",
+    )
+    row = db.execute("SELECT * FROM webhook_deliveries WHERE id = %s", (delivery["id"],)).fetchone()
+    assert (row["status"], row["attempt"], row["status_code"]) == ("delivered", 1, 200)
+    assert row["duration_ms"] > 0 and row["delivered_at"] is not None
+    # Run again (a lost lease): already delivered, nothing is sent twice.
+    assert "skipped" in deliver_webhook({"delivery_id": delivery["id"]}, context(database_url))
+    assert len(receiver.requests) == 1
+
+
+def test_a_500_raises_for_a_retry_and_the_last_attempt_marks_it_failed(
+    db, database_url, receiver, monkeypatch
+):
+    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
+    receiver.statuses = [500]
+    delivery = delivery_for(db, insert_task(db, receiver.url))
+    for attempt in (1, 2, 3):
+        with pytest.raises(WebhookDeliveryError):
+            deliver_webhook({"delivery_id": delivery["id"]}, context(database_url))
+        row = db.execute(
+            "SELECT * FROM webhook_deliveries WHERE id = %s", (delivery["id"],)
+        ).fetchone()
+        assert (row["attempt"], row["status_code"], row["error"]) == (attempt, 500, "HTTP 500")
+    assert row["status"] == "failed"
+    assert [a["status_code"] for a in row["attempt_log"]] == [500, 500, 500]
+
+
+def test_private_addresses_are_refused_without_the_setting(db, database_url, receiver, monkeypatch):
+    monkeypatch.delenv("TASKQ_ALLOW_PRIVATE_URLS", raising=False)
+    delivery = delivery_for(db, insert_task(db, receiver.url))
+    result = deliver_webhook({"delivery_id": delivery["id"]}, context(database_url))
+    assert result["error"].startswith("refused:")
+    assert receiver.requests == []
+    row = db.execute("SELECT * FROM webhook_deliveries WHERE id = %s", (delivery["id"],)).fetchone()
+    assert (row["status"], row["attempt"]) == ("failed", 1)
+
+
+# ---------------------------------------------------------------- the endpoints
+
+
+def test_list_replay_and_trigger(client, make_account, db):
+    owner, other = make_account("owner"), make_account("other")
+    task = db.execute(
+        "INSERT INTO tasks (user_id, title, callback_url) "
+        "VALUES (%s, 't', 'https://example.com/h') RETURNING id",
+        (owner.id,),
+    ).fetchone()
+    db.execute("UPDATE tasks SET status = 'COMPLETED' WHERE id = %s", (task["id"],))
+    base = f"/api/v1/tasks/{task['id']}"
+
+    listed = client.get(f"{base}/webhook-deliveries", headers=owner.headers)
+    assert listed.status_code == 200
+    first = listed.get_json()["results"][0]
+    assert (listed.get_json()["count"], first["event"], first["status"]) == (
+        1,
+        "task.succeeded",
+        "pending",
+    )
+
+    replayed = client.post(f"{base}/webhook-deliveries/{first['id']}/replay", headers=owner.headers)
+    assert replayed.status_code == 202
+    assert replayed.get_json()["delivery_id"] > first["id"]
+
+    triggered = client.post(f"{base}/trigger-webhook", headers=owner.headers)
+    assert triggered.status_code == 202
+    assert triggered.get_json()["event"] == "task.succeeded"
+    delivery_ids = {
+        t["payload"]["delivery_id"]
+        for t in db.execute("SELECT payload FROM tasks WHERE task_type = 'deliver_webhook'")
+    }
+    assert delivery_ids == {
+        first["id"],
+        replayed.get_json()["delivery_id"],
+        triggered.get_json()["delivery_id"],
+    }
+
+    for response in (
+        client.get(f"{base}/webhook-deliveries", headers=other.headers),
+        client.post(f"{base}/webhook-deliveries/999999/replay", headers=owner.headers),
+        client.post(f"{base}/trigger-webhook", json={"event": "task.nope"}, headers=owner.headers),
+        client.get(f"{base}/webhook-deliveries"),
+    ):
+        assert response.status_code in {400, 401, 404}
+        assert set(response.get_json()) == {"error", "field_errors"}
+
+
+def test_trigger_without_a_callback_url_is_400(client, make_account, db):
+    owner = make_account("owner")
+    task = db.execute(
+        "INSERT INTO tasks (user_id, title) VALUES (%s, 't') RETURNING id", (owner.id,)
+    ).fetchone()
+    response = client.post(f"/api/v1/tasks/{task['id']}/trigger-webhook", headers=owner.headers)
+    assert response.status_code == 400
+    assert response.get_json()["field_errors"] == {"callback_url": ["Not set."]}
