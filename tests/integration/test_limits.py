@@ -1,0 +1,170 @@
+"""Rate limits: per user on the API, per IP and per username on login; Redis gone mid-test."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+import redis
+
+from tests.conftest import close_app
+
+
+def limited_app(database_url: str, redis_url: str | None, **overrides):
+    """The API with limits on, counters in ``redis_url``, one trusted proxy hop."""
+    from app import create_app
+
+    config = {
+        "DATABASE_URL": database_url,
+        "TASKQ_ENV": "test",
+        "REDIS_URL": redis_url,
+        "RATELIMIT_ENABLED": True,
+        "TASKQ_PROXY_HOPS": 1,
+        "TASKQ_RATELIMIT_DEFAULT": "5/minute",
+        "TASKQ_RATELIMIT_AUTH": "3/minute",
+        **overrides,
+    }
+    return create_app(config)
+
+
+@pytest.fixture
+def app_with_limits(database_url: str, redis_url: str):
+    application = limited_app(database_url, redis_url)
+    yield application
+    close_app(application)
+
+
+def account(application, database_url: str, username: str) -> dict[str, str]:
+    """A user made in SQL (no register call spends the auth quota) and its bearer header."""
+    from werkzeug.security import generate_password_hash
+
+    from app.auth import issue_tokens
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.row_factory = psycopg.rows.dict_row
+        user = conn.execute(
+            "INSERT INTO users (username, email, password_hash) VALUES (%s, %s, %s) RETURNING *",
+            (username, f"{username}@example.com", generate_password_hash("Sturdy-Lamp-42")),
+        ).fetchone()
+    with application.app_context():
+        return {"Authorization": f"Bearer {issue_tokens(user)['access']}"}
+
+
+def assert_429(response) -> None:
+    assert response.status_code == 429
+    body = response.get_json()
+    assert set(body) == {"error", "field_errors"} and "Too many requests" in body["error"]
+    assert int(response.headers["Retry-After"]) >= 0
+    assert response.headers["X-RateLimit-Limit"]
+    assert response.headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_default_limit_is_per_user(app_with_limits, database_url):
+    client = app_with_limits.test_client()
+    ann, bob = (
+        account(app_with_limits, database_url, "ann"),
+        account(app_with_limits, database_url, "bob"),
+    )
+    for _ in range(5):
+        ok = client.get("/api/v1/tasks", headers=ann)
+        assert ok.status_code == 200
+        assert ok.headers["X-RateLimit-Limit"] == "5"
+    assert_429(client.get("/api/v1/tasks", headers=ann))
+    assert client.get("/api/v1/tasks", headers=bob).status_code == 200
+    assert client.get("/healthz").status_code == 200  # outside /api: never limited
+
+
+def login(client, username: str, ip: str):
+    return client.post(
+        "/api/v1/auth/login",
+        json={"username": username, "password": "wrong-password"},
+        headers={"X-Forwarded-For": ip},
+    )
+
+
+def test_login_is_limited_per_username_across_ips(app_with_limits):
+    client = app_with_limits.test_client()
+    for n in range(3):
+        assert login(client, "victim", f"10.0.0.{n}").status_code == 401
+    assert_429(login(client, "victim", "10.0.0.99"))
+    assert login(client, "someone-else", "10.0.0.98").status_code == 401
+
+
+def test_login_is_limited_per_ip_across_usernames(app_with_limits):
+    client = app_with_limits.test_client()
+    for n in range(3):
+        assert login(client, f"user{n}", "192.0.2.7").status_code == 401
+    assert_429(login(client, "user9", "192.0.2.7"))
+    # ProxyFix: another client address behind the same proxy has its own budget.
+    assert login(client, "user10", "192.0.2.8").status_code == 401
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def private_redis() -> Iterator[tuple[str, subprocess.Popen]]:
+    """A redis-server of this test alone, so the test may kill it (never the shared one)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--bind", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.02)
+    client.close()
+    yield url, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_redis_stopped_mid_test_degrades_cache_and_limits(database_url, private_redis):
+    url, proc = private_redis
+    application = limited_app(database_url, url, TASKQ_RATELIMIT_DEFAULT="8/minute")
+    try:
+        client = application.test_client()
+        ann = account(application, database_url, "ann")
+        created = client.post(
+            "/api/v1/tasks", json={"title": "t", "task_type": "echo"}, headers=ann
+        )
+        detail = f"/api/v1/tasks/{created.get_json()['task']['id']}"
+        assert client.get(detail, headers=ann).get_json()["cached"] is False
+        assert client.get(detail, headers=ann).get_json()["cached"] is True
+        assert client.get("/readyz").get_json()["checks"]["redis"] == "ok"
+
+        proc.kill()
+        proc.wait()
+
+        served = [client.get(detail, headers=ann) for _ in range(5)]
+        assert [r.status_code for r in served] == [200] * 5
+        assert {r.get_json()["cached"] for r in served} == {False}
+        ready = client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.get_json()["checks"]["redis"].startswith("unavailable")
+        # The in-memory fallback keeps limiting (8/minute, 3 spent before Redis died).
+        statuses = [client.get(detail, headers=ann).status_code for _ in range(10)]
+        assert statuses.count(200) >= 1 and statuses[-1] == 429
+    finally:
+        close_app(application)

@@ -1,0 +1,60 @@
+"""/metrics: Prometheus text with the queue figures read from Postgres at scrape time."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import close_app
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of an exposition as {(name, sorted labels): value}."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_show_queue_depth_age_and_webhook_deliveries(client, db):
+    db.execute("INSERT INTO tasks (title, queue) VALUES ('a', 'mail'), ('b', 'mail'), ('c', 'x')")
+    db.execute("INSERT INTO tasks (title, callback_url) VALUES ('hooked', 'https://example.com/h')")
+    db.execute("UPDATE tasks SET status = 'COMPLETED' WHERE title = 'hooked'")
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.mimetype == "text/plain"
+    found = samples(response.get_data(as_text=True))
+    assert found[("taskq_queue_depth", (("queue", "mail"),))] == 2
+    assert found[("taskq_queue_depth", (("queue", "x"),))] == 1
+    assert found[("taskq_queue_depth", (("queue", "webhooks"),))] == 1
+    assert found[("taskq_queue_oldest_due_age_seconds", (("queue", "mail"),))] >= 0
+    assert found[("taskq_webhook_deliveries", (("status", "pending"),))] == 1
+    assert ("taskq_sse_streams_open", ()) in found
+
+
+@pytest.fixture
+def guarded_app(database_url):
+    from app import create_app
+
+    application = create_app(
+        {
+            "DATABASE_URL": database_url,
+            "TASKQ_ENV": "test",
+            "RATELIMIT_ENABLED": False,
+            "TASKQ_METRICS_TOKEN": "scrape-me",
+        }
+    )
+    yield application
+    close_app(application)
+
+
+def test_a_metrics_token_is_required_when_configured(guarded_app):
+    client = guarded_app.test_client()
+    refused = client.get("/metrics", headers={"Authorization": "Bearer nope"})
+    assert refused.status_code == 401
+    assert refused.get_json() == {
+        "error": "A valid metrics token is required.",
+        "field_errors": {},
+    }
+    assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
