@@ -16,6 +16,7 @@ from app.tasks import list_tasks_page
 from taskq.representation import row_to_json
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
+schemas.reject_bad_data(bp)
 
 
 @bp.get("/tasks")
@@ -56,5 +57,4 @@ def admin_workers():
 
 def init_app(app: Flask) -> None:
     """Register the admin endpoints."""
-    schemas.reject_bad_data(bp)
     app.register_blueprint(bp)

@@ -39,6 +39,7 @@ from taskq.admin import hash_password
 from taskq.representation import row_to_json
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
+schemas.reject_bad_data(bp)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 USER_FIELDS = ("id", "username", "email", "first_name", "last_name", "is_admin", "created_at")

@@ -12,6 +12,8 @@ import math
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+import psycopg
+from flask import current_app, request
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -23,6 +25,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from app.errors import error_response
 from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
 
 STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
@@ -675,18 +678,11 @@ class WorkersSchema(Schema):
 
 def load_query(schema_cls: type[Schema]) -> dict[str, Any]:
     """The request's query string loaded with ``schema_cls`` (400 with field_errors)."""
-    from flask import request
-
     return schema_cls().load(request.args.to_dict())
 
 
 def reject_bad_data(bp: Any) -> None:
     """Answer 400, not 500, when Postgres refuses a value that passed validation."""
-    import psycopg
-    from flask import current_app
-
-    from app.errors import error_response
-
     def handle(exc: psycopg.errors.DataError):
         current_app.logger.info("data refused by Postgres: %s", exc)
         return error_response(400, "Invalid data: a value is out of range or malformed.")

@@ -101,9 +101,15 @@ def ordering_sql(ordering: str | None) -> sql.Composable:
     return sql.SQL(", ").join(parts)
 
 
+def fragment(name: str) -> sql.SQL:
+    """A named SQL fragment without its description comment (fragments get joined)."""
+    lines = queries[name].splitlines()
+    return sql.SQL(" ".join(line for line in lines if not line.lstrip().startswith("--")))
+
+
 def where_sql(filters: dict[str, Any]) -> sql.Composable:
     """The AND of the fragments of the filters present."""
-    parts = [sql.SQL(queries[FILTER_FRAGMENTS[name]]) for name in filters]
+    parts = [fragment(FILTER_FRAGMENTS[name]) for name in filters]
     return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
 
 

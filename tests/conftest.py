@@ -109,3 +109,83 @@ def redis_url() -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+# ---------------------------------------------------------------- the API app
+
+
+def close_app(application) -> None:
+    """Release what an app opened: its pool and, when started, its notifier."""
+    from app.db import close_pool
+
+    close_pool(application)
+    notifier = application.extensions.get("taskq_notifier")
+    if notifier is not None:
+        notifier.stop()
+
+
+@pytest.fixture
+def app(database_url: str):
+    """The API on the test's database, without Redis or rate limits."""
+    from app import create_app
+
+    application = create_app(
+        {
+            "DATABASE_URL": database_url,
+            "TASKQ_ENV": "test",
+            "REDIS_URL": None,
+            "RATELIMIT_ENABLED": False,
+        }
+    )
+    yield application
+    close_app(application)
+
+
+@pytest.fixture
+def client(app):
+    """A test client of ``app``."""
+    return app.test_client()
+
+
+class Account:
+    """A registered user of the test app and its tokens."""
+
+    def __init__(self, user: dict, tokens: dict, password: str) -> None:
+        self.id = user["id"]
+        self.username = user["username"]
+        self.user = user
+        self.password = password
+        self.access = tokens["access"]
+        self.refresh = tokens["refresh"]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The Authorization header of this account's access token."""
+        return {"Authorization": f"Bearer {self.access}"}
+
+
+@pytest.fixture
+def make_account(client, database_url: str):
+    """``make_account("ann", admin=False)``: register (or create an admin) and log in."""
+    from taskq.admin import create_admin_user
+
+    def make(username: str = "ann", password: str = "Sturdy-Lamp-42", admin: bool = False):
+        if admin:
+            create_admin_user(database_url, username, None, password)
+            response = client.post(
+                "/api/v1/auth/login", json={"username": username, "password": password}
+            )
+            assert response.status_code == 200, response.get_json()
+        else:
+            body = {
+                "username": username,
+                "email": f"{username}@example.com",
+                "password": password,
+                "password2": password,
+            }
+            response = client.post("/api/v1/auth/register", json=body)
+            assert response.status_code == 201, response.get_json()
+        data = response.get_json()
+        return Account(data["user"], data["tokens"], password)
+
+    return make
