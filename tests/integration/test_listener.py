@@ -51,7 +51,7 @@ def test_cancel_of_a_running_task_is_heard(db: psycopg.Connection, database_url:
     listener = Listener(database_url, ["default"], seen.wakeup, seen.cancel).start()
     try:
         assert listener.connected.wait(5)
-        (pending,) = insert_tasks(db, 1)
+        insert_tasks(db, 1)  # pending: cancelled without a notice
         (running,) = insert_tasks(db, 1, status="PROCESSING")
         db.execute("UPDATE tasks SET status = 'CANCELLED'")
         wait_for(lambda: seen.cancels, 5, "cancel")
