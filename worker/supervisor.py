@@ -53,16 +53,23 @@ class Supervisor:
         self.children: dict[int, ChildProcess] = {}
         self.stopping = False
         self.stop_deadline = 0.0
+        self.stop_requested = 0.0
         self.conn: psycopg.Connection | None = None
         self.maintenance = Maintenance(config)
         self.next_heartbeat = 0.0
         self.restart_after: dict[int, float] = {}
 
     def on_signal(self, signum: int, frame: Any) -> None:
-        """SIGTERM/SIGINT: drain. A second one stops at once (children's tasks go back)."""
+        """SIGTERM/SIGINT: drain. Another one a second later stops at once (tasks go back).
+
+        Ctrl-C under ``taskq up`` delivers SIGINT and then up's SIGTERM together:
+        that pair still drains.
+        """
         if self.stopping:
-            self.stop_deadline = 0.0
+            if time.monotonic() - self.stop_requested > 1.0:
+                self.stop_deadline = 0.0
             return
+        self.stop_requested = time.monotonic()
         log.info("stopping: no new claims; running tasks get %.0fs", self.config.shutdown_grace)
         self.stopping = True
         self.stop_deadline = time.monotonic() + self.config.shutdown_grace
