@@ -183,7 +183,7 @@ class Notifier:
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout=5)
-        self._close_all()
+        self.close_streams()
 
     def subscribe(self, task_id: int | None = None, user_id: int | None = None) -> Subscription:
         """A new mailbox for a task's events, or (task_id None) all of a user's."""
@@ -210,7 +210,8 @@ class Notifier:
                 if not subs:
                     del index[key]
 
-    def _close_all(self) -> None:
+    def close_streams(self) -> None:
+        """End every open stream now (shutdown): clients resume elsewhere with Last-Event-ID."""
         with self._lock:
             groups = [*self._by_task.values(), *self._by_user.values()]
             subs = [sub for group in groups for sub in group]
@@ -232,7 +233,7 @@ class Notifier:
             self._ready.clear()
             if was_ready:
                 # Streams resume from history with Last-Event-ID; caches drop what they hold.
-                self._close_all()
+                self.close_streams()
                 for hook in self._reset_hooks:
                     self._call(hook)
             self._stopping.wait(backoff)

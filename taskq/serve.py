@@ -30,7 +30,7 @@ from taskq.settings import env_int
 
 
 class TaskqApplication(BaseApplication):
-    """gunicorn running ``wsgi:app`` with taskq's settings."""
+    """gunicorn running the taskq API with taskq's settings."""
 
     def __init__(self, options: dict[str, Any]) -> None:
         self.options = options
@@ -41,9 +41,9 @@ class TaskqApplication(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        from wsgi import app
+        from app import create_app  # not ``wsgi``: the console script may run from anywhere
 
-        return app
+        return create_app()
 
 
 def child_exit(server: Any, worker: Any) -> None:
@@ -52,6 +52,32 @@ def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker: Any) -> None:
+    """On SIGTERM, end the worker's SSE streams at once instead of after graceful_timeout."""
+    handle_exit = worker.handle_exit
+
+    def end_streams_then_exit(sig: int, frame: Any) -> None:
+        handle_exit(sig, frame)
+        notifier = worker.wsgi.extensions.get("taskq_notifier")
+        if notifier is not None:
+            notifier.close_streams()
+
+    worker.handle_exit = end_streams_then_exit
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    """Close the worker's pool and LISTEN connection before the interpreter tears down."""
+    app = getattr(worker, "wsgi", None)
+    if app is None or not hasattr(app, "extensions"):
+        return
+    from app.db import close_pool
+
+    notifier = app.extensions.get("taskq_notifier")
+    if notifier is not None:
+        notifier.stop()
+    close_pool(app)
 
 
 def prepare_metrics_dir() -> str | None:
@@ -76,6 +102,8 @@ def gunicorn_options(bind: str, workers: int) -> dict[str, Any]:
         "graceful_timeout": 10,
         "timeout": 30,
         "child_exit": child_exit,
+        "post_worker_init": post_worker_init,
+        "worker_exit": worker_exit,
     }
 
 
