@@ -1,0 +1,62 @@
+"""/openapi.json and /docs come from the schemas the views validate with."""
+
+from __future__ import annotations
+
+from app import schemas
+
+
+def test_openapi_lists_every_route_with_its_schemas(app, client):
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    spec = response.get_json()
+    assert spec["openapi"].startswith("3.")
+    routes = {
+        rule.rule.replace("<int:task_id>", "{task_id}").replace(
+            "<int:dead_letter_id>", "{dead_letter_id}"
+        )
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint.split(".")[0] in {"auth", "tasks", "admin"}
+    }
+    assert routes <= set(spec["paths"])
+    create = spec["paths"]["/api/v1/tasks"]["post"]
+    ref = create["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref == "#/components/schemas/TaskCreate"
+    assert {"400", "401", "413", "415", "503", "201"} <= set(create["responses"])
+    assert create["security"] == [{"bearerAuth": []}]
+    listing = spec["paths"]["/api/v1/tasks"]["get"]
+    assert {p["name"] for p in listing["parameters"]} >= {"status", "search", "ordering", "page"}
+    assert "403" in spec["paths"]["/api/v1/admin/tasks"]["get"]["responses"]
+    assert "409" in spec["paths"]["/api/v1/tasks/{task_id}/cancel"]["post"]["responses"]
+    params = spec["paths"]["/api/v1/tasks/{task_id}"]["parameters"]
+    assert params == [
+        {"in": "path", "name": "task_id", "required": True, "schema": {"type": "integer"}}
+    ]
+
+
+def test_components_are_the_validating_schemas(client):
+    components = client.get("/openapi.json").get_json()["components"]["schemas"]
+    task_create = components["TaskCreate"]["properties"]
+    assert set(task_create) == set(schemas.TaskCreateSchema().load_fields)
+    assert task_create["name"]["description"] == "Alias of title."
+    assert {"type": "integer", "minimum": 0, "maximum": 100} in task_create["priority"]["oneOf"]
+    register = components["Register"]
+    assert set(register["required"]) == {"username", "email", "password", "password2"}
+    assert set(components["Task"]["properties"]) == set(schemas.TaskSchema().fields)
+    assert "callback_secret" not in components["Task"]["properties"]
+
+
+def test_docs_page_is_rendered_on_the_server(client):
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    for path in ("/api/v1/tasks/{task_id}/cancel", "/api/v1/auth/register", "/api/v1/admin/queues"):
+        assert path in html
+    assert "<script src" not in html and "cdn" not in html.lower()
+    assert 'id="schema-TaskCreate"' in html
+
+
+def test_openapi_unknown_method_is_json_405(client):
+    response = client.post("/openapi.json", json={})
+    assert response.status_code == 405
+    assert set(response.get_json()) == {"error", "field_errors"}
