@@ -218,8 +218,10 @@ def measure_sse_latency(
             conn.execute("DELETE FROM tasks WHERE id = ANY(%s)", (task_ids,))
 
 
-def local_token_factory(database_url: str, secret: str) -> Callable[[], str]:
-    """Tokens of a bench user made in the database (the server must share ``secret``)."""
+def local_token_factory(
+    database_url: str, secret: str, username: str = "sse-bench"
+) -> Callable[[], str]:
+    """Access tokens of user ``username``, made in the database (the server shares ``secret``)."""
 
     def factory() -> str:
         from app import create_app
@@ -229,9 +231,9 @@ def local_token_factory(database_url: str, secret: str) -> Callable[[], str]:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.row_factory = psycopg.rows.dict_row
             user = conn.execute(
-                "INSERT INTO users (username, email, password_hash) "
-                "VALUES ('sse-bench', 'sse-bench@example.com', '!') "
-                "ON CONFLICT (lower(username)) DO UPDATE SET updated_at = now() RETURNING *"
+                "INSERT INTO users (username, email, password_hash) VALUES (%s, %s, '!') "
+                "ON CONFLICT (lower(username)) DO UPDATE SET updated_at = now() RETURNING *",
+                (username, f"{username}@example.com"),
             ).fetchone()
         with app.app_context():
             return issue_tokens(user)["access"]
@@ -246,12 +248,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_api(database_url: str, secret: str, workers: int) -> tuple[str, subprocess.Popen]:
-    """``taskq api`` on a free port; its URL once /healthz answers."""
+def start_api(
+    database_url: str, secret: str, workers: int, **settings: str
+) -> tuple[str, subprocess.Popen]:
+    """``taskq api`` on a free port (extra environment ``settings``); its URL once it answers."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "JWT_SECRET_KEY": secret}
-    env.pop("REDIS_URL", None)
-    env["TASKQ_RATELIMIT_ENABLED"] = "0"
+    inherited = {"REDIS_URL", "PROMETHEUS_MULTIPROC_DIR"}  # the server's own, not the caller's
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
+    env.update(DATABASE_URL=database_url, JWT_SECRET_KEY=secret, TASKQ_RATELIMIT_ENABLED="0")
+    env.update(settings)
     proc = subprocess.Popen(
         [
             sys.executable,
