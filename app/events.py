@@ -24,6 +24,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -222,7 +223,9 @@ class Notifier:
         backoff = 0.2
         while not self._stopping.is_set():
             try:
-                with psycopg.connect(self.database_url, autocommit=True) as conn:
+                with psycopg.connect(
+                    self.database_url, autocommit=True, application_name="taskq-notifier"
+                ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._ready.set()
                     backoff = 0.2
@@ -240,10 +243,15 @@ class Notifier:
             backoff = min(backoff * 2, 5.0)
 
     def _listen(self, conn: psycopg.Connection) -> None:
+        last_check = time.monotonic()
         while not self._stopping.is_set():
-            notes = list(conn.notifies(timeout=1.0, stop_after=1))
+            # Short waits so stop() returns quickly; a query now and then so a silent network
+            # failure (no FIN from the server) is noticed too.
+            notes = list(conn.notifies(timeout=0.25, stop_after=1))
             if not notes:
-                conn.execute("SELECT 1")  # notice a dead server within a second
+                if time.monotonic() - last_check > 5:
+                    conn.execute("SELECT 1")
+                    last_check = time.monotonic()
                 continue
             notes.extend(conn.notifies(timeout=0))
             self._dispatch(conn, notes)

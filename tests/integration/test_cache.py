@@ -187,3 +187,31 @@ def register(client, username: str = "ann"):
     assert response.status_code == 201, response.get_json()
     data = response.get_json()
     return Account(data["user"], data["tokens"], password)
+
+
+def test_listener_killed_ends_streams_drops_the_cache_and_listens_again(cache_app, database_url):
+    client = cache_app.test_client()
+    account = register(client)
+    task = create_task(client, account)
+    url = f"/api/v1/tasks/{task['id']}"
+    client.get(url, headers=account.headers)
+    assert client.get(url, headers=account.headers).get_json()["cached"] is True
+    notifier = get_notifier(cache_app)
+    with cache_app.test_request_context():
+        sub = notifier.subscribe(task_id=task["id"])
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        killed = conn.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = 'taskq-notifier' AND datname = current_database()"
+        ).fetchone()[0]
+    assert killed == 1
+    from app.events import CLOSE
+
+    assert sub.get(timeout=5) is CLOSE  # the stream ends; its client resumes with Last-Event-ID
+    assert wait_until(lambda: notifier.healthy, 10)
+    assert client.get(url, headers=account.headers).get_json()["cached"] is False
+    with cache_app.test_request_context():
+        sub = notifier.subscribe(task_id=task["id"])
+    transition(database_url, task["id"], "PROCESSING")
+    assert sub.get(timeout=5).status == "PROCESSING"
+    notifier.unsubscribe(sub)
