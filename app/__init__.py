@@ -15,6 +15,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app = Flask(__name__)
     app.config.from_mapping(load_config(test_config))
     app.url_map.strict_slashes = False
+    app.json.sort_keys = False  # Flask 3 ignores JSON_SORT_KEYS: keep the contract's key order
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
 
     from app import (

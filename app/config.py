@@ -57,7 +57,6 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "RATELIMIT_ENABLED": env_bool("TASKQ_RATELIMIT_ENABLED", True),
         "TASKQ_RATELIMIT_DEFAULT": env("TASKQ_RATELIMIT_DEFAULT", "6000/minute"),
         "TASKQ_RATELIMIT_AUTH": env("TASKQ_RATELIMIT_AUTH", "20/minute;60/hour"),
-        "JSON_SORT_KEYS": False,
     }
     config.update(overrides)
     return config
