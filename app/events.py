@@ -37,7 +37,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
 
-from app.db import get_conn
+from app.db import fetch_one, get_conn
 from app.errors import ApiError
 from taskq.representation import json_value
 from taskq.settings import env_float, env_int
@@ -375,20 +375,19 @@ def last_event_id() -> int:
 # ---- the streams ----
 
 
-def replay(query: str, params: dict[str, Any], after: int) -> list[Event]:
-    """History rows after ``after`` as events, page by page (one pooled connection)."""
+def replay(conn: psycopg.Connection, query: str, params: dict[str, Any], after: int) -> list[Event]:
+    """History rows after ``after`` as events, page by page."""
     from sql import queries
 
     events: list[Event] = []
-    with get_conn() as conn:
-        while True:
-            rows = conn.execute(
-                queries[query], {**params, "after": after, "limit": REPLAY_PAGE}
-            ).fetchall()
-            events.extend(render_event(r) for r in rows)
-            if len(rows) < REPLAY_PAGE:
-                return events
-            after = rows[-1]["id"]
+    while True:
+        rows = conn.execute(
+            queries[query], {**params, "after": after, "limit": REPLAY_PAGE}
+        ).fetchall()
+        events.extend(render_event(r) for r in rows)
+        if len(rows) < REPLAY_PAGE:
+            return events
+        after = rows[-1]["id"]
 
 
 def sse_response(body: Iterator[bytes]) -> Response:
@@ -455,8 +454,9 @@ def task_events(task_id: int):
     notifier = open_notifier()
     sub = notifier.subscribe(task_id=task_id)  # before the replay: nothing falls in between
     try:
-        task = owned_task(task_id, user_id)
-        replayed = replay("task_events_since", {"task_id": task_id}, after)
+        with get_conn() as conn:  # one checkout for the check and the replay
+            task = owned_task(task_id, user_id, conn)
+            replayed = replay(conn, "task_events_since", {"task_id": task_id}, after)
     except BaseException:
         notifier.unsubscribe(sub)
         raise
@@ -466,14 +466,17 @@ def task_events(task_id: int):
     return sse_response(stream_body(notifier, sub, replayed, after, follow_task=True))
 
 
-def owned_task(task_id: int, user_id: int) -> dict[str, Any]:
+def owned_task(
+    task_id: int, user_id: int, conn: psycopg.Connection | None = None
+) -> dict[str, Any]:
     """The task (id, status, user_id) if the caller owns it or is an admin; else 404."""
-    from sql import queries
+    params = {"task_id": task_id, "user_id": user_id}
+    if conn is None:
+        task = fetch_one("stream_task_owner", params)
+    else:
+        from sql import queries
 
-    with get_conn() as conn:
-        task = conn.execute(
-            queries["stream_task_owner"], {"task_id": task_id, "user_id": user_id}
-        ).fetchone()
+        task = conn.execute(queries["stream_task_owner"], params).fetchone()
     if task is None:
         raise ApiError(404, "Task not found.")
     return task
@@ -487,7 +490,10 @@ def user_events():
     notifier = open_notifier()
     sub = notifier.subscribe(user_id=user_id)
     try:
-        replayed = replay("user_events_since", {"user_id": user_id}, after) if after else []
+        replayed = []
+        if after:
+            with get_conn() as conn:
+                replayed = replay(conn, "user_events_since", {"user_id": user_id}, after)
     except BaseException:
         notifier.unsubscribe(sub)
         raise

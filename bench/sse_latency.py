@@ -172,7 +172,8 @@ def measure_sse_latency(
         # Each stream first replays its task's creation: all subscribed once all have it.
         if not wait_for(lambda: all(stream_set.events[i] for i in range(streams)), 120):
             missing = sum(1 for i in range(streams) if not stream_set.events[i])
-            raise RuntimeError(f"{missing} of {streams} streams never opened")
+            statuses = sorted(set(stream_set.status.values()))
+            raise RuntimeError(f"{missing} of {streams} streams never opened (HTTP {statuses})")
         open_seconds = time.perf_counter() - opened
         committed: dict[int, float] = {}
         rest_ms: list[float] = []

@@ -55,7 +55,14 @@ def child_exit(server: Any, worker: Any) -> None:
 
 
 def post_worker_init(worker: Any) -> None:
-    """On SIGTERM, end the worker's SSE streams at once instead of after graceful_timeout."""
+    """Open the pool and LISTEN before serving; on SIGTERM end SSE streams at once."""
+    from app.db import get_pool
+
+    with worker.wsgi.app_context():
+        # Before the first request, not during it: a burst of concurrent first requests
+        # would otherwise race to create the process's pool (one each).
+        get_pool()
+        worker.wsgi.extensions["taskq_notifier"].start()
     handle_exit = worker.handle_exit
 
     def end_streams_then_exit(sig: int, frame: Any) -> None:
