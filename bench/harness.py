@@ -296,10 +296,11 @@ def bench_system(
                 record(f"pickup_p{pct}_ms", percentile(latencies, pct))
         extra: dict[str, tuple[list[float], str]] = {}
         for _ in range(sizes.repeats):
-            with fresh_database(url, template) as db:
-                for metric, value, unit in system.extra_metrics(db, sizes):
-                    extra.setdefault(metric, ([], unit))[0].append(value)
-                    log(f"  {system.name} {metric} = {value:,.1f}")
+            for metric, value, unit in system.extra_metrics(
+                lambda: fresh_database(url, template), sizes
+            ):
+                extra.setdefault(metric, ([], unit))[0].append(value)
+                log(f"  {system.name} {metric} = {value:,.1f}")
     results = [
         summarize(system.name, metric, "ms" if metric.endswith("_ms") else "jobs/s", values)
         for metric, values in runs.items()

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Client(Protocol):
@@ -71,8 +71,13 @@ class System:
         """Wall-clock start time of each job, by key (default: the workers' record files)."""
         return read_records(record)
 
-    def extra_metrics(self, url: str, sizes: object) -> list[tuple[str, float, str]]:
-        """System-only figures (HTTP, SSE, RSS, ceiling): (metric, value, unit)."""
+    def extra_metrics(
+        self, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+    ) -> list[tuple[str, float, str]]:
+        """System-only figures (HTTP, SSE, RSS, ceiling) as (metric, value, unit).
+
+        ``fresh()`` gives a new database with the system's schema (its URL).
+        """
         return []
 
 

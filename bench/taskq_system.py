@@ -14,8 +14,9 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -130,6 +131,20 @@ class TaskqSystem(System):
                     raise TimeoutError(f"taskq: {procs} workers not registered after {timeout} s")
                 time.sleep(0.05)
 
+    def extra_metrics(
+        self, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+    ) -> list[tuple[str, float, str]]:
+        """HTTP create, end to end through the API, RSS, SSE, and the pgbench ceiling."""
+        figures: dict[str, tuple[float, str]] = {}
+        for metric, value, unit in [
+            *http_metrics(self, fresh, sizes),
+            *sse_metrics(fresh, sizes),
+            *ceiling_metrics(self, fresh, sizes),
+        ]:
+            # api_rss_mb comes from two runs (HTTP load, SSE streams): the peak counts.
+            figures[metric] = (max(value, figures.get(metric, (value, unit))[0]), unit)
+        return [(metric, value, unit) for metric, (value, unit) in figures.items()]
+
     def start_times(self, url: str, record: Path) -> dict[str, float]:
         """The ``key time`` lines ``bench_stamp`` wrote."""
         started = {}
@@ -138,3 +153,82 @@ class TaskqSystem(System):
                 key, stamp = line.split()
                 started[key] = float(stamp)
         return started
+
+
+def http_metrics(
+    system: TaskqSystem, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+) -> list[tuple[str, float, str]]:
+    """POST /tasks with the API alone; then create -> COMPLETED with 2 worker processes."""
+    from bench.harness import percentile, running_workers, unfinished, wait_until_done
+    from bench.taskq_http import create_load, family_peak_rss_mb, register_user, running_api
+
+    with fresh() as db, running_api(db) as (host, port, api):
+        token = register_user(host, port)
+        create_load(
+            host, port, token, 20 * sizes.http_clients, sizes.http_clients, QUEUE
+        )  # warm-up
+        elapsed, latencies = create_load(host, port, token, sizes.http_n, sizes.http_clients, QUEUE)
+        api_rss = family_peak_rss_mb(api.pid)
+    figures = [
+        ("http_create_rps", sizes.http_n / elapsed, "req/s"),
+        ("http_create_p50_ms", percentile(latencies, 50), "ms"),
+        ("http_create_p99_ms", percentile(latencies, 99), "ms"),
+    ]
+    with fresh() as db, running_api(db) as (host, port, api):
+        token = register_user(host, port)
+        count = unfinished(system, db)
+        with running_workers(system, db, 2) as (workers, _):
+            t0 = time.time()
+            create_load(host, port, token, sizes.e2e_n, sizes.http_clients, QUEUE)
+            done = wait_until_done(count, 600)
+            worker_rss = family_peak_rss_mb(workers.popens[0].pid)
+        count.close()
+        api_rss = max(api_rss, family_peak_rss_mb(api.pid))
+    return [
+        *figures,
+        ("e2e_tasks_per_s", sizes.e2e_n / (done - t0), "tasks/s"),
+        ("worker_rss_mb", worker_rss, "MB"),
+        ("api_rss_mb", api_rss, "MB"),
+    ]
+
+
+def sse_metrics(
+    fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+) -> list[tuple[str, float, str]]:
+    """SSE commit -> client latency with ``sse_streams`` open (``bench.sse_latency``)."""
+    from bench.taskq_http import family_peak_rss_mb, register_user, running_api
+
+    try:
+        from bench.sse_latency import measure_sse_latency
+    except ImportError as exc:
+        print(f"sse left out: {exc}", file=sys.stderr)
+        return []
+    with fresh() as db, running_api(db) as (host, port, api):
+        token = register_user(host, port)
+        figures = measure_sse_latency(
+            f"http://{host}:{port}", lambda: token, sizes.sse_streams, database_url=db
+        )
+        api_rss = family_peak_rss_mb(api.pid)
+    return [
+        ("sse_p50_ms", figures["p50_ms"], "ms"),
+        ("sse_p99_ms", figures["p99_ms"], "ms"),
+        ("api_rss_mb", api_rss, "MB"),
+    ]
+
+
+def ceiling_metrics(
+    system: TaskqSystem, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+) -> list[tuple[str, float, str]]:
+    """The pgbench ceiling at the worker's batch size: best of 1, 2 and 4 connections."""
+    from bench.ceiling import measure_ceiling
+    from bench.harness import keys
+    from worker.config import WorkerConfig
+
+    batch = WorkerConfig.batch_size
+    best = 0.0
+    for clients in (1, 2, 4):
+        with fresh() as db:
+            with system.client(db) as client:
+                client.enqueue_batch(keys("c", sizes.drain_n), 1000)
+            best = max(best, measure_ceiling(db, sizes.drain_n, batch, clients))
+    return [("ceiling_jobs_per_s", best, "jobs/s")]
