@@ -58,6 +58,9 @@ class Sizes:
 
 FULL = Sizes("full", 20_000, 1_000, 20_000, 200, 0.02, 3, 20_000, 16, 5_000, 1_000)
 QUICK = Sizes("quick", 5_000, 1_000, 10_000, 100, 0.02, 1, 5_000, 16, 2_000, 200)
+# For the smoke test only: every code path, figures meaningless. No SSE streams.
+TINY = Sizes("tiny", 50, 10, 100, 10, 0.01, 1, 100, 4, 50, 0)
+SIZES = {s.label: s for s in (FULL, QUICK, TINY)}
 
 
 @dataclass
@@ -368,13 +371,12 @@ def format_table(results: list[Result], sizes: Sizes) -> str:
 
 def run_bench(
     url: str,
-    quick: bool,
+    sizes: Sizes,
     json_path: Path | None,
     only: list[str] | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> list[Result]:
     """Benchmark every system; print the table; write JSON (and, full runs, results/)."""
-    sizes = QUICK if quick else FULL
     results: list[Result] = []
     started = time.monotonic()
     for system in available_systems():
@@ -391,7 +393,7 @@ def run_bench(
     }
     if json_path:
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    if not quick and not only:
+    if sizes is FULL and not only:
         from bench.plot import plot_results
 
         RESULTS_DIR.mkdir(exist_ok=True)

@@ -203,6 +203,8 @@ def sse_metrics(
     except ImportError as exc:
         print(f"sse left out: {exc}", file=sys.stderr)
         return []
+    if not sizes.sse_streams:
+        return []
     with fresh() as db, running_api(db) as (host, port, api):
         token = register_user(host, port)
         figures = measure_sse_latency(

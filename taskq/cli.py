@@ -86,14 +86,18 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
 @click.option("--database-url", default=None, help="server to benchmark on (default DATABASE_URL)")
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="write")
 @click.option("--system", "systems", multiple=True, help="only these systems (repeatable)")
-def bench(quick: bool, database_url: str | None, json_path: str | None, systems: tuple) -> None:
+@click.option("--tiny", is_flag=True, hidden=True, help="smoke-test sizes (figures meaningless)")
+def bench(
+    quick: bool, database_url: str | None, json_path: str | None, systems: tuple, tiny: bool
+) -> None:
     """Benchmark taskq against PgQueuer and procrastinate on the same Postgres."""
     from pathlib import Path
 
-    from bench.harness import run_bench
+    from bench.harness import FULL, QUICK, TINY, run_bench
 
+    sizes = TINY if tiny else QUICK if quick else FULL
     url = database_url or required_database_url()
-    run_bench(url, quick, Path(json_path) if json_path else None, list(systems) or None)
+    run_bench(url, sizes, Path(json_path) if json_path else None, list(systems) or None)
 
 
 @main.command()
