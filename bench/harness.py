@@ -54,12 +54,13 @@ class Sizes:
     http_clients: int
     e2e_n: int
     sse_streams: int
+    settle: float = 1.0  # seconds idle workers get after saying ready, before any timing
 
 
 FULL = Sizes("full", 20_000, 1_000, 20_000, 200, 0.02, 3, 20_000, 16, 5_000, 1_000)
 QUICK = Sizes("quick", 5_000, 1_000, 10_000, 100, 0.02, 1, 5_000, 16, 2_000, 200)
 # For the smoke test only: every code path, figures meaningless. No SSE streams.
-TINY = Sizes("tiny", 50, 10, 100, 10, 0.01, 1, 100, 4, 50, 0)
+TINY = Sizes("tiny", 50, 10, 100, 10, 0.01, 1, 100, 4, 50, 0, settle=0.2)
 SIZES = {s.label: s for s in (FULL, QUICK, TINY)}
 
 
@@ -160,10 +161,10 @@ class Workers:
             if line.strip() == "ready":
                 self.ready_lines += 1
 
-    def wait_ready(self, timeout: float = 60) -> None:
-        """Wait until the workers listen, then a settle second."""
+    def wait_ready(self, settle: float, timeout: float = 60) -> None:
+        """Wait until the workers listen, then ``settle`` seconds more."""
         self.system.wait_ready(self.url, self.procs, lambda: self.ready_lines, timeout)
-        time.sleep(1.0)
+        time.sleep(settle)
 
     def stop(self) -> None:
         """SIGTERM every process; kill what is still alive after 30 s."""
@@ -179,13 +180,15 @@ class Workers:
 
 
 @contextmanager
-def running_workers(system: System, url: str, procs: int) -> Iterator[tuple[Workers, Path]]:
+def running_workers(
+    system: System, url: str, procs: int, settle: float = 1.0
+) -> Iterator[tuple[Workers, Path]]:
     """Started, ready workers and the prefix of their record files; stopped after."""
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         record = Path(tmp) / "started"
         workers = Workers(system, url, procs, record)
         try:
-            workers.wait_ready()
+            workers.wait_ready(settle)
             yield workers, record
         finally:
             workers.stop()
@@ -239,7 +242,7 @@ def measure_drain(system: System, url: str, sizes: Sizes, procs: int) -> float:
     """Jobs/s: ``drain_n`` jobs committed at once, idle workers, until none is unfinished."""
     count = unfinished(system, url)
     try:
-        with running_workers(system, url, procs), system.client(url) as client:
+        with running_workers(system, url, procs, sizes.settle), system.client(url) as client:
             warm_up(system, url, client, count, procs)
             client.enqueue_batch(keys("d", sizes.drain_n), sizes.drain_n)
             committed = time.time()
@@ -253,7 +256,10 @@ def measure_pickup(system: System, url: str, sizes: Sizes) -> list[float]:
     """Milliseconds from each enqueue commit to its job's start, one idle worker."""
     count = unfinished(system, url)
     try:
-        with running_workers(system, url, 1) as (workers, record), system.client(url) as client:
+        with (
+            running_workers(system, url, 1, sizes.settle) as (workers, record),
+            system.client(url) as client,
+        ):
             warm_up(system, url, client, count, 1)
             pickup_keys = keys("p", sizes.pickup_n)
             committed = client.enqueue_paced(pickup_keys, sizes.pickup_gap)
