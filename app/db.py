@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -19,11 +20,19 @@ def init_app(app: Flask) -> None:
     app.extensions["taskq_pool"] = None
 
 
+_pool_lock = threading.Lock()
+
+
 def get_pool() -> ConnectionPool:
-    """The process's pool, opened on first use."""
+    """The process's pool, opened on first use (once, however many requests race for it)."""
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     pool = app.extensions.get("taskq_pool")
-    if pool is None:
+    if pool is not None:
+        return pool
+    with _pool_lock:
+        pool = app.extensions.get("taskq_pool")
+        if pool is not None:
+            return pool
         url = app.config["DATABASE_URL"]
         if not url:
             raise RuntimeError("DATABASE_URL is not configured")

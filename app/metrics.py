@@ -20,6 +20,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
+    Counter,
     Gauge,
     generate_latest,
 )
@@ -32,6 +33,11 @@ from taskq.settings import env
 
 bp = Blueprint("metrics", __name__)
 
+TASKS_CREATED = Counter(
+    "taskq_enqueued_tasks_total",
+    "Tasks created through the API, by type and queue.",
+    ["task_type", "queue"],
+)
 SSE_STREAMS_OPEN = Gauge(
     "taskq_sse_streams_open",
     "Server-sent-event streams open now, over all API processes.",
@@ -71,6 +77,12 @@ class DatabaseCollector:
         for row in fetch_all("metrics_webhook_deliveries"):
             deliveries.add_metric([row["status"]], row["deliveries"])
         yield from (waiting, due, running, oldest, deliveries)
+
+
+def count_created(rows) -> None:
+    """Count newly created tasks (rows with task_type and queue)."""
+    for row in rows:
+        TASKS_CREATED.labels(row["task_type"], row["queue"]).inc()
 
 
 def scrape_registry() -> CollectorRegistry:

@@ -21,6 +21,7 @@ from app.auth import current_user_id
 from app.cache import cached_task_detail
 from app.db import fetch_all, fetch_one, get_conn
 from app.errors import ApiError, get_json_body
+from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
 from sql import queries
 from taskq.representation import (
@@ -244,6 +245,7 @@ def create_task():
             row = conn.execute(queries["get_task_by_idempotency_key"], lookup).fetchone()
             body = {"task": task_to_json(row), "message": "Task already created with this key"}
             return body, 200
+    count_created([row])
     location = url_for("tasks.get_task", task_id=row["id"])
     body = {"task": task_to_json(row), "message": "Task created successfully"}
     return body, 201, {"Location": location}
@@ -275,6 +277,7 @@ def create_tasks_batch():
             item["scheduled_at"] = item["scheduled_at"].isoformat()
         items.append(item)
     rows = fetch_all("insert_tasks_batch", {"user_id": current_user_id(), "tasks": Jsonb(items)})
+    count_created(rows)
     tasks = [task_to_json(row) for row in sorted(rows, key=lambda r: r["id"])]
     return {"tasks": tasks, "count": len(tasks), "message": f"{len(tasks)} tasks created"}, 201
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,11 @@ def run_up(bind: str, api_workers: int, concurrency: int | None) -> int:
         url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
         print(f"taskq: embedded Postgres at {url}", flush=True)
     environ["DATABASE_URL"] = url
+    # One metrics directory for the API and the worker: /metrics shows both.
+    metrics_dir = Path.cwd() / ".taskq" / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
     upgrade(url)
     taskq = [sys.executable, "-m", "taskq.cli"]
     commands = [[*taskq, "api", "--bind", bind, "--workers", str(api_workers)]]

@@ -79,6 +79,10 @@ def test_up_serves_runs_tasks_and_stops_cleanly_on_ctrl_c(tmp_path):
 
         task = wait_for(finished, timeout=30, message="the task to complete")
         assert task["result"]["result"] == 6
+        # API and worker share one metrics directory: one scrape shows both.
+        metrics = requests.get(f"{base}/metrics", timeout=5).text
+        assert 'taskq_enqueued_tasks_total{queue="default",task_type="compute"} 1.0' in metrics
+        assert 'outcome="completed",queue="default",task_type="compute"} 1.0' in metrics
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
         output = proc.communicate(timeout=60)[0]
