@@ -55,12 +55,13 @@ class Sizes:
     e2e_n: int
     sse_streams: int
     settle: float = 1.0  # seconds idle workers get after saying ready, before any timing
+    ceiling_clients: tuple[int, ...] = (1, 2, 4)  # pgbench connections tried; the best counts
 
 
 FULL = Sizes("full", 20_000, 1_000, 20_000, 200, 0.02, 3, 20_000, 16, 5_000, 1_000)
 QUICK = Sizes("quick", 5_000, 1_000, 10_000, 100, 0.02, 1, 5_000, 16, 2_000, 200)
 # For the smoke test only: every code path, figures meaningless. No SSE streams.
-TINY = Sizes("tiny", 50, 10, 100, 10, 0.01, 1, 100, 4, 50, 0, settle=0.2)
+TINY = Sizes("tiny", 50, 10, 100, 5, 0.01, 1, 100, 4, 50, 0, settle=0.2, ceiling_clients=(2,))
 SIZES = {s.label: s for s in (FULL, QUICK, TINY)}
 
 

@@ -223,14 +223,14 @@ def sse_metrics(
 def ceiling_metrics(
     system: TaskqSystem, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
 ) -> list[tuple[str, float, str]]:
-    """The pgbench ceiling at the worker's batch size: best of 1, 2 and 4 connections."""
+    """The pgbench ceiling at the worker's batch size: the best over ``ceiling_clients``."""
     from bench.ceiling import measure_ceiling
     from bench.harness import keys
     from worker.config import WorkerConfig
 
     batch = WorkerConfig.batch_size
     best = 0.0
-    for clients in (1, 2, 4):
+    for clients in sizes.ceiling_clients:
         with fresh() as db:
             with system.client(db) as client:
                 client.enqueue_batch(keys("c", sizes.drain_n), 1000)
