@@ -683,6 +683,7 @@ def load_query(schema_cls: type[Schema]) -> dict[str, Any]:
 
 def reject_bad_data(bp: Any) -> None:
     """Answer 400, not 500, when Postgres refuses a value that passed validation."""
+
     def handle(exc: psycopg.errors.DataError):
         current_app.logger.info("data refused by Postgres: %s", exc)
         return error_response(400, "Invalid data: a value is out of range or malformed.")
