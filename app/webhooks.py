@@ -17,8 +17,7 @@ from taskq.representation import CALLBACK_EVENTS, EVENT_FOR_STATUS, row_to_json
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/tasks")
 
-# task.cancelled is the name the trigger sends for CANCELLED unless task.revoked was asked for.
-KNOWN_EVENTS = frozenset({*CALLBACK_EVENTS, "task.cancelled"})
+KNOWN_EVENTS = frozenset(CALLBACK_EVENTS)
 
 
 @bp.get("/<int:task_id>/webhook-deliveries")

@@ -52,10 +52,11 @@ EVENT_FOR_STATUS = {
     "RETRYING": "task.retrying",
     "COMPLETED": "task.succeeded",
     "FAILED": "task.failed",
-    "CANCELLED": "task.revoked",
+    "CANCELLED": "task.cancelled",
 }
-CALLBACK_EVENTS = tuple(EVENT_FOR_STATUS.values())
-DEFAULT_CALLBACK_EVENTS = ("task.succeeded", "task.failed", "task.revoked")
+# task.revoked is the seeds' (Celery's) name for task.cancelled; subscribers may use either.
+CALLBACK_EVENTS = (*EVENT_FOR_STATUS.values(), "task.revoked")
+DEFAULT_CALLBACK_EVENTS = ("task.succeeded", "task.failed", "task.cancelled")
 
 
 def json_value(value: Any) -> Any:

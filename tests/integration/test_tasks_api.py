@@ -64,7 +64,7 @@ def test_create_with_every_field_and_aliases(client, make_account, db):
     assert task["title"] == "Sum some numbers" and task["priority"] == 10
     assert task["scheduled_at"] == "2099-01-01T10:00:00+00:00" == task["run_at"]
     assert task["status"] == "PENDING" and task["user_id"] == ann.id
-    assert task["callback_events"] == ["task.succeeded", "task.failed", "task.revoked"]
+    assert task["callback_events"] == ["task.succeeded", "task.failed", "task.cancelled"]
     assert task["has_callback_secret"] is True
     assert "s3cret" not in response.get_data(as_text=True)
     assert {k: task[k] for k in ("queue", "max_retries", "retry_delay", "timeout", "tags")} == {
