@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import socket
-
 import psycopg
 import pytest
 from flask_jwt_extended import create_access_token
 
 from tests.conftest import close_app
+from tests.helpers import free_port
 from tests.integration.test_auth import assert_error
 from tests.integration.test_tasks_api import create
 
@@ -85,12 +84,6 @@ def test_fuzzed_inputs_never_500(client, make_account):
     stored = client.post(f"{API}/tasks", json=big_number, headers=ann.headers)
     assert stored.status_code == 201  # jsonb numbers are arbitrary precision
     assert stored.get_json()["task"]["payload"]["n"] == 10**400
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_postgres_unreachable_is_503():

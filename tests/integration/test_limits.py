@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -13,6 +12,7 @@ import pytest
 import redis
 
 from tests.conftest import close_app
+from tests.helpers import free_port
 
 
 def limited_app(database_url: str, redis_url: str | None, **overrides):
@@ -102,12 +102,6 @@ def test_login_is_limited_per_ip_across_usernames(app_with_limits):
     assert_429(login(client, "user9", "192.0.2.7"))
     # ProxyFix: another client address behind the same proxy has its own budget.
     assert login(client, "user10", "192.0.2.8").status_code == 401
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
