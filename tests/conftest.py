@@ -176,16 +176,22 @@ def make_account(client, database_url: str):
                 "/api/v1/auth/login", json={"username": username, "password": password}
             )
             assert response.status_code == 200, response.get_json()
-        else:
-            body = {
-                "username": username,
-                "email": f"{username}@example.com",
-                "password": password,
-                "password2": password,
-            }
-            response = client.post("/api/v1/auth/register", json=body)
-            assert response.status_code == 201, response.get_json()
-        data = response.get_json()
-        return Account(data["user"], data["tokens"], password)
+            data = response.get_json()
+            return Account(data["user"], data["tokens"], password)
+        return register_account(client, username, password)
 
     return make
+
+
+def register_account(client, username: str = "ann", password: str = "Sturdy-Lamp-42") -> Account:
+    """Register ``username`` through the API of ``client``; the account and its tokens."""
+    body = {
+        "username": username,
+        "email": f"{username}@example.com",
+        "password": password,
+        "password2": password,
+    }
+    response = client.post("/api/v1/auth/register", json=body)
+    assert response.status_code == 201, response.get_json()
+    data = response.get_json()
+    return Account(data["user"], data["tokens"], password)

@@ -10,7 +10,7 @@ import pytest
 
 from app.cache import DELETED_VERSION, cache_key, get_cache
 from app.events import get_notifier
-from tests.conftest import close_app
+from tests.conftest import close_app, register_account
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def transition(database_url: str, task_id: int, status: str) -> None:
 def test_detail_is_cached_then_invalidated_by_a_psql_transition(cache_app, database_url):
     client = cache_app.test_client()
 
-    account = register(client)
+    account = register_account(client)
     task = create_task(client, account)
     url = f"/api/v1/tasks/{task['id']}"
 
@@ -80,7 +80,7 @@ def test_detail_is_cached_then_invalidated_by_a_psql_transition(cache_app, datab
 
 def test_another_users_read_is_404_even_when_cached(cache_app):
     client = cache_app.test_client()
-    owner, other = register(client, "owner"), register(client, "other")
+    owner, other = register_account(client, "owner"), register_account(client, "other")
     task = create_task(client, owner)
     url = f"/api/v1/tasks/{task['id']}"
     client.get(url, headers=owner.headers)
@@ -108,7 +108,7 @@ def test_a_read_that_raced_a_transition_cannot_write_back_the_older_version(cach
 
 def test_delete_invalidates_for_good(cache_app, database_url):
     client = cache_app.test_client()
-    account = register(client)
+    account = register_account(client)
     task = create_task(client, account)
     url = f"/api/v1/tasks/{task['id']}"
     client.get(url, headers=account.headers)
@@ -127,7 +127,7 @@ def test_no_stale_read_after_the_event_is_seen(cache_app, database_url):
     """Readers hammer the detail while transitions commit; once the SSE subscriber of the
     same process has seen transition k, no read that starts afterwards returns older data."""
     client_app = cache_app
-    account = register(client_app.test_client())
+    account = register_account(client_app.test_client())
     task = create_task(client_app.test_client(), account)
     url = f"/api/v1/tasks/{task['id']}"
     notifier = get_notifier(client_app)
@@ -172,26 +172,9 @@ def test_no_stale_read_after_the_event_is_seen(cache_app, database_url):
     assert stale == []
 
 
-def register(client, username: str = "ann"):
-    """Register through the API; the account with its access token."""
-    from tests.conftest import Account
-
-    password = "Sturdy-Lamp-42"
-    body = {
-        "username": username,
-        "email": f"{username}@example.com",
-        "password": password,
-        "password2": password,
-    }
-    response = client.post("/api/v1/auth/register", json=body)
-    assert response.status_code == 201, response.get_json()
-    data = response.get_json()
-    return Account(data["user"], data["tokens"], password)
-
-
 def test_listener_killed_ends_streams_drops_the_cache_and_listens_again(cache_app, database_url):
     client = cache_app.test_client()
-    account = register(client)
+    account = register_account(client)
     task = create_task(client, account)
     url = f"/api/v1/tasks/{task['id']}"
     client.get(url, headers=account.headers)
