@@ -39,7 +39,7 @@ class WorkerConfig:
     soft_limit_ratio: float = 0.9
     shutdown_grace: float = 30.0
     max_retry_delay: float = 3600.0
-    batch_size: int = 200
+    batch_size: int = 1000
     fast_task_ms: float = 5.0
     flush_ms: float = 50.0
     cancel_grace: float = 1.0
@@ -139,7 +139,7 @@ def load_config(**options: Any) -> WorkerConfig:
         soft_limit_ratio=env_float("TASKQ_SOFT_LIMIT_RATIO", 0.9, minimum=0.05),
         shutdown_grace=env_float("TASKQ_SHUTDOWN_GRACE", 30.0, minimum=0),
         max_retry_delay=env_float("TASKQ_MAX_RETRY_DELAY", 3600.0, minimum=0),
-        batch_size=env_int("TASKQ_BATCH_SIZE", 200, minimum=1),
+        batch_size=env_int("TASKQ_BATCH_SIZE", 1000, minimum=1),
         fast_task_ms=env_float("TASKQ_FAST_TASK_MS", 5.0, minimum=0),
         flush_ms=env_float("TASKQ_FLUSH_MS", 50.0, minimum=0),
         cancel_grace=env_float("TASKQ_CANCEL_GRACE", 1.0, minimum=0.05),

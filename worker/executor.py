@@ -148,10 +148,13 @@ class Child:
             self.config.database_url, self.queues, self.on_wakeup, self.on_cancel
         ).start()
         try:
-            while not self.stopping and not self.parent_gone():
+            while not self.stopping:
                 if self.config.max_tasks and self.done >= self.config.max_tasks:
                     break
                 if not self.local:
+                    # Checked per batch, not per task: a syscall; PDEATHSIG covers the rest.
+                    if self.parent_gone():
+                        break
                     self.refill()
                     continue
                 self.run_one(self.local.popleft())
