@@ -18,8 +18,10 @@ from pathlib import Path
 
 from sql import queries
 
-# pgbench stand-ins for the named parameters; in prepared mode each :name is a bind
-# parameter, so the id lists travel as array literals ("{1,2,3}").
+# pgbench stand-ins for the named parameters; in extended mode each :name is a bind
+# parameter, so the id lists travel as array literals ("{1,2,3}"). Extended, not
+# prepared: the worker plans its outcome statements per call (a generic plan of
+# ``= ANY(ids)`` guesses 10 ids and rereads the list per row), so must the ceiling.
 PARAMS = {
     "queues": "'{bench}'",
     "limit": ":batch",
@@ -75,7 +77,7 @@ def measure_ceiling(url: str, n: int, batch: int, clients: int) -> float:
         path.write_text(script(batch))
         out = subprocess.run(
             [
-                *(pgbench_path(), "-n", "-M", "prepared", "-D", "ids={}", "-D", "tokens={}"),
+                *(pgbench_path(), "-n", "-M", "extended", "-D", "ids={}", "-D", "tokens={}"),
                 *("-c", str(clients), "-j", str(clients), "-t", str(per_client)),
                 *("-f", str(path), url),
             ],
