@@ -144,11 +144,6 @@ class Task(Base):
         Index("ix_tasks_lease", "lease_expires_at", postgresql_where=text("status = 'PROCESSING'")),
         Index("ix_tasks_user_created", "user_id", text("created_at DESC"), text("id DESC")),
         Index(
-            "ix_tasks_finished",
-            "completed_at",
-            postgresql_where=text("status IN ('COMPLETED', 'FAILED')"),
-        ),
-        Index(
             "uq_tasks_user_idempotency_key",
             "user_id",
             "idempotency_key",
@@ -169,10 +164,7 @@ class TaskHistory(Base):
     worker_id: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.clock_timestamp())
-    __table_args__ = (
-        Index("ix_task_history_task_id", "task_id", "id"),
-        Index("ix_task_history_user_id", "user_id", "id"),
-    )
+    __table_args__ = (Index("ix_task_history_task_id", "task_id", "id"),)
 
 
 class DeadLetter(Base):

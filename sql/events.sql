@@ -26,6 +26,7 @@ SELECT h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.erro
 
 -- name: user_events_since
 -- Replay of all of a user's transitions after the client's Last-Event-ID, oldest first.
+-- Walks the primary key from that id (no user index: every history row would pay for it), so its cost is every user's events since the reconnect.
 SELECT h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.error,
        h.created_at, t.result, t.started_at, t.completed_at, t.updated_at
   FROM task_history h
