@@ -1,0 +1,100 @@
+"""The ``taskq`` commands a user and an operator type, run as subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+
+import psycopg
+import pytest
+from werkzeug.security import check_password_hash
+
+from tests.conftest import admin_execute, with_database
+from tests.worker_helpers import ROOT, insert_tasks
+
+
+def taskq(*args: str, database_url: str | None = None, stdin: str | None = None):
+    """Run ``taskq ARGS``; the completed process (text output)."""
+    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environ["PYTHONPATH"] = str(ROOT)
+    if database_url:
+        environ["DATABASE_URL"] = database_url
+    return subprocess.run(
+        [sys.executable, "-m", "taskq.cli", *args],
+        env=environ,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def empty_database_url(pg_server_url):
+    """A database with no schema at all."""
+    name = f"taskq_empty_{uuid.uuid4().hex[:10]}"
+    admin_execute(pg_server_url, f'CREATE DATABASE "{name}"')
+    yield with_database(pg_server_url, name)
+    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url):
+    first = taskq("migrate", database_url=empty_database_url)
+    assert first.returncode == 0, first.stderr
+    again = taskq("migrate", database_url=empty_database_url)
+    assert again.returncode == 0, again.stderr
+    with psycopg.connect(empty_database_url) as conn:
+        views = {
+            r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")
+        }
+    assert {"queue_stats", "queue_depth", "stuck_tasks", "live_workers", "recent_failures"} <= views
+
+
+def test_commands_need_database_url():
+    result = taskq("migrate")
+    assert result.returncode == 2
+    assert "DATABASE_URL" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_create_admin_reads_the_password_from_stdin(database_url, db):
+    result = taskq(
+        "create-admin",
+        "root",
+        "--password-stdin",
+        database_url=database_url,
+        stdin="Sturdy-Lamp-42\n",
+    )
+    assert result.returncode == 0, result.stderr
+    user = db.execute(
+        "SELECT is_admin, password_hash FROM users WHERE username = 'root'"
+    ).fetchone()
+    assert user["is_admin"] is True
+    assert check_password_hash(user["password_hash"], "Sturdy-Lamp-42")
+
+    weak = taskq(
+        "create-admin", "root2", "--password-stdin", database_url=database_url, stdin="short\n"
+    )
+    assert weak.returncode == 2
+    assert "8 characters" in weak.stderr
+
+
+def test_list_tasks_prints_the_registry():
+    result = taskq("list-tasks")
+    assert result.returncode == 0, result.stderr
+    for name in ("process", "echo", "compute", "http_request", "generate_report"):
+        assert name in result.stdout
+
+
+def test_stats_reads_the_operator_views(database_url, db):
+    insert_tasks(db, 3, queue="mail")
+    result = taskq("stats", "--json", database_url=database_url)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    queues = {row["queue"]: row for row in report["queue_stats"]}
+    assert queues["mail"]["waiting"] == 3
+    text = taskq("stats", database_url=database_url)
+    assert text.returncode == 0 and "mail" in text.stdout
