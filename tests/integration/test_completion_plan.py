@@ -72,7 +72,7 @@ def test_1000_completions_after_six_batches_keep_a_batch_sized_plan(database_url
     updates = [p["Plan"] for p in plans if "Store results and COMPLETED" in p.get("Query Text", "")]
     assert len(updates) == 1
     update = updates[0]
-    assert update["Actual Rows"] == 0 and update["Node Type"] == "ModifyTable"
+    assert update["Node Type"] == "ModifyTable"
     scans = [n for n in plan_nodes(update) if n.get("Alias") == "d"]  # unnest(ids, tokens, …)
     assert [n["Node Type"] for n in scans] == ["Function Scan"]
     # Sized for the batch (a generic plan guesses 10), and read once, not once per task.
