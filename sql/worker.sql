@@ -1,8 +1,10 @@
 -- name: claim_tasks
 -- Lock up to %(limit)s runnable tasks of the given queues in claim order, skipping rows others hold; lease them.
 -- One index-ordered scan per queue (ix_tasks_claim), so a deep backlog costs a LIMIT, not a sort.
+-- A lean row for the worker: payload as JSON text (decoded when the task runs), n = claim order
+-- (UPDATE … RETURNING promises no order).
 WITH next AS (
-    SELECT c.id
+    SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS n
       FROM unnest(%(queues)s::text[]) AS q(name)
      CROSS JOIN LATERAL (
             SELECT id, priority, run_at FROM tasks
@@ -24,8 +26,8 @@ UPDATE tasks t
        updated_at = now()
   FROM next
  WHERE t.id = next.id
-RETURNING t.id, t.lease_token, t.task_type, t.payload, t.queue, t.priority, t.run_at,
-          t.attempts, t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited;
+RETURNING t.id, t.lease_token, t.task_type, t.payload::text AS payload, t.queue, t.attempts,
+          t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited, next.n;
 
 -- name: complete_tasks
 -- Store results and COMPLETED, fenced: only while our claim (lease_token) still holds the row.
@@ -37,8 +39,7 @@ UPDATE tasks t
        lease_expires_at = NULL,
        updated_at = now()
   FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[], %(results)s::jsonb[]) AS d(id, token, result)
- WHERE t.id = d.id AND t.lease_token = d.token AND t.status = 'PROCESSING'
-RETURNING t.id;
+ WHERE t.id = d.id AND t.lease_token = d.token AND t.status = 'PROCESSING';
 
 -- name: fail_tasks
 -- Record failed attempts, fenced: RETRYING after exponential backoff with jitter, or FAILED when spent.
@@ -69,8 +70,7 @@ UPDATE tasks t
        started_at = NULL,
        updated_at = now()
   FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS r(id, token)
- WHERE t.id = r.id AND t.lease_token = r.token AND t.status = 'PROCESSING'
-RETURNING t.id;
+ WHERE t.id = r.id AND t.lease_token = r.token AND t.status = 'PROCESSING';
 
 -- name: held_tasks
 -- The running tasks a worker process holds (ix_tasks_lease covers every PROCESSING row).

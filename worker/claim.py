@@ -5,18 +5,36 @@ Every write after the claim is fenced by the claim's ``lease_token`` and by
 was cancelled meanwhile, changes nothing. Results are written one statement
 per batch (``UPDATE … FROM unnest(…)``), and the results of the last batch
 travel in the same pipeline and transaction as the next claim.
+
+The worker's exchange (``ClaimPipe``) talks libpq's pipeline mode directly:
+it sends the statements and a Sync and returns at once, so the server
+commits (fsync) while the worker runs tasks; the replies are read later.
+Claimed rows come back as lean tuples (``Claim``) with the payload as JSON
+text, decoded only when the task runs.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import select
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from operator import attrgetter
+from typing import Any, NamedTuple
 
 import psycopg
+from psycopg import errors, pq
+from psycopg.adapt import Transformer
 from psycopg.rows import dict_row
 
 from sql import queries
+
+PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
+PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
+PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
+CLAIM_ORDER = attrgetter("n")
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -61,6 +79,11 @@ class Outcomes:
         for values in vars(self).values():
             values.clear()
 
+    def merge(self, other: Outcomes) -> None:
+        """Take back ``other``'s outcomes (an exchange that did not go through)."""
+        for name, values in vars(self).items():
+            values.extend(getattr(other, name))
+
     def __len__(self) -> int:
         return len(self.done_ids) + len(self.failed_ids) + len(self.released_ids)
 
@@ -68,6 +91,165 @@ class Outcomes:
 def encode_result(result: Any) -> str | None:
     """The JSON text of a task's result (TypeError when it is not JSON-able)."""
     return None if result is None else json.dumps(result)
+
+
+class Claim(NamedTuple):
+    """One claimed task: the lean row ``claim_tasks`` returns."""
+
+    id: int
+    lease_token: int
+    task_type: str
+    payload: str  # JSON text, decoded when the task runs
+    queue: str
+    attempts: int
+    timeout: int | None
+    waited: float  # seconds from due to claimed
+    n: int  # claim order
+
+
+@cache
+def positional(name: str) -> tuple[bytes, tuple[str, ...]]:
+    """Query ``name`` with ``$n`` placeholders for libpq, and the parameter names in order."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return PLACEHOLDER.sub(number, queries[name]).encode(), tuple(names)
+
+
+def array_element(value: Any) -> str:
+    """One element of a text-format array literal."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def encode_param(value: Any) -> bytes | None:
+    """A parameter in Postgres text format; the query's casts give it its type."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        if value and type(value[0]) is int:  # ids and tokens: the bulk of every exchange
+            return ("{" + ",".join(map(str, value)) + "}").encode()
+        return ("{" + ",".join(map(array_element, value)) + "}").encode()
+    return str(value).encode()
+
+
+class ClaimPipe:
+    """Exchanges on the claim connection: write outcomes and claim, send now, read later.
+
+    One exchange is one libpq pipeline closed by a Sync, so the server runs
+    its statements as one implicit transaction and commits at the Sync,
+    whether or not anyone reads the replies yet. At most one exchange is in
+    flight; while it is, the psycopg connection must not be used otherwise.
+    """
+
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.pgconn = conn.pgconn
+        self.loader = Transformer(conn)
+        self.kinds: list[str] | None = None  # the statements in flight
+
+    @property
+    def busy(self) -> bool:
+        """An exchange was sent and its replies are not read yet."""
+        return self.kinds is not None
+
+    def send(
+        self,
+        outcomes: Outcomes,
+        *,
+        worker_id: str,
+        queues: list[str],
+        limit: int,
+        lease_seconds: float,
+        max_retry_delay: float,
+    ) -> bool:
+        """Send ``outcomes`` and a claim of up to ``limit`` tasks; False when there was nothing.
+
+        Write statements are unnamed, so each is planned for its own arrays
+        (see ``write_outcomes`` on why a generic plan is slow).
+        """
+        statements: list[tuple[str, dict[str, Any]]] = []
+        if outcomes.done_ids:
+            statements.append(("complete_tasks", {"ids": outcomes.done_ids,
+                "tokens": outcomes.done_tokens, "results": outcomes.done_results}))  # fmt: skip
+        if outcomes.failed_ids:
+            statements.append(("fail_tasks", {"ids": outcomes.failed_ids,
+                "tokens": outcomes.failed_tokens, "errors": outcomes.failed_errors,
+                "max_delay": max_retry_delay}))  # fmt: skip
+        if outcomes.released_ids:
+            statements.append(("release_tasks",
+                {"ids": outcomes.released_ids, "tokens": outcomes.released_tokens}))  # fmt: skip
+        if limit > 0:
+            statements.append(("claim_tasks", {"queues": queues, "limit": limit,
+                "worker_id": worker_id, "lease_seconds": lease_seconds}))  # fmt: skip
+        if not statements:
+            return False
+        pgconn = self.pgconn
+        pgconn.enter_pipeline_mode()
+        self.kinds = [name for name, _ in statements]
+        for name, params in statements:
+            query, names = positional(name)
+            pgconn.send_query_params(query, [encode_param(params[n]) for n in names])
+        pgconn.pipeline_sync()
+        while pgconn.flush():  # 1: the socket is full; the server may be writing to us
+            readable, _, _ = select.select([pgconn.socket], [pgconn.socket], [])
+            if readable:
+                pgconn.consume_input()
+        return True
+
+    def poll(self) -> None:
+        """Move replies that arrived into libpq's buffer, so a big claim never blocks the server."""
+        self.pgconn.consume_input()
+
+    def next_result(self) -> pq.abc.PGresult | None:
+        """The next reply of the exchange in flight, waiting for it."""
+        pgconn = self.pgconn
+        while True:
+            pgconn.consume_input()
+            if not pgconn.is_busy():
+                return pgconn.get_result()
+            select.select([pgconn.socket], [], [])
+
+    def receive(self) -> tuple[list[Claim], dict[int, str]]:
+        """Wait for the exchange in flight: the claimed tasks in claim order, failed -> status.
+
+        Raises the first statement's error (the transaction was rolled back)
+        or OperationalError when the connection was lost.
+        """
+        kinds, self.kinds = self.kinds or [], None
+        rows: list[Claim] = []
+        statuses: dict[int, str] = {}
+        error: psycopg.Error | None = None
+        for kind in kinds:
+            result = self.next_result()
+            while self.next_result() is not None:  # each statement's replies end with a None
+                pass
+            if result is None or result.status == PIPELINE_ABORTED:
+                continue
+            if result.status == FATAL_ERROR:
+                error = error or errors.error_from_result(result, encoding="utf-8")
+                continue
+            if kind == "claim_tasks":
+                self.loader.set_pgresult(result)
+                rows = self.loader.load_rows(0, result.ntuples, Claim._make)
+            elif kind == "fail_tasks":
+                self.loader.set_pgresult(result)
+                statuses = dict(self.loader.load_rows(0, result.ntuples, tuple))
+        while (result := self.next_result()) is None or result.status != PIPELINE_SYNC:
+            pass
+        self.pgconn.exit_pipeline_mode()
+        if error is not None:
+            raise error
+        if len(rows) > 1:
+            rows.sort(key=CLAIM_ORDER)
+        return rows, statuses
 
 
 def exchange(
@@ -79,34 +261,20 @@ def exchange(
     limit: int,
     lease_seconds: float,
     max_retry_delay: float,
-) -> tuple[list[dict], dict[int, str]]:
-    """Write ``outcomes`` and claim up to ``limit`` tasks: one transaction, one pipeline.
+) -> tuple[list[Claim], dict[int, str]]:
+    """Write ``outcomes`` and claim up to ``limit`` tasks in one transaction, and wait.
 
     Returns the claimed rows in claim order, and the new status (RETRYING or
     FAILED) of each failed task. ``outcomes`` is emptied only once the
     transaction committed, so after a lost connection they are written again
     (the fence makes that harmless).
     """
-    with conn.pipeline(), conn.transaction():
-        failed = write_outcomes(conn, outcomes, max_retry_delay)
-        claim = None
-        if limit > 0:
-            claim = conn.execute(
-                queries["claim_tasks"],
-                {
-                    "queues": queues,
-                    "limit": limit,
-                    "worker_id": worker_id,
-                    "lease_seconds": lease_seconds,
-                },
-            )
+    pipe = ClaimPipe(conn)
+    if not pipe.send(outcomes, worker_id=worker_id, queues=queues, limit=limit,
+                     lease_seconds=lease_seconds, max_retry_delay=max_retry_delay):  # fmt: skip
+        return [], {}
+    rows, statuses = pipe.receive()
     outcomes.clear()
-    statuses = {r["id"]: r["status"] for r in failed.fetchall()} if failed else {}
-    if claim is None:
-        return [], statuses
-    rows = claim.fetchall()
-    if len(rows) > 1:
-        rows.sort(key=lambda r: (-r["priority"], r["run_at"], r["id"]))
     return rows, statuses
 
 
@@ -158,7 +326,7 @@ def claim_tasks(
     queues: list[str],
     limit: int,
     lease_seconds: float = 30.0,
-) -> list[dict]:
+) -> list[Claim]:
     """Claim up to ``limit`` runnable tasks (nothing else written)."""
     rows, _ = exchange(
         conn,

@@ -8,6 +8,18 @@ backlog of tiny tasks costs one claim and one completion statement per
 batch instead of per task. Claimed-but-unstarted tasks are covered by the
 supervisor's heartbeat like the running one and handed back on shutdown.
 
+Prefetch (two deep): while tasks are fast (the claim has grown past one),
+the child sends the next exchange — write the previous batch's outcomes,
+claim the batch after this one — before it runs the current batch, and reads
+the reply after: the commit's round trip and fsync overlap with running
+tasks, in one thread. A child therefore holds at most its current batch plus
+one prefetched batch (twice ``batch_size``) while tasks are fast, and as soon
+as one task is slow the prefetched batch is handed back (attempt not
+counted) and prefetch stays off until the claim grows again; with slow
+tasks a child holds one task, as before. (Precisely: one slow task stops
+prefetching, the second in a row hands the prefetched batch back; see
+``adapt``.)
+
 Time limits: the soft limit is a SIGALRM that raises SoftTimeLimitExceeded
 inside the task; the hard limit is enforced by the supervisor, which reads
 the running task's deadline from shared memory and kills the child.
@@ -18,7 +30,9 @@ with SIGUSR1 (TaskCancelled); a task that ignores it is killed after
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -33,7 +47,14 @@ from marshmallow import ValidationError
 
 from sql import queries
 from worker import metrics
-from worker.claim import Outcomes, connect, encode_result, exchange, write_outcomes
+from worker.claim import (
+    Claim,
+    ClaimPipe,
+    Outcomes,
+    connect,
+    encode_result,
+    write_outcomes,
+)
 from worker.config import WorkerConfig
 from worker.listener import Listener
 from worker.registry import (
@@ -82,16 +103,19 @@ class Child:
         self.queues = list(config.queues)
         self.stopping = False
         self.wake = threading.Event()
-        self.local: deque[dict] = deque()
+        self.local: deque[Claim] = deque()
         self.outcomes = Outcomes()
+        self.inflight: tuple[Outcomes, dict, int] | None = None  # sent: outcomes, types, limit
         self.metrics = metrics.BatchMetrics()
         self.types: dict[int, tuple[str, str]] = {}
         self.cancelled: set[int] = set()
-        self.running: dict | None = None
+        self.running: Claim | None = None
         self.cancel_target: int | None = None
         self.done = 0
         self.limit = 1
+        self.slow_streak = 0
         self.conn: psycopg.Connection | None = None
+        self.pipe: ClaimPipe | None = None
         self.listener: Listener | None = None
 
     # signals -----------------------------------------------------------------
@@ -109,13 +133,13 @@ class Child:
     def on_alarm(self, signum: int, frame: Any) -> None:
         """Soft time limit of the running task."""
         if self.running is not None:
-            raise SoftTimeLimitExceeded(f"soft time limit of task {self.running['id']} reached")
+            raise SoftTimeLimitExceeded(f"soft time limit of task {self.running.id} reached")
 
     def on_cancel_signal(self, signum: int, frame: Any) -> None:
         """The listener saw the running task cancelled."""
         running = self.running
-        if running is not None and running["id"] == self.cancel_target:
-            raise TaskCancelled(f"task {running['id']} was cancelled")
+        if running is not None and running.id == self.cancel_target:
+            raise TaskCancelled(f"task {running.id} was cancelled")
 
     # listener callbacks (listener thread) -------------------------------------
     def on_wakeup(self, queue: str | None) -> None:
@@ -126,7 +150,7 @@ class Child:
         """A PROCESSING task was cancelled: drop it if queued here, interrupt it if running."""
         self.cancelled.add(task_id)
         running = self.running
-        if running is not None and running["id"] == task_id:
+        if running is not None and running.id == task_id:
             self.cancel_target = task_id
             os.kill(os.getpid(), signal.SIGUSR1)
             timer = threading.Timer(self.config.cancel_grace, self.kill_if_still_running, [task_id])
@@ -136,7 +160,7 @@ class Child:
     def kill_if_still_running(self, task_id: int) -> None:
         """The task swallowed TaskCancelled: end the process; the supervisor replaces it."""
         running = self.running
-        if running is not None and running["id"] == task_id:
+        if running is not None and running.id == task_id:
             log.warning("task %s ignored its cancellation; killing worker process", task_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
@@ -152,14 +176,22 @@ class Child:
                 if self.config.max_tasks and self.done >= self.config.max_tasks:
                     break
                 if not self.local:
+                    if self.inflight is not None:
+                        self.local.extend(self.receive())
+                        continue
                     # Checked per batch, not per task: a syscall; PDEATHSIG covers the rest.
                     if self.parent_gone():
                         break
                     self.refill()
                     continue
+                if self.inflight is None:
+                    if self.prefetching():
+                        self.send(self.next_limit())
+                    elif self.outcomes_due():
+                        self.send(0)
+                elif len(self.local) % 128 == 0:
+                    self.poll()
                 self.run_one(self.local.popleft())
-                if self.outcomes_due():
-                    self.sync(claim=False)
         finally:
             self.shutdown()
         return 0
@@ -171,8 +203,12 @@ class Child:
     def refill(self) -> bool:
         """Write pending outcomes and claim the next batch; False when nothing was claimed."""
         self.wake.clear()
-        if self.sync(claim=True):
-            return True
+        limit = self.next_limit()
+        self.send(limit)
+        if self.inflight is not None:
+            self.local.extend(self.receive())
+        if self.local or limit == 0:
+            return bool(self.local)
         # Nothing due: sleep until a notification or the poll interval. The
         # wait is chunked because signal handlers must not touch the Event's
         # lock (SIGTERM only sets a flag).
@@ -183,48 +219,101 @@ class Child:
                 break
         return False
 
+    def prefetching(self) -> bool:
+        """Claim the next batch ahead: only while tasks are fast (the claim grew past one)."""
+        return self.limit > 1 and not self.stopping
+
     def outcomes_due(self) -> bool:
         """Write results early when many are waiting or the oldest waited ``flush_ms``."""
         if not self.outcomes:
             return False
-        if not self.local or len(self.outcomes) >= self.config.batch_size:
+        if len(self.outcomes) >= self.config.batch_size:
             return True
         return (time.monotonic() - self.first_outcome_at) * 1000 >= self.config.flush_ms
 
-    def sync(self, claim: bool) -> list[dict]:
-        """Exchange outcomes for new claims, reconnecting until the database answers."""
-        limit = self.next_limit() if claim and not self.stopping else 0
+    def send(self, limit: int) -> None:
+        """Send pending outcomes and a claim of ``limit`` without waiting (see ``receive``)."""
+        if self.inflight is not None:
+            self.local.extend(self.receive())
         if limit == 0 and not self.outcomes:
-            return []
+            return
+        outcomes, self.outcomes = self.outcomes, Outcomes()
+        types, self.types = self.types, {}
+        try:
+            if self.conn is None or self.conn.closed or self.conn.broken:
+                self.reconnect()
+            sent = self.exchange_args(outcomes, limit)
+        except psycopg.OperationalError as exc:
+            self.outcomes.merge(outcomes)
+            self.types.update(types)
+            self.local.extend(self.retry(exc, limit))
+            return
+        if sent:
+            self.inflight = (outcomes, types, limit)
+
+    def exchange_args(self, outcomes: Outcomes, limit: int) -> bool:
+        """``ClaimPipe.send`` with this child's settings."""
+        return self.pipe.send(
+            outcomes,
+            worker_id=self.worker_id,
+            queues=self.queues,
+            limit=limit,
+            lease_seconds=self.config.lease_seconds,
+            max_retry_delay=self.config.max_retry_delay,
+        )
+
+    def receive(self) -> list[Claim]:
+        """Wait for the exchange in flight; its claimed rows (not yet queued to run)."""
+        outcomes, types, limit = self.inflight
+        self.inflight = None
+        try:
+            rows, failed = self.pipe.receive()
+        except psycopg.OperationalError as exc:
+            self.outcomes.merge(outcomes)
+            self.types.update(types)
+            return self.retry(exc, limit)
+        self.settled(rows, failed, types)
+        return rows
+
+    def poll(self) -> None:
+        """Read replies already here (cheap); a lost connection shows up in ``receive``."""
+        with contextlib.suppress(psycopg.OperationalError):
+            self.pipe.poll()
+
+    def retry(self, exc: Exception, limit: int) -> list[Claim]:
+        """After a lost connection: reconnect and exchange again, waiting, until it goes through.
+
+        The lost exchange may have committed: its claims are orphans that
+        ``reconnect`` hands back, and its outcomes are written again (fenced).
+        """
         pause = 0.05
         while True:
+            log.warning("database unreachable (%s); retrying in %.2fs", exc, pause)
+            if self.conn is not None:
+                self.conn.close()
+            time.sleep(pause)
+            pause = min(pause * 2, 2.0)
+            if self.parent_gone():
+                return []
+            outcomes, types = self.outcomes, self.types
             try:
-                if self.conn is None or self.conn.closed or self.conn.broken:
-                    self.reconnect()
-                rows, failed = exchange(
-                    self.conn,
-                    self.outcomes,
-                    worker_id=self.worker_id,
-                    queues=self.queues,
-                    limit=limit,
-                    lease_seconds=self.config.lease_seconds,
-                    max_retry_delay=self.config.max_retry_delay,
-                )
-                break
-            except psycopg.OperationalError as exc:
-                log.warning("database unreachable (%s); retrying in %.2fs", exc, pause)
-                if self.conn is not None:
-                    self.conn.close()
-                time.sleep(pause)
-                pause = min(pause * 2, 2.0)
-                if self.parent_gone():
+                self.reconnect()
+                if not self.exchange_args(outcomes, limit):
                     return []
-        self.metrics.flush(failed, self.types)
-        self.types.clear()
-        for row in rows:
-            self.metrics.claimed(row["queue"], row["waited"])
-        self.local.extend(rows)
-        return rows
+                rows, failed = self.pipe.receive()
+            except psycopg.OperationalError as again:
+                exc = again
+                continue
+            self.outcomes, self.types = Outcomes(), {}
+            self.settled(rows, failed, types)
+            return rows
+
+    def settled(self, rows: list[Claim], failed: dict[int, str], types: dict) -> None:
+        """An exchange committed: count its failures and claims."""
+        self.metrics.flush(failed, types)
+        if metrics.ENABLED:
+            for row in rows:
+                self.metrics.claimed(row.queue, row.waited)
 
     def reconnect(self) -> None:
         """Open the claim connection, register this process, and hand back orphaned claims.
@@ -233,6 +322,7 @@ class Child:
         tasks PROCESSING under our id that we never saw: give them back.
         """
         self.conn = connect(self.config.database_url)
+        self.pipe = ClaimPipe(self.conn)
         self.conn.execute(
             queries["register_worker"],
             {
@@ -243,10 +333,10 @@ class Child:
                 "concurrency": 1,
             },
         )
-        known = {row["id"] for row in self.local}
+        known = {row.id for row in self.local}
         known.update(self.outcomes.done_ids, self.outcomes.failed_ids, self.outcomes.released_ids)
         if self.running is not None:
-            known.add(self.running["id"])
+            known.add(self.running.id)
         orphans = Outcomes()
         with self.conn.transaction():
             for row in self.conn.execute(
@@ -259,15 +349,29 @@ class Child:
                 log.info("handed back %d orphaned claims", len(orphans))
 
     def next_limit(self) -> int:
-        """How many tasks to claim: one, or more while recent tasks were fast."""
-        if self.config.max_tasks:
-            return max(0, min(self.limit, self.config.max_tasks - self.done))
-        return self.limit
+        """How many tasks to claim: one, or more while recent tasks were fast.
+
+        With ``max_tasks``, the tasks already claimed (queued or in flight) count.
+        """
+        if self.stopping:
+            return 0
+        if not self.config.max_tasks:
+            return self.limit
+        ahead = len(self.local) + (self.inflight[2] if self.inflight is not None else 0)
+        return max(0, min(self.limit, self.config.max_tasks - self.done - ahead))
+
+    def hand_back_prefetch(self) -> None:
+        """A task was slow: give back the prefetched batch at once, so others can run it."""
+        if self.inflight is None:
+            return
+        for row in self.receive():
+            self.outcomes_add_release(row)
+        self.send(0)
 
     # running one task ------------------------------------------------------------
-    def run_one(self, row: dict) -> None:
+    def run_one(self, row: Claim) -> None:
         """Run one claimed task and queue its outcome."""
-        task_id = row["id"]
+        task_id = row.id
         if task_id in self.cancelled:
             self.cancelled.discard(task_id)
             self.done += 1
@@ -275,11 +379,11 @@ class Child:
         if self.stopping:
             self.outcomes_add_release(row)
             return
-        task_type = REGISTRY.get(row["task_type"])
-        hard = float(row["timeout"] or self.config.task_timeout)
+        task_type = REGISTRY.get(row.task_type)
+        hard = float(row.timeout or self.config.task_timeout)
         started = time.monotonic()
         slot = self.slot
-        slot[SLOT_TOKEN] = row["lease_token"]
+        slot[SLOT_TOKEN] = row.lease_token
         slot[SLOT_TASK] = task_id
         slot[SLOT_DEADLINE_MS] = int((time.time() + hard) * 1000)
         outcome = "completed"
@@ -287,15 +391,15 @@ class Child:
         result_json: str | None = None
         try:
             if task_type is None:
-                raise LookupError(f"unknown task type {row['task_type']!r}")
-            payload = row["payload"]
+                raise LookupError(f"unknown task type {row.task_type!r}")
+            payload = json.loads(row.payload)
             if task_type.payload_schema is not None:
                 payload = task_type.validate(payload)
             ctx = TaskContext(
                 task_id=task_id,
-                attempt=row["attempts"],
-                queue=row["queue"],
-                task_type=row["task_type"],
+                attempt=row.attempts,
+                queue=row.queue,
+                task_type=row.task_type,
                 worker_id=self.worker_id,
                 database_url=self.config.database_url,
             )
@@ -320,40 +424,54 @@ class Child:
         if not self.outcomes:
             self.first_outcome_at = time.monotonic()
         if outcome == "completed":
-            self.outcomes.complete(task_id, row["lease_token"], result_json)
+            self.outcomes.complete(task_id, row.lease_token, result_json)
         elif outcome == "failed":
-            self.outcomes.fail(task_id, row["lease_token"], error or "failed")
-            self.types[task_id] = (row["task_type"], row["queue"])
+            self.outcomes.fail(task_id, row.lease_token, error or "failed")
+            self.types[task_id] = (row.task_type, row.queue)
         self.cancelled.discard(task_id)
-        self.metrics.finished(row["task_type"], row["queue"], outcome, elapsed)
+        self.metrics.finished(row.task_type, row.queue, outcome, elapsed)
         self.done += 1
         slot[SLOT_DONE] = self.done
         self.adapt(elapsed)
 
-    def outcomes_add_release(self, row: dict) -> None:
-        """Give back a claimed task that will not run here."""
+    def outcomes_add_release(self, row: Claim) -> None:
+        """Give back a claimed task that will not run here (the attempt is not counted)."""
         if not self.outcomes:
             self.first_outcome_at = time.monotonic()
-        self.outcomes.release(row["id"], row["lease_token"])
-        self.metrics.finished(row["task_type"], row["queue"], "released", 0.0)
+        self.outcomes.release(row.id, row.lease_token)
+        self.cancelled.discard(row.id)
+        self.metrics.finished(row.task_type, row.queue, "released", 0.0)
 
     def adapt(self, elapsed: float) -> None:
-        """Grow the claim while tasks are fast; back to one as soon as one is not."""
+        """Grow the claim while tasks are fast; back to one as soon as one is not.
+
+        One slow task turns prefetch off; a second one in a row also hands the
+        prefetched batch back. A lone slow task is often just this process
+        being preempted, and handing back costs two transitions per task.
+        """
         if elapsed * 1000 <= self.config.fast_task_ms:
+            self.slow_streak = 0
             if not self.local:
                 self.limit = min(self.limit * 2, self.config.batch_size)
         else:
             self.limit = 1
+            self.slow_streak += 1
+            if self.slow_streak >= 2:
+                self.hand_back_prefetch()
 
     def shutdown(self) -> None:
-        """Hand back unstarted claims, write every outcome, leave the workers table."""
-        while self.local:
-            self.outcomes_add_release(self.local.popleft())
+        """Hand back unstarted claims (prefetched ones too), write every outcome, leave."""
         if self.listener is not None:
             self.listener.stop()
         try:
-            if self.outcomes:
-                self.sync(claim=False)
+            if self.inflight is not None:
+                self.local.extend(self.receive())
+            while self.local:
+                self.outcomes_add_release(self.local.popleft())
+            self.stopping = True
+            self.send(0)
+            if self.inflight is not None:
+                self.receive()
             if self.conn is not None and not self.conn.broken:
                 self.conn.execute(queries["delete_workers"], {"worker_ids": [self.worker_id]})
         except psycopg.Error as exc:

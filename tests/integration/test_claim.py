@@ -52,10 +52,10 @@ def test_claim_order_queues_due_time_and_limit(db: psycopg.Connection, database_
     retrying = insert_tasks(db, 1, priority=5, status="RETRYING", attempts=1)
     with connect(database_url) as conn:
         rows = claim_tasks(conn, worker_id="w1", queues=["default"], limit=3)
-        assert [r["id"] for r in rows] == [*high, *retrying, low[0]]
-        assert [r["attempts"] for r in rows] == [1, 2, 1]
+        assert [r.id for r in rows] == [*high, *retrying, low[0]]
+        assert [r.attempts for r in rows] == [1, 2, 1]
         rest = claim_tasks(conn, worker_id="w1", queues=["default"], limit=10)
-        assert [r["id"] for r in rest] == [low[1]]  # the future and the other queue's stay
+        assert [r.id for r in rest] == [low[1]]  # the future and the other queue's stay
     held = db.execute(
         "SELECT count(*) AS n FROM tasks WHERE status = 'PROCESSING' AND worker_id = 'w1' "
         "AND lease_expires_at > now() AND lease_token IS NOT NULL AND started_at IS NOT NULL"
@@ -86,7 +86,7 @@ def test_concurrent_claimers_take_each_task_once(db: psycopg.Connection, databas
     def claimer(index: int) -> None:
         with connect(database_url) as conn:
             while rows := claim_tasks(conn, worker_id=f"w{index}", queues=["default"], limit=7):
-                claimed[index].extend(r["id"] for r in rows)
+                claimed[index].extend(r.id for r in rows)
 
     threads = [threading.Thread(target=claimer, args=(i,)) for i in range(4)]
     for t in threads:
@@ -105,13 +105,13 @@ def test_complete_is_fenced_by_the_lease_token(db: psycopg.Connection, database_
         assert reap_expired_leases(conn) == 1
         db.execute("UPDATE tasks SET run_at = now()")  # skip the backoff
         (second,) = claim_tasks(conn, worker_id="alive", queues=["default"], limit=1)
-        assert second["attempts"] == 2 and second["lease_token"] != first["lease_token"]
+        assert second.attempts == 2 and second.lease_token != first.lease_token
         stale = Outcomes()
-        stale.complete(task_id, first["lease_token"], '"late"')
+        stale.complete(task_id, first.lease_token, '"late"')
         finish(conn, stale)
         assert db.execute("SELECT status::text FROM tasks").fetchone()["status"] == "PROCESSING"
         fresh = Outcomes()
-        fresh.complete(task_id, second["lease_token"], '"ok"')
+        fresh.complete(task_id, second.lease_token, '"ok"')
         finish(conn, fresh)
     row = db.execute("SELECT status::text, result, attempts FROM tasks").fetchone()
     assert row == {"status": "COMPLETED", "result": "ok", "attempts": 2}
@@ -129,8 +129,8 @@ def test_a_cancelled_task_is_never_overwritten(db: psycopg.Connection, database_
         (row,) = claim_tasks(conn, worker_id="w", queues=["default"], limit=1)
         db.execute("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", [task_id])
         late = Outcomes()
-        late.complete(task_id, row["lease_token"], '"late"')
-        late.fail(task_id, row["lease_token"], "late")
+        late.complete(task_id, row.lease_token, '"late"')
+        late.fail(task_id, row.lease_token, "late")
         finish(conn, late)
     assert db.execute("SELECT status::text, result FROM tasks").fetchone() == {
         "status": "CANCELLED",
@@ -144,9 +144,9 @@ def test_failure_backoff_with_jitter_then_dead_letter(db: psycopg.Connection, da
         for attempt, (low, high) in enumerate([(7.5, 12.5), (15, 25), (22.5, 37.5)], start=1):
             db.execute("UPDATE tasks SET run_at = now() WHERE id = %s", [task_id])
             (row,) = claim_tasks(conn, worker_id="w", queues=["default"], limit=1)
-            assert row["attempts"] == attempt
+            assert row.attempts == attempt
             failure = Outcomes()
-            failure.fail(task_id, row["lease_token"], f"boom {attempt}")
+            failure.fail(task_id, row.lease_token, f"boom {attempt}")
             # attempt 3 hits the 30 s cap: 30 * (0.75..1.25)
             assert finish(conn, failure, delay=30) == {task_id: "RETRYING"}
             wait = db.execute("SELECT run_at - now() AS d, error FROM tasks").fetchone()
@@ -155,7 +155,7 @@ def test_failure_backoff_with_jitter_then_dead_letter(db: psycopg.Connection, da
         db.execute("UPDATE tasks SET run_at = now()")
         (row,) = claim_tasks(conn, worker_id="w", queues=["default"], limit=1)
         failure = Outcomes()
-        failure.fail(task_id, row["lease_token"], "final")
+        failure.fail(task_id, row.lease_token, "final")
         assert finish(conn, failure) == {task_id: "FAILED"}
     dead = db.execute("SELECT task_id, attempts, error FROM dead_letters").fetchall()
     assert dead == [{"task_id": task_id, "attempts": 4, "error": "final"}]
@@ -168,7 +168,7 @@ def test_release_does_not_count_the_attempt(db: psycopg.Connection, database_url
         rows = claim_tasks(conn, worker_id="w", queues=["default"], limit=2)
         back = Outcomes()
         for row in rows:
-            back.release(row["id"], row["lease_token"])
+            back.release(row.id, row.lease_token)
         finish(conn, back)
     states = db.execute(
         "SELECT id, status::text, attempts, worker_id, lease_expires_at FROM tasks ORDER BY id"
@@ -220,11 +220,11 @@ def test_exchange_writes_and_claims_in_one_transaction(
     with connect(database_url) as conn:
         (row,) = claim_tasks(conn, worker_id="w", queues=["default"], limit=1)
         done = Outcomes()
-        done.complete(row["id"], row["lease_token"], '{"n": 1}')
+        done.complete(row.id, row.lease_token, '{"n": 1}')
         rows, failed = exchange(conn, done, worker_id="w", queues=["default"], limit=limit,
                                 lease_seconds=30, max_retry_delay=60)  # fmt: skip
         assert len(done) == 0 and failed == {}
-    assert [r["id"] for r in rows] == (ids[1:] if limit else [])
+    assert [r.id for r in rows] == (ids[1:] if limit else [])
     assert db.execute("SELECT result FROM tasks WHERE id = %s", [ids[0]]).fetchone() == {
         "result": {"n": 1}
     }
