@@ -180,6 +180,55 @@ def test_sigterm_drains_and_hands_back(db: psycopg.Connection, database_url: str
     assert all(rows[w]["status"] == "PENDING" for w in waiting)
 
 
+def held_samples(db: psycopg.Connection, seconds: float, stop_when=None) -> list[int]:
+    """PROCESSING counts sampled every 20 ms for ``seconds`` (or until ``stop_when(count)``)."""
+    samples: list[int] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples.append(status_counts(db).get("PROCESSING", 0))
+        if stop_when is not None and stop_when(samples[-1]):
+            break
+        time.sleep(0.02)
+    return samples
+
+
+def test_sigterm_hands_back_a_prefetched_batch_uncounted(db: psycopg.Connection, database_url):
+    # 0.3 s counts as fast here, so the claim grows to 4 and the next batch is prefetched.
+    ids = insert_tasks(db, 40, task_type="sleep", payload={"duration": 0.3})
+    worker = start_worker(database_url, "--concurrency", "1", TASKQ_BATCH_SIZE="4",
+                          TASKQ_FAST_TASK_MS="60000", TASKQ_SHUTDOWN_GRACE="5")  # fmt: skip
+    try:
+        samples = held_samples(db, 15, stop_when=lambda held: held > 4)
+    finally:
+        code, out = stop_worker(worker)
+    assert code == 0, out
+    assert max(samples) > 4, samples  # more than one batch held: a batch was prefetched
+    assert max(samples) <= 8, samples  # never more than its batch + one prefetched batch
+    rows = db.execute("SELECT id, status::text, attempts FROM tasks ORDER BY id").fetchall()
+    assert [r["id"] for r in rows] == ids
+    done = [r for r in rows if r["status"] == "COMPLETED"]
+    back = [r for r in rows if r["status"] == "PENDING"]
+    assert len(done) + len(back) == 40  # nothing left PROCESSING
+    assert all(r["attempts"] == 1 for r in done)
+    assert len(back) >= 4 and all(r["attempts"] == 0 for r in back)  # not counted
+    released = db.execute(
+        "SELECT count(*) AS n FROM task_history WHERE from_status = 'PROCESSING' "
+        "AND to_status = 'PENDING'"
+    ).fetchone()["n"]
+    assert released >= 4  # at least the prefetched batch went back
+
+
+def test_slow_tasks_are_not_prefetched(db: psycopg.Connection, database_url: str) -> None:
+    insert_tasks(db, 6, task_type="sleep", payload={"duration": 0.2})
+    worker = start_worker(database_url, "--concurrency", "1", TASKQ_BATCH_SIZE="4")
+    try:
+        samples = held_samples(db, 1.2)
+    finally:
+        code, out = stop_worker(worker)
+    assert code == 0, out
+    assert max(samples) == 1, samples  # one task at a time: neither batched nor prefetched
+
+
 def test_max_tasks_recycles_children_and_pickup_is_fast(db: psycopg.Connection, database_url):
     worker = start_worker(database_url, "--concurrency", "1", "--max-tasks", "4",
                           "--poll-interval", "5")  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import timedelta
 
@@ -10,8 +11,9 @@ import pytest
 from psycopg.rows import dict_row
 
 from sql import queries
-from tests.worker_helpers import insert_tasks
+from tests.worker_helpers import insert_tasks, status_counts, wait_for
 from worker.claim import (
+    ClaimPipe,
     Outcomes,
     claim_tasks,
     connect,
@@ -233,3 +235,51 @@ def test_exchange_writes_and_claims_in_one_transaction(
 def test_claim_connection_is_dict_rows(database_url: str) -> None:
     with connect(database_url) as conn:
         assert conn.row_factory is dict_row and conn.autocommit
+
+
+def test_pipe_commits_before_its_reply_is_read(db: psycopg.Connection, database_url: str) -> None:
+    ids = insert_tasks(db, 3, priority=1)
+    first = insert_tasks(db, 1, priority=9)
+    with connect(database_url) as conn:
+        pipe = ClaimPipe(conn)
+        assert pipe.send(Outcomes(), worker_id="w", queues=["default"], limit=3,
+                         lease_seconds=30, max_retry_delay=60)  # fmt: skip
+        assert pipe.busy
+        # The worker runs tasks now; the server commits without waiting for it.
+        wait_for(lambda: status_counts(db).get("PROCESSING") == 3, 5, "claim committed")
+        rows, failed = pipe.receive()
+        assert not pipe.busy and failed == {}
+        assert [r.id for r in rows] == [*first, *ids[:2]]  # claim order
+        assert json.loads(rows[0].payload) == {} and rows[0].attempts == 1
+        assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}  # usable again
+
+
+def test_pipe_exchange_is_one_transaction_even_on_error(db: psycopg.Connection, database_url):
+    ids = insert_tasks(db, 2)
+    with connect(database_url) as conn:
+        (row,) = claim_tasks(conn, worker_id="w", queues=["default"], limit=1)
+        bad = Outcomes()
+        bad.complete(row.id, row.lease_token, "{not json")
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            exchange(conn, bad, worker_id="w", queues=["default"], limit=5, lease_seconds=30,
+                     max_retry_delay=60)  # fmt: skip
+        assert len(bad) == 1  # kept, to be written again
+        # Rolled back whole: the claim in the same exchange did not happen.
+        assert status_counts(db) == {"PROCESSING": 1, "PENDING": 1}
+        good = Outcomes()
+        good.complete(row.id, row.lease_token, '"ok"')
+        rows, _ = exchange(conn, good, worker_id="w", queues=["default"], limit=5,
+                           lease_seconds=30, max_retry_delay=60)  # fmt: skip
+    assert [r.id for r in rows] == ids[1:]
+    assert status_counts(db) == {"COMPLETED": 1, "PROCESSING": 1}
+
+
+def test_array_parameters_survive_quotes_and_backslashes(db, database_url: str) -> None:
+    (task_id,) = insert_tasks(db, 1, max_retries=0)
+    error = 'Bad "quote" \\ back\\slash, {brace} NULL'
+    with connect(database_url) as conn:
+        (row,) = claim_tasks(conn, worker_id="w", queues=["default"], limit=1)
+        failure = Outcomes()
+        failure.fail(task_id, row.lease_token, error)
+        assert finish(conn, failure) == {task_id: "FAILED"}
+    assert db.execute("SELECT error FROM tasks").fetchone() == {"error": error}
