@@ -65,6 +65,8 @@ FILTER_FRAGMENTS = {
 }
 CANCELLABLE = ("PENDING", "RETRYING", "PROCESSING")
 RETRYABLE = ("FAILED", "CANCELLED")
+# Schemas keep no per-load state: one instance spares every create a deep copy of its fields.
+TASK_CREATE_SCHEMA = schemas.TaskCreateSchema()
 
 
 # ----------------------------------------------------------------- helpers
@@ -235,16 +237,16 @@ def load_task_detail(task_id: int, user_id: int) -> dict[str, Any] | None:
 @jwt_required()
 def create_task():
     """201 with the new task; 200 with the first one when the Idempotency-Key was used before."""
-    data = schemas.TaskCreateSchema().load(get_json_body())
+    data = TASK_CREATE_SCHEMA.load(get_json_body())
     key = idempotency_key()
     params = {**task_params(data, current_user_id()), "idempotency_key": key}
-    with get_conn() as conn:
-        row = conn.execute(queries["insert_task"], params).fetchone()
-        if row is None:
-            lookup = {"user_id": params["user_id"], "idempotency_key": key}
-            row = conn.execute(queries["get_task_by_idempotency_key"], lookup).fetchone()
-            body = {"task": task_to_json(row), "message": "Task already created with this key"}
-            return body, 200
+    row = fetch_one("insert_task", params)
+    if row is None:
+        # ON CONFLICT waited for the first insert to commit, so the lookup sees it.
+        lookup = {"user_id": params["user_id"], "idempotency_key": key}
+        row = fetch_one("get_task_by_idempotency_key", lookup)
+        body = {"task": task_to_json(row), "message": "Task already created with this key"}
+        return body, 200
     count_created([row])
     location = url_for("tasks.get_task", task_id=row["id"])
     body = {"task": task_to_json(row), "message": "Task created successfully"}
