@@ -5,20 +5,115 @@ flask-limiter falls back to in-memory counters (limits per process) and checks
 Redis again later. A 429 has the contract's error body (app.errors), plus
 ``Retry-After`` and ``X-RateLimit-*`` headers. Behind a proxy, ProxyFix with
 ``TASKQ_PROXY_HOPS`` trusted hops gives the real client IP.
+
+Cost per limited request: one Redis round trip. The moving window is flask-limiter's
+``moving-window`` strategy, except that the hit also returns the window the
+``X-RateLimit-*`` headers need (stock limits asks Redis a second time for them).
 """
 
 from __future__ import annotations
 
 import re
+import time
+from functools import lru_cache
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, has_request_context, request
 from flask_jwt_extended import decode_token
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+from limits import RateLimitItem
+from limits.storage import RedisStorage
+from limits.strategies import STRATEGIES, MovingWindowRateLimiter
+from limits.util import WindowStats
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 # Endpoints that take a password: brute force is limited per IP and per username.
 AUTH_RULE = re.compile(r"^/api/v1/auth/(login|token|register)/?$")
+
+
+# KEYS[1] the window (newest first); ARGV timestamp, limit, expiry, cost.
+# limits' acquire_moving_window.lua, then its moving_window.lua on the result, in one call:
+# {acquired, oldest timestamp still in the window (or false), entries in the window}.
+ACQUIRE_AND_WINDOW_SCRIPT = """
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local expiry = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local acquired = 0
+if cost <= limit then
+  local entry = redis.call('lindex', KEYS[1], limit - cost)
+  if not (entry and tonumber(entry) >= now - expiry) then
+    for i = 1, cost do
+      redis.call('lpush', KEYS[1], ARGV[1])
+    end
+    redis.call('ltrim', KEYS[1], 0, limit - 1)
+    redis.call('expire', KEYS[1], expiry)
+    acquired = 1
+  end
+end
+local low, high, found = 0, redis.call('llen', KEYS[1]) - 1, nil
+while low <= high do
+  local mid = math.floor((low + high) / 2)
+  local value = tonumber(redis.call('lindex', KEYS[1], mid))
+  if value and value >= now - expiry then
+    found = mid
+    low = mid + 1
+  else
+    high = mid - 1
+  end
+end
+if found then
+  return {acquired, redis.call('lindex', KEYS[1], found), found + 1}
+end
+return {acquired, false, 0}
+"""
+STRATEGY = "taskq-moving-window"
+
+
+class OneTripMovingWindow(MovingWindowRateLimiter):
+    """The moving window whose hit also learns the window (headers cost no second trip)."""
+
+    _script = None
+
+    def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
+        """Consume ``cost`` and remember the window after it for this request's headers."""
+        storage = self.storage
+        if type(storage) is not RedisStorage or not has_request_context():
+            return super().hit(item, *identifiers, cost=cost)  # the in-memory fallback
+        if self._script is None:
+            self._script = storage.get_connection().register_script(ACQUIRE_AND_WINDOW_SCRIPT)
+        key = item.key_for(*identifiers)
+        now, expiry = time.time(), item.get_expiry()
+        acquired, oldest, entries = self._script(
+            keys=[storage.prefixed_key(key)], args=[now, item.amount, expiry, cost]
+        )
+        start = float(oldest) if oldest else now
+        g.setdefault("taskq_limit_windows", {})[key] = WindowStats(
+            start + expiry, item.amount - int(entries)
+        )
+        return bool(acquired)
+
+    def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
+        """The window this request's hit saw; asks the storage only for limits not hit."""
+        if has_request_context():
+            seen = g.get("taskq_limit_windows")
+            key = item.key_for(*identifiers)
+            if seen and key in seen:
+                return seen[key]
+        return super().get_window_stats(item, *identifiers)
+
+
+STRATEGIES.setdefault(STRATEGY, OneTripMovingWindow)
+
+
+@lru_cache(maxsize=4096)
+def token_subject(secret: str, token: str) -> str:
+    """The ``sub`` of a token signed with ``secret``; raises when it does not decode.
+
+    Cached per (secret, token): a token's subject never changes, so each token's
+    signature is checked once, not on every request (failures are not cached).
+    """
+    return str(decode_token(token, allow_expired=True).get("sub"))
 
 
 def token_user_key() -> str | None:
@@ -27,10 +122,10 @@ def token_user_key() -> str | None:
     if not header.startswith("Bearer "):
         return None
     try:
-        claims = decode_token(header[7:].strip(), allow_expired=True)
+        subject = token_subject(current_app.config["JWT_SECRET_KEY"], header[7:].strip())
     except Exception:  # any undecodable token is just anonymous for limiting
         return None
-    return f"user:{claims.get('sub')}"
+    return f"user:{subject}"
 
 
 def user_or_ip_key() -> str:
@@ -84,7 +179,7 @@ def init_app(app: Flask) -> Limiter:
         storage_uri=redis_url or "memory://",
         storage_options={"socket_connect_timeout": 0.3, "socket_timeout": 0.5} if redis_url else {},
         in_memory_fallback_enabled=bool(redis_url),
-        strategy="moving-window",
+        strategy=STRATEGY,
         headers_enabled=True,
         swallow_errors=True,
     )

@@ -79,6 +79,21 @@ def test_default_limit_is_per_user(app_with_limits, database_url):
     assert client.get("/healthz").status_code == 200  # outside /api: never limited
 
 
+def test_headers_count_down_from_the_hit_itself(app_with_limits, database_url):
+    """The window in the headers is the one the hit saw (one Redis call gives both)."""
+    client = app_with_limits.test_client()
+    ann = account(app_with_limits, database_url, "ann")
+    before = time.time()
+    remaining = []
+    for _ in range(5):
+        ok = client.get("/api/v1/tasks", headers=ann)
+        remaining.append(ok.headers["X-RateLimit-Remaining"])
+        reset = int(ok.headers["X-RateLimit-Reset"])
+        assert before + 59 <= reset <= time.time() + 61  # the oldest hit's time + 1 minute
+    assert remaining == ["4", "3", "2", "1", "0"]
+    assert_429(client.get("/api/v1/tasks", headers=ann))
+
+
 def login(client, username: str, ip: str):
     return client.post(
         "/api/v1/auth/login",
