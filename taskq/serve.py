@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from typing import Any
 
@@ -114,8 +116,24 @@ def gunicorn_options(bind: str, workers: int) -> dict[str, Any]:
     }
 
 
+def export_migration_head() -> None:
+    """Put the migrations' head in ``TASKQ_MIGRATION_HEAD`` for /readyz, asked in a child process.
+
+    Alembic (and SQLAlchemy with it) then never loads into the master or the API
+    processes: resident memory they would keep for the process's lifetime.
+    """
+    if os.environ.get("TASKQ_MIGRATION_HEAD"):
+        return
+    code = "from taskq.migrate import head_revision; print(head_revision())"
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    os.environ["TASKQ_MIGRATION_HEAD"] = found.stdout.strip()
+
+
 def serve_api(bind: str, workers: int) -> None:
     """Run gunicorn in the foreground until it is stopped."""
+    export_migration_head()
     created = prepare_metrics_dir()
     try:
         TaskqApplication(gunicorn_options(bind, workers)).run()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from taskq.migrate import downgrade
+import os
+
+from taskq.migrate import downgrade, head_revision
+from taskq.serve import export_migration_head
 
 
 def test_ready_when_migrated(client):
@@ -19,3 +22,12 @@ def test_not_ready_behind_head(client, database_url):
     body = ready.get_json()
     assert body["status"] == "not ready"
     assert body["checks"]["migrations"].startswith("at 0001")
+
+
+def test_taskq_api_finds_the_head_in_a_child_process(monkeypatch, client):
+    monkeypatch.delenv("TASKQ_MIGRATION_HEAD", raising=False)
+    export_migration_head()
+    assert os.environ["TASKQ_MIGRATION_HEAD"] == head_revision()
+    assert client.get("/readyz").status_code == 200
+    monkeypatch.setenv("TASKQ_MIGRATION_HEAD", "9999")  # what readyz compares with
+    assert client.get("/readyz").get_json()["checks"]["migrations"].endswith("head is 9999")
