@@ -10,6 +10,7 @@ restarts, with or without Redis.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from difflib import SequenceMatcher
@@ -396,6 +397,41 @@ def change_password():
 # ------------------------------------------------------------------ set-up
 
 
+class CachingJWTManager(JWTManager):
+    """flask-jwt-extended, checking each bearer token's signature once per process.
+
+    A decode verifies the signature and parses the token three times (PyJWT);
+    the same access token comes back on every request. The claims of a token
+    that decoded are kept, keyed by the token's exact text, and served while
+    ``exp`` is still ahead: every other check (signature, ``nbf``, ``iat``,
+    audience) can only have passed for good, so nothing is stale. Revocation is
+    not decided here: the blocklist check (``token_is_revoked``) still runs on
+    every request. Overrides the manager's decode hook, which ``decode_token``
+    and ``verify_jwt_in_request`` both go through.
+    """
+
+    MAX_TOKENS = 4096
+
+    def __init__(self, app: Flask | None = None) -> None:
+        self._claims: dict[str, dict[str, Any]] = {}
+        super().__init__(app)
+
+    def _decode_jwt_from_config(
+        self, encoded_token: str, csrf_value: Any = None, allow_expired: bool = False
+    ) -> dict:
+        if csrf_value is not None or allow_expired:
+            return super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
+        claims = self._claims.get(encoded_token)
+        if claims is not None and time.time() < claims["exp"]:
+            return dict(claims)
+        claims = super()._decode_jwt_from_config(encoded_token)
+        if "exp" in claims:
+            if len(self._claims) >= self.MAX_TOKENS:
+                self._claims.pop(next(iter(self._claims)))  # the oldest entry
+            self._claims[encoded_token] = dict(claims)
+        return claims
+
+
 def jwt_error(message: str) -> Callable[..., Any]:
     """A flask-jwt-extended callback answering 401 in the contract's error shape."""
 
@@ -407,7 +443,7 @@ def jwt_error(message: str) -> Callable[..., Any]:
 
 def init_app(app: Flask) -> None:
     """Set up flask-jwt-extended (Postgres blocklist, JSON 401s) and register the views."""
-    jwt = JWTManager(app)
+    jwt = CachingJWTManager(app)
     jwt.token_in_blocklist_loader(token_is_revoked)
     jwt.unauthorized_loader(jwt_error("Authentication credentials were not provided."))
     jwt.invalid_token_loader(jwt_error("Token is invalid."))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
+import pytest
 from flask_jwt_extended import create_access_token
+
+from app.auth import password_version
+from app.db import fetch_one
 
 API = "/api/v1/auth"
 
@@ -222,3 +227,19 @@ def test_expired_and_orphaned_tokens_get_401(app, client, make_account, db):
     assert_error(client.get(f"{API}/profile", headers=bearer(ann.refresh)), 401)
     db.execute("DELETE FROM users WHERE id = %s", (ann.id,))
     assert_error(client.get(f"{API}/profile", headers=ann.headers), 401)
+
+
+@pytest.mark.slow
+def test_a_token_decoded_once_still_expires_on_time(app, client, make_account):
+    ann = make_account("ann")
+    with app.app_context():
+        user = fetch_one("get_user", {"user_id": ann.id})
+        claims = {"pv": password_version(user["password_changed_at"])}
+        token = create_access_token(
+            str(ann.id), expires_delta=timedelta(seconds=1), additional_claims=claims
+        )
+    assert client.get(f"{API}/profile", headers=bearer(token)).status_code == 200
+    assert client.get(f"{API}/profile", headers=bearer(token)).status_code == 200  # cached claims
+    time.sleep(1.2)
+    body = assert_error(client.get(f"{API}/profile", headers=bearer(token)), 401)
+    assert "expired" in body["error"]
