@@ -123,6 +123,7 @@ class Child:
         self.done = 0
         self.limit = 1
         self.slow_streak = 0
+        self.backlog = False  # the last claim got all it asked for
         self.soft_deadline = 0.0  # monotonic soft limit of the running task
         self.alarm_at: float | None = None  # when the armed SIGALRM timer fires
         self.conn: psycopg.Connection | None = None
@@ -249,8 +250,9 @@ class Child:
         return False
 
     def prefetching(self) -> bool:
-        """Claim the next batch ahead: only while tasks are fast (the claim grew past one)."""
-        return self.limit > 1 and not self.stopping
+        """Claim the next batch ahead: only while tasks are fast (the claim grew past one)
+        and there is a backlog (the last claim came back full; a trickle gains nothing)."""
+        return self.limit > 1 and self.backlog and not self.stopping
 
     def outcomes_due(self) -> bool:
         """Write results early when many are waiting or the oldest waited ``flush_ms``."""
@@ -301,7 +303,7 @@ class Child:
             self.outcomes.merge(outcomes)
             self.types.update(types)
             return self.retry(exc, limit)
-        self.settled(rows, failed, types)
+        self.settled(rows, failed, types, limit)
         return rows
 
     def poll(self) -> None:
@@ -334,11 +336,13 @@ class Child:
                 exc = again
                 continue
             self.outcomes, self.types = Outcomes(), {}
-            self.settled(rows, failed, types)
+            self.settled(rows, failed, types, limit)
             return rows
 
-    def settled(self, rows: list[Claim], failed: dict[int, str], types: dict) -> None:
+    def settled(self, rows: list[Claim], failed: dict[int, str], types: dict, limit: int) -> None:
         """An exchange committed: count its failures and claims."""
+        if limit:
+            self.backlog = len(rows) >= limit
         self.metrics.flush(failed, types)
         if metrics.ENABLED:
             for row in rows:
