@@ -24,6 +24,7 @@ from app.errors import ApiError, get_json_body
 from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
 from sql import queries
+from taskq.enqueue import insert_tasks
 from taskq.representation import (
     DEFAULT_CALLBACK_EVENTS,
     row_to_json,
@@ -271,16 +272,11 @@ def create_tasks_batch():
     if isinstance(body, dict) and len(body.get("tasks") or ()) > maximum:
         raise ApiError(400, "Batch too large.", {"tasks": [f"At most {maximum} tasks."]})
     data = schemas.TaskBatchSchema().load(body)
-    items = []
-    for n, task in enumerate(data["tasks"]):
-        item = task_columns(task)
-        item["n"] = n
-        if item["scheduled_at"] is not None:
-            item["scheduled_at"] = item["scheduled_at"].isoformat()
-        items.append(item)
-    rows = fetch_all("insert_tasks_batch", {"user_id": current_user_id(), "tasks": Jsonb(items)})
+    user_id = current_user_id()
+    with get_conn() as conn:
+        rows = insert_tasks(conn, user_id, [task_columns(task) for task in data["tasks"]])
     count_created(rows)
-    tasks = [task_to_json(row) for row in sorted(rows, key=lambda r: r["id"])]
+    tasks = [task_to_json(row) for row in rows]
     return {"tasks": tasks, "count": len(tasks), "message": f"{len(tasks)} tasks created"}, 201
 
 

@@ -1,7 +1,7 @@
 """taskq in the shared workloads: the API's insert queries, and ``taskq worker`` processes.
 
-Enqueue goes through the named queries the API runs (``insert_task`` per
-task, ``insert_tasks_batch`` per batch), so the figures carry the full
+Enqueue goes through the code the API runs (the ``insert_task`` query per
+task, ``taskq.enqueue.insert_tasks`` per batch), so the figures carry the full
 product: history row and NOTIFY per transition from the triggers, durable
 commits. Workers are the real supervisor (``python -m worker``, i.e. ``taskq
 worker``) with ``--concurrency`` children; the task type is ``bench_stamp``, a
@@ -23,10 +23,11 @@ from psycopg.types.json import Jsonb
 
 from bench.system import Client, System
 from sql import queries
+from taskq.enqueue import insert_tasks
 
 QUEUE = "bench"
 TASK_TYPE = "bench_stamp"
-# Every column insert_task / insert_tasks_batch take, as the API fills them for a bare create.
+# Every column insert_task / insert_tasks take, as the API fills them for a bare create.
 TASK_DEFAULTS = {
     "user_id": None,
     "description": "",
@@ -71,12 +72,9 @@ class TaskqClient:
             self.insert_one(key)
 
     def enqueue_batch(self, keys: Sequence[str], batch: int) -> None:
-        """One ``insert_tasks_batch`` per ``batch`` jobs."""
+        """One ``insert_tasks`` (the batch endpoint's function) per ``batch`` jobs."""
         for start in range(0, len(keys), batch):
-            items = [{**task_row(k), "n": n} for n, k in enumerate(keys[start : start + batch])]
-            self.conn.execute(
-                queries["insert_tasks_batch"], {"user_id": None, "tasks": Jsonb(items)}
-            )
+            insert_tasks(self.conn, None, [task_row(k) for k in keys[start : start + batch]])
 
     def enqueue_paced(self, keys: Sequence[str], gap: float) -> list[float]:
         """One ``insert_task`` per job, ``gap`` apart; commit times."""

@@ -16,24 +16,19 @@ RETURNING *;
 -- The task a user created earlier with this Idempotency-Key.
 SELECT * FROM tasks WHERE user_id = %(user_id)s AND idempotency_key = %(idempotency_key)s;
 
--- name: insert_tasks_batch
--- Create many tasks in one statement from a JSON array (one round trip, one trigger run).
-INSERT INTO tasks (user_id, title, description, task_type, payload, queue, priority,
-                   scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
-                   callback_url, callback_events, callback_headers, callback_secret,
-                   callback_max_attempts)
-SELECT %(user_id)s, r.title, r.description, r.task_type, r.payload, r.queue, r.priority,
-       r.scheduled_at, greatest(r.scheduled_at, now()), r.max_retries, r.retry_delay,
-       r.timeout, r.tags, r.metadata, r.callback_url, r.callback_events, r.callback_headers,
-       r.callback_secret, r.callback_max_attempts
-  FROM jsonb_to_recordset(%(tasks)s) AS r(
-           n integer, title text, description text, task_type text, payload jsonb,
-           queue text, priority smallint, scheduled_at timestamptz, max_retries integer,
-           retry_delay integer, timeout integer, tags text[], metadata jsonb,
-           callback_url text, callback_events text[], callback_headers jsonb,
-           callback_secret text, callback_max_attempts integer)
- ORDER BY r.n
-RETURNING *;
+-- name: reserve_task_ids
+-- Ids for a batch of new tasks, and the transaction's now() (what the column defaults use).
+SELECT ARRAY(SELECT nextval(pg_get_serial_sequence('tasks', 'id'))
+               FROM generate_series(1, %(n)s)) AS ids,
+       now() AS now;
+
+-- name: copy_tasks
+-- Load reserved-id tasks (COPY writes identity columns as given); defaults fill the rest.
+COPY tasks (id, user_id, title, description, task_type, payload, queue, priority,
+            scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
+            callback_url, callback_events, callback_headers, callback_secret,
+            callback_max_attempts)
+FROM STDIN (FORMAT BINARY);
 
 -- name: list_tasks
 -- A page of tasks; {where} and {order} are composed from the task_filter_* fragments.
