@@ -28,6 +28,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
+from psycopg.types.string import BytesBinaryDumper
 
 from sql import queries
 
@@ -114,16 +115,19 @@ def insert_tasks(
     tasks = list(tasks)
     if not tasks:
         return []
+    rows = []
     with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
+        # The jsonb values go as bytes: psycopg's default bytea dumper (dbapi20's) is
+        # Python code; this registration gets the C one back (0.4 µs a row).
+        cur.adapters.register_dumper(bytes, BytesBinaryDumper)
         ids, now = cur.execute(queries["reserve_task_ids"], {"n": len(tasks)}).fetchone()
-        rows = [
-            new_task_row(task_id, user_id, task, now)
-            for task_id, task in zip(ids, tasks, strict=True)
-        ]
         with cur.copy(queries["copy_tasks"]) as copy:
             copy.set_types(COPY_TYPES)
-            for row in rows:
+            # Row by row: psycopg sends every 32 kB, so Postgres loads while this builds.
+            for task_id, task in zip(ids, tasks, strict=True):
+                row = new_task_row(task_id, user_id, task, now)
                 copy.write_row(copy_values(row))
+                rows.append(row)
     return rows
 
 
@@ -166,13 +170,14 @@ def new_task_row(
     """The ``SELECT *`` row of a task just inserted with ``task``'s values at ``now``.
 
     Timestamps are given in ``now``'s time zone (the session's, as psycopg reads
-    them back) and JSON values as jsonb stores them.
+    them back) and JSON values as jsonb stores them. Values already in that form
+    are ``task``'s own objects, not copies: every object kept per task costs the
+    cyclic garbage collector time (about 1.5 µs a task for each, measured).
     """
     task = {**COLUMN_DEFAULTS, **task}
     scheduled_at = task["scheduled_at"]
     if scheduled_at is not None:
         scheduled_at = scheduled_at.astimezone(now.tzinfo)
-    events = task["callback_events"]
     return {
         "id": task_id,
         "user_id": user_id,
@@ -192,14 +197,14 @@ def new_task_row(
         "timeout": task["timeout"],
         "result": None,
         "error": None,
-        "tags": list(task["tags"]),
+        "tags": as_list(task["tags"]),
         "metadata": jsonb_value(task["metadata"]),
         "idempotency_key": None,
         "worker_id": None,
         "lease_token": None,
         "lease_expires_at": None,
         "callback_url": task["callback_url"],
-        "callback_events": None if events is None else list(events),
+        "callback_events": as_list(task["callback_events"]),
         "callback_headers": jsonb_value(task["callback_headers"]),
         "callback_secret": task["callback_secret"],
         "callback_max_attempts": task["callback_max_attempts"],
@@ -210,28 +215,60 @@ def new_task_row(
     }
 
 
-def jsonb_key(item: tuple[str, Any]) -> tuple[int, str]:
-    """jsonb's order of object keys: shorter (in UTF-8 bytes) first, then bytewise."""
-    return len(item[0].encode()), item[0]
+def jsonb_order(key: str) -> tuple[int, str]:
+    """jsonb's order of object keys: shorter (in UTF-8 bytes) first, then bytewise.
+
+    UTF-8 bytes sort like code points, so comparing the ``str`` is enough.
+    """
+    return len(key.encode()), key
+
+
+def as_list(value: Any) -> list[Any] | None:
+    """An array column's value as psycopg reads it back: a list (or None)."""
+    return value if value is None or type(value) is list else list(value)
+
+
+def in_jsonb_form(value: Any) -> bool:
+    """``value`` is already what a jsonb column gives back (so it needs no copy)."""
+    kind = type(value)
+    if kind in PLAIN_JSON:
+        return True
+    if kind is dict:
+        if len(value) > 1:
+            order = [jsonb_order(key) for key in value]
+            if order != sorted(order):
+                return False
+        return all(in_jsonb_form(item) for item in value.values())
+    if kind is list:
+        return all(in_jsonb_form(item) for item in value)
+    if kind is float:
+        return jsonb_float(value) is value
+    return False
 
 
 def jsonb_value(value: Any) -> Any:
     """``value`` as a jsonb column gives it back: keys in jsonb's order, numbers via numeric.
 
-    jsonb keeps numbers as ``numeric``: a float Python writes with an exponent
-    (``1e+16`` and up, all whole numbers) comes back as an int, and ``-0.0`` as
-    ``0.0``. UTF-8 bytes order like code points, so comparing ``str`` is enough.
+    A copy where anything differs; ``value`` itself where nothing does.
     """
-    if type(value) in PLAIN_JSON:
+    if in_jsonb_form(value):
         return value
     if isinstance(value, dict):
-        items = sorted(value.items(), key=jsonb_key) if len(value) > 1 else value.items()
-        return {k: v if type(v) in PLAIN_JSON else jsonb_value(v) for k, v in items}
+        items = sorted(value.items(), key=lambda item: jsonb_order(item[0]))
+        return {key: jsonb_value(item) for key, item in items}
     if isinstance(value, list | tuple):
-        return [v if type(v) in PLAIN_JSON else jsonb_value(v) for v in value]
+        return [jsonb_value(item) for item in value]
     if isinstance(value, float):
-        text = repr(value)
-        if "e+" in text:
-            return int(Decimal(text))
-        return value + 0.0  # -0.0 + 0.0 is 0.0
+        return jsonb_float(value)
+    return value
+
+
+def jsonb_float(value: float) -> float | int:
+    """A float through jsonb's numeric: what Python writes with an exponent (``1e+16`` and
+    up, all whole numbers) comes back an int, and ``-0.0`` as ``0.0``."""
+    text = repr(value)
+    if "e+" in text:
+        return int(Decimal(text))
+    if value == 0 and text[0] == "-":
+        return 0.0
     return value
