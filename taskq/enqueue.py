@@ -109,8 +109,9 @@ def insert_tasks(
 
     Each task maps column names to validated values (as ``TaskCreateSchema`` loads
     them: priority an int, ``scheduled_at`` an aware datetime); a column left out
-    takes its default. Ids increase in the order given. Works on a connection in
-    autocommit or not; inside a transaction already open it uses a savepoint.
+    takes its default (``callback_events`` too: the API fills its default events in
+    before). Ids increase in the order given. Commits, on a connection in autocommit
+    or not; inside a transaction the caller holds open it uses a savepoint instead.
     """
     tasks = list(tasks)
     if not tasks:
