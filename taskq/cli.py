@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from taskq.settings import SettingError, database_url
+from taskq.settings import SettingError, database_url, env
 
 
 @click.group()
@@ -90,13 +90,21 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
 def bench(
     quick: bool, database_url: str | None, json_path: str | None, systems: tuple, tiny: bool
 ) -> None:
-    """Benchmark taskq against PgQueuer and procrastinate on the same Postgres."""
+    """Benchmark taskq against PgQueuer and procrastinate on the same Postgres.
+
+    The server is --database-url, else DATABASE_URL, else the embedded Postgres.
+    """
     from pathlib import Path
 
     from bench.harness import FULL, QUICK, TINY, run_bench
 
     sizes = TINY if tiny else QUICK if quick else FULL
-    url = database_url or required_database_url()
+    url = database_url or env("DATABASE_URL")
+    if url is None:  # like taskq up: a fresh install benchmarks on the embedded Postgres
+        from taskq.embedded import start_embedded_postgres
+
+        url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
+        click.echo(f"taskq: no DATABASE_URL, benchmarking on the embedded Postgres at {url}")
     run_bench(url, sizes, Path(json_path) if json_path else None, list(systems) or None)
 
 
