@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import select
 import time
 
 import psycopg
-import pytest
 
 from app.db import check_idle_connection, fetch_one, get_pool, is_read_only
 
@@ -26,8 +26,16 @@ def test_checkout_check_refuses_a_killed_backend_and_accepts_a_live_one(app, db)
         check_idle_connection(conn)  # idle and alive: no error, no query
         db.execute("SELECT pg_terminate_backend(%s)", [pid])
         wait_gone(db, pid)
-        with pytest.raises(psycopg.OperationalError):
-            check_idle_connection(conn)
+        # The backend leaves pg_stat_activity a moment before its FATAL and FIN reach
+        # our socket: wait for them to arrive, then the check must refuse the session.
+        deadline = time.monotonic() + 5
+        while True:
+            select.select([conn.fileno()], [], [], 0.1)
+            try:
+                check_idle_connection(conn)
+            except psycopg.OperationalError:
+                break
+            assert time.monotonic() < deadline, "the check never noticed the killed backend"
 
 
 def test_a_read_on_a_backend_killed_a_moment_ago_runs_again(app, db, make_account):
