@@ -109,7 +109,9 @@ def bench(
 
 
 @main.command()
-@click.option("--queues", default=None, help="comma-separated queues (TASKQ_QUEUES, default)")
+@click.option(
+    "--queues", default=None, help="comma-separated (TASKQ_QUEUES; default: default,webhooks)"
+)
 @click.option("--concurrency", default=None, type=click.IntRange(1), help="child processes")
 @click.option("--max-tasks", default=None, type=click.IntRange(0), help="recycle a child after N")
 @click.option("--poll-interval", default=None, type=click.FloatRange(0.01), help="seconds")

@@ -9,6 +9,8 @@ from typing import Any
 
 from taskq.settings import SettingError, database_url, env, env_float, env_int
 
+DEFAULT_QUEUES = "default,webhooks"
+
 
 @dataclass(frozen=True)
 class PeriodicSchedule:
@@ -126,7 +128,9 @@ def load_config(**options: Any) -> WorkerConfig:
     """Settings from the environment, with command-line ``options`` (None = unset) on top."""
     given = {k: v for k, v in options.items() if v is not None}
     lease = env_float("TASKQ_LEASE_SECONDS", 30.0, minimum=0.5)
-    queues = given.pop("queues", None) or env("TASKQ_QUEUES", "default") or "default"
+    # Webhook deliveries are tasks on their own queue: a worker started without
+    # --queues serves them too, so webhooks work with no extra set-up.
+    queues = given.pop("queues", None) or env("TASKQ_QUEUES") or DEFAULT_QUEUES
     config = WorkerConfig(
         database_url=given.pop("database_url", None) or database_url(),
         queues=split_queues(queues) if isinstance(queues, str) else tuple(queues),
