@@ -149,6 +149,8 @@ class ClaimPipe:
     flight; while it is, the psycopg connection must not be used otherwise.
     """
 
+    reply_timeout = 60.0  # seconds; a claim or completion batch takes milliseconds
+
     def __init__(self, conn: psycopg.Connection) -> None:
         self.conn = conn
         self.pgconn = conn.pgconn
@@ -209,13 +211,25 @@ class ClaimPipe:
         self.pgconn.consume_input()
 
     def next_result(self) -> pq.abc.PGresult | None:
-        """The next reply of the exchange in flight, waiting for it."""
+        """The next reply of the exchange in flight, waiting for it at most ``reply_timeout``.
+
+        A server that stops answering without closing the socket (a partition,
+        a frozen host) would otherwise hold this child forever while the
+        supervisor's heartbeat kept its leases alive: past the timeout the
+        connection is dropped and the caller's reconnect path takes over
+        (orphaned claims handed back, outcomes written again under their fence).
+        """
         pgconn = self.pgconn
         while True:
             pgconn.consume_input()
             if not pgconn.is_busy():
                 return pgconn.get_result()
-            select.select([pgconn.socket], [], [])
+            readable, _, _ = select.select([pgconn.socket], [], [], self.reply_timeout)
+            if not readable:
+                self.conn.close()
+                raise psycopg.OperationalError(
+                    f"no reply from Postgres in {self.reply_timeout:g} s; connection dropped"
+                )
 
     def receive(self) -> tuple[list[Claim], dict[int, str]]:
         """Wait for the exchange in flight: the claimed tasks in claim order, failed -> status.

@@ -283,3 +283,32 @@ def test_array_parameters_survive_quotes_and_backslashes(db, database_url: str) 
         failure.fail(task_id, row.lease_token, error)
         assert finish(conn, failure) == {task_id: "FAILED"}
     assert db.execute("SELECT error FROM tasks").fetchone() == {"error": error}
+
+
+def test_a_frozen_server_is_given_up_on_after_the_reply_timeout(db, database_url):
+    import os
+    import signal
+    import time
+
+    insert_tasks(db, 3)
+    conn = connect(database_url)
+    pipe = ClaimPipe(conn)
+    pipe.reply_timeout = 0.5
+    backend = conn.info.backend_pid
+    os.kill(backend, signal.SIGSTOP)  # the host freezes: no reply, no FIN
+    try:
+        started = time.monotonic()
+        assert pipe.send(Outcomes(), worker_id="w", queues=["default"], limit=3,
+                         lease_seconds=30, max_retry_delay=60)  # fmt: skip
+        with pytest.raises(psycopg.OperationalError, match="no reply"):
+            pipe.receive()
+        assert time.monotonic() - started < 5
+        assert conn.closed
+    finally:
+        os.kill(backend, signal.SIGCONT)
+    # Whatever the frozen backend does when it wakes, the tasks are not lost: at worst
+    # they are claimed under "w" (orphans the reconnect hands back), else still PENDING.
+    wait_for(lambda: not db.execute(
+        "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'", [backend]
+    ).fetchone(), timeout=10, message="the woken backend to finish")  # fmt: skip
+    assert sum(status_counts(db).values()) == 3
