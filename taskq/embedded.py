@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import warnings
 from pathlib import Path
 
 
@@ -18,5 +20,11 @@ def start_embedded_postgres(data_dir: Path, cleanup_mode: str | None = "stop") -
     import pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pgserver.get_server(data_dir, cleanup_mode=cleanup_mode)
-    return server.get_uri()
+    with warnings.catch_warnings():
+        # pgserver's start-up probes leave sockets for the garbage collector; collect them
+        # here, where their ResourceWarning is known and harmless.
+        warnings.simplefilter("ignore", ResourceWarning)
+        server = pgserver.get_server(data_dir, cleanup_mode=cleanup_mode)
+        uri = server.get_uri()
+        gc.collect()
+    return uri

@@ -12,8 +12,10 @@ it skip when none answers, unless ``TASKQ_REQUIRE_REDIS`` is set (CI sets it).
 
 from __future__ import annotations
 
+import gc
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -27,13 +29,26 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _docker_available() -> bool:
+    """Whether a Docker engine answers (testcontainers needs one)."""
     try:
         import docker
-
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:
+    except ImportError:
         return False
+    with warnings.catch_warnings():
+        # A failed probe leaves its Unix socket to the garbage collector: collect it here.
+        warnings.simplefilter("ignore", ResourceWarning)
+        try:
+            client = docker.from_env(timeout=3)
+        except Exception:
+            gc.collect()
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+        finally:
+            client.close()
+            gc.collect()
 
 
 @pytest.fixture(scope="session")
