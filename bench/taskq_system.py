@@ -23,29 +23,17 @@ from psycopg.types.json import Jsonb
 
 from bench.system import Client, System
 from sql import queries
-from taskq.enqueue import insert_tasks
+from taskq.enqueue import COLUMN_DEFAULTS, insert_tasks
 
 QUEUE = "bench"
 TASK_TYPE = "bench_stamp"
 # Every column insert_task / insert_tasks take, as the API fills them for a bare create.
 TASK_DEFAULTS = {
+    **COLUMN_DEFAULTS,
     "user_id": None,
-    "description": "",
     "task_type": TASK_TYPE,
     "queue": QUEUE,
-    "priority": 5,
-    "scheduled_at": None,
-    "max_retries": 3,
-    "retry_delay": 60,
-    "timeout": None,
-    "tags": [],
-    "metadata": {},
     "idempotency_key": None,
-    "callback_url": None,
-    "callback_events": None,
-    "callback_headers": None,
-    "callback_secret": None,
-    "callback_max_attempts": 5,
 }
 
 
