@@ -11,6 +11,7 @@ import pytest
 from app.cache import DELETED_VERSION, cache_key, get_cache
 from app.events import get_notifier
 from tests.conftest import close_app, register_account
+from tests.worker_helpers import wait_for
 
 
 @pytest.fixture
@@ -38,14 +39,15 @@ def create_task(client, account, **fields) -> dict:
     return response.get_json()["task"]
 
 
-def wait_until(predicate, timeout: float = 5.0) -> bool:
-    """Poll until ``predicate()`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+def cached_task(cache_app):
+    """A registered client and a task whose detail is now in the cache."""
+    client = cache_app.test_client()
+    account = register_account(client)
+    task = create_task(client, account)
+    url = f"/api/v1/tasks/{task['id']}"
+    client.get(url, headers=account.headers)
+    assert client.get(url, headers=account.headers).get_json()["cached"] is True
+    return client, account, task, url
 
 
 def transition(database_url: str, task_id: int, status: str) -> None:
@@ -71,7 +73,7 @@ def test_detail_is_cached_then_invalidated_by_a_psql_transition(cache_app, datab
 
     batches = get_notifier(cache_app).batches
     transition(database_url, task["id"], "PROCESSING")
-    assert wait_until(lambda: get_notifier(cache_app).batches > batches)
+    wait_for(lambda: get_notifier(cache_app).batches > batches, 5, "the next notification batch")
     fresh = client.get(url, headers=account.headers).get_json()
     assert fresh == {"task": fresh["task"], "cached": False}
     assert fresh["task"]["status"] == "PROCESSING"
@@ -107,16 +109,13 @@ def test_a_read_that_raced_a_transition_cannot_write_back_the_older_version(cach
 
 
 def test_delete_invalidates_for_good(cache_app, database_url):
-    client = cache_app.test_client()
-    account = register_account(client)
-    task = create_task(client, account)
-    url = f"/api/v1/tasks/{task['id']}"
-    client.get(url, headers=account.headers)
-    assert client.get(url, headers=account.headers).get_json()["cached"] is True
+    client, account, task, url = cached_task(cache_app)
     assert client.delete(url, headers=account.headers).status_code == 200
     raw = get_cache(cache_app).client
-    assert wait_until(
-        lambda: (raw.get(cache_key(task["id"])) or b"").startswith(b"%d|" % DELETED_VERSION)
+    wait_for(
+        lambda: (raw.get(cache_key(task["id"])) or b"").startswith(b"%d|" % DELETED_VERSION),
+        5,
+        "the delete's tombstone",
     )
     response = client.get(url, headers=account.headers)
     assert response.status_code == 404
@@ -173,12 +172,7 @@ def test_no_stale_read_after_the_event_is_seen(cache_app, database_url):
 
 
 def test_listener_killed_ends_streams_drops_the_cache_and_listens_again(cache_app, database_url):
-    client = cache_app.test_client()
-    account = register_account(client)
-    task = create_task(client, account)
-    url = f"/api/v1/tasks/{task['id']}"
-    client.get(url, headers=account.headers)
-    assert client.get(url, headers=account.headers).get_json()["cached"] is True
+    client, account, task, url = cached_task(cache_app)
     notifier = get_notifier(cache_app)
     with cache_app.test_request_context():
         sub = notifier.subscribe(task_id=task["id"])
@@ -191,7 +185,7 @@ def test_listener_killed_ends_streams_drops_the_cache_and_listens_again(cache_ap
     from app.events import CLOSE
 
     assert sub.get(timeout=5) is CLOSE  # the stream ends; its client resumes with Last-Event-ID
-    assert wait_until(lambda: notifier.healthy, 10)
+    wait_for(lambda: notifier.healthy, 10, "the notifier to listen again")
     assert client.get(url, headers=account.headers).get_json()["cached"] is False
     with cache_app.test_request_context():
         sub = notifier.subscribe(task_id=task["id"])
