@@ -9,7 +9,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
-from app.models import metadata
+from taskq.models import metadata
 from taskq.migrate import downgrade, upgrade
 from taskq.settings import sqlalchemy_url
 
