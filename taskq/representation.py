@@ -46,7 +46,7 @@ TASK_FIELDS = (
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 10, "critical": 20}
 
 # Webhook events of a transition to each status, first choice first. The
-# database's copy is taskq_webhook_events() (migration 0007), which the trigger
+# database's copy is taskq_webhook_events() (migration 0005), which the trigger
 # uses; tests/integration/test_schema.py checks that the two agree.
 # task.revoked is the seeds' (Celery's) name for task.cancelled; subscribers may use either.
 EVENTS_FOR_STATUS = {

@@ -16,9 +16,9 @@ the delivery task is the database setting ``taskq.webhook_retry_delay``
 
 History: this is the text of b781496, which every database since has run. As
 it first landed (9653e0b) it had no ``taskq_enqueue_webhook_deliveries()`` (the
-webhook trigger inserted the delivery tasks itself); 0007 creates the function
+webhook trigger inserted the delivery tasks itself); 0005 creates the function
 on databases that ran that version. The downgrade's last line (the comment
-upgrade() sets on ``webhook_deliveries.payload``) was added with 0007, when the
+upgrade() sets on ``webhook_deliveries.payload``) was added with 0005, when the
 revision walk test found downgrade() left it behind.
 
 Revision ID: 0002

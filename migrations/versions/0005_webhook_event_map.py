@@ -13,13 +13,13 @@
   webhook deliveries fail; this creates it there. Elsewhere it replaces the
   function with the same text, so every database ends in the same state.
 
-Revision ID: 0007
+Revision ID: 0005
 Revises: 0004
 """
 
 from alembic import op
 
-revision = "0007"
+revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
