@@ -58,6 +58,6 @@ def crash(payload: dict, ctx: TaskContext) -> None:
 
 @register("kill_worker", payload=LedgerSchema)
 def kill_worker(payload: dict, ctx: TaskContext) -> None:
-    """Writes a ledger row and SIGKILLs its whole worker (supervisor and children): a lost machine."""
+    """Writes a ledger row and SIGKILLs its whole worker, supervisor and children included."""
     write(ctx, "start")
     os.killpg(os.getpgrp(), signal.SIGKILL)
