@@ -76,11 +76,14 @@ def context(database_url: str, task_id: int) -> TaskContext:
 
 
 def sender_context(db, database_url: str, delivery: dict) -> TaskContext:
-    """The context of the delivery's own deliver_webhook task, running (as a worker claims it)."""
-    db.execute(
-        "UPDATE tasks SET status = 'PROCESSING' WHERE id = %s", (delivery["sender_task_id"],)
-    )
-    return context(database_url, delivery["sender_task_id"])
+    """The context of the deliver_webhook task the trigger enqueued for ``delivery``, running
+    (as a worker claims it)."""
+    sender = db.execute(
+        "UPDATE tasks SET status = 'PROCESSING' WHERE id = (SELECT min(id) FROM tasks "
+        "WHERE task_type = 'deliver_webhook' AND payload->>'delivery_id' = %s) RETURNING id",
+        (str(delivery["id"]),),
+    ).fetchone()
+    return context(database_url, sender["id"])
 
 
 def test_a_subscribed_transition_enqueues_a_delivery_and_its_task(db):
@@ -107,6 +110,7 @@ def test_a_subscribed_transition_enqueues_a_delivery_and_its_task(db):
         "PENDING",
     )
     assert job["payload"] == {"delivery_id": deliveries[0]["id"]}
+    assert deliveries[0]["sender_task_id"] == job["id"]  # the one task that may send it
 
 
 def test_event_selection_and_the_revoked_alias(db):
@@ -219,14 +223,15 @@ def test_the_sender_sends_only_a_due_delivery_and_only_its_own(
     assert "not its turn" in deliver_webhook(sent, stray)["skipped"]
     assert (receiver.requests, state()) == ([], ("pending", 0))
 
+    sender = sender_context(db, database_url, delivery)
     with pytest.raises(WebhookDeliveryError):  # the sender's first attempt: a 500
-        deliver_webhook(sent, sender_context(db, database_url, delivery))
+        deliver_webhook(sent, sender)
     # As the engine leaves it: the retry is due in an hour. Not its turn, for anyone.
     db.execute(
         "UPDATE tasks SET status = 'RETRYING', run_at = now() + interval '1 hour' WHERE id = %s",
-        (delivery["sender_task_id"],),
+        (sender.task_id,),
     )
-    for ctx in (stray, context(database_url, delivery["sender_task_id"])):
+    for ctx in (stray, sender):
         assert "not its turn" in deliver_webhook(sent, ctx)["skipped"]
     assert (len(receiver.requests), state()) == (1, ("pending", 1))
 
@@ -282,6 +287,12 @@ def test_list_replay_and_trigger(client, make_account, db):
         replayed.get_json()["delivery_id"],
         triggered.get_json()["delivery_id"],
     }
+    # Replay and trigger make their delivery due properly: each has its own sender task.
+    senders = db.execute(
+        "SELECT w.id, s.payload FROM webhook_deliveries w JOIN tasks s ON s.id = w.sender_task_id"
+    ).fetchall()
+    assert sorted(r["payload"]["delivery_id"] for r in senders) == sorted(delivery_ids)
+    assert all(r["payload"]["delivery_id"] == r["id"] for r in senders)
 
     for response in (
         client.get(f"{base}/webhook-deliveries", headers=other.headers),
