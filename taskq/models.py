@@ -198,6 +198,7 @@ class WebhookDelivery(Base):
     created_at: Mapped[datetime] = now_default()
     delivered_at: Mapped[datetime | None] = mapped_column(TZ)
     attempt_log: Mapped[list] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    sender_task_id: Mapped[int | None] = mapped_column(BigInteger)
     __table_args__ = (Index("ix_webhook_deliveries_task_id", "task_id", "id"),)
 
 

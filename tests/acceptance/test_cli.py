@@ -95,8 +95,11 @@ def test_create_admin_reads_the_password_from_stdin(database_url, db):
 def test_list_tasks_prints_the_registry():
     result = taskq("list-tasks")
     assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
     for name in ("process", "echo", "compute", "http_request", "generate_report"):
-        assert name in result.stdout
+        assert "[internal]" not in rows[name]
+    for name in ("cleanup_old_tasks", "deliver_webhook"):  # listed, marked as the system's
+        assert "[internal]" in rows[name]
 
 
 def test_stats_reads_the_operator_views(database_url, db):

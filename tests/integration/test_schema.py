@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from sqlalchemy import create_engine, pool
 
 from sql import read_sql_file
@@ -216,6 +217,33 @@ def test_downgrade_then_upgrade(database_url, db):
     assert tables.fetchone()["n"] == 1  # alembic_version only
     upgrade(database_url)
     assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 0
+
+
+def test_0006_gives_existing_deliveries_their_sender_and_not_a_stray(database_url, db):
+    downgrade(database_url, "0005")
+    user = make_user(db)
+    task = db.execute(
+        "INSERT INTO tasks (user_id, title, callback_url) "
+        "VALUES (%s, 't', 'https://example.com/h') RETURNING id",
+        (user,),
+    ).fetchone()["id"]
+    # A stray made before the delivery existed, guessing its id: not the sender.
+    next_id = db.execute(
+        "SELECT setval(seq, nextval(seq), false) AS id "
+        "FROM pg_get_serial_sequence('webhook_deliveries', 'id') AS seq"
+    ).fetchone()["id"]
+    db.execute(
+        "INSERT INTO tasks (title, task_type, payload, queue, created_at) "
+        "VALUES ('stray', 'deliver_webhook', %s, 'webhooks', now() - interval '1 minute')",
+        (Jsonb({"delivery_id": next_id}),),
+    )
+    db.execute("UPDATE tasks SET status = 'COMPLETED' WHERE id = %s", (task,))
+    sender = db.execute(
+        "SELECT id FROM tasks WHERE title = %s", (f"webhook delivery {next_id}",)
+    ).fetchone()
+    upgrade(database_url)
+    rows = db.execute("SELECT id, sender_task_id FROM webhook_deliveries").fetchall()
+    assert rows == [{"id": next_id, "sender_task_id": sender["id"]}]
 
 
 def test_psql_update_writes_history_and_notifies(database_url, db):
