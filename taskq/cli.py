@@ -72,13 +72,22 @@ def create_admin(username: str, email: str | None, password_stdin: bool) -> None
 
 @main.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of the API")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="API procs")
+@click.option(
+    "--workers", default=2, show_default=True, type=click.IntRange(1), help="API processes"
+)
 @click.option("--concurrency", default=None, type=click.IntRange(1), help="worker children")
 def up(bind: str, workers: int, concurrency: int | None) -> None:
-    """Everything on one machine: embedded Postgres if needed, migrations, API and worker."""
+    """Everything on one machine: embedded Postgres if needed, migrations, API and worker.
+
+    Without JWT_SECRET_KEY, one secret is made on first start and kept in
+    ./.taskq/jwt-secret (mode 0600) for every process, so tokens survive restarts.
+    """
     from taskq.up import run_up
 
-    sys.exit(run_up(bind=bind, api_workers=workers, concurrency=concurrency))
+    try:
+        sys.exit(run_up(bind=bind, api_workers=workers, concurrency=concurrency))
+    except SettingError as exc:
+        fail(str(exc))
 
 
 @main.command()
