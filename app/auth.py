@@ -34,6 +34,7 @@ from werkzeug.security import check_password_hash
 from app import schemas
 from app.db import fetch_one, get_conn
 from app.errors import ApiError, error_response, get_json_body
+from app.limits import release_login, reserve_login
 from app.openapi import doc
 from sql import queries
 from taskq.admin import hash_password
@@ -250,9 +251,14 @@ def register():
     auth=False,
 )
 def login():
-    """Check the password and return a fresh token pair."""
+    """Check the password and return a fresh token pair.
+
+    Failed checks count against the account (however it is named); once its
+    budget is spent every login of it gets 429 until the window moves on.
+    """
     data = schemas.LoginSchema().load(get_json_body())
     user = fetch_one("get_user_for_login", {"login": data["username"]})
+    attempt = reserve_login(user, data["username"])  # 429 while the account is locked
     if user is None:
         if not _DUMMY_HASH:
             _DUMMY_HASH.append(hash_password("not a real password"))
@@ -260,6 +266,7 @@ def login():
         raise ApiError(401, "Invalid username or password.")
     if not check_password_hash(user["password_hash"], data["password"]):
         raise ApiError(401, "Invalid username or password.")
+    release_login(attempt)  # only failures count against the account
     return {"user": user_to_json(user), "tokens": issue_tokens(user), "message": "Login successful"}
 
 

@@ -1,4 +1,5 @@
-"""The ``taskq`` command line: up, migrate, api, worker, create-admin, list-tasks, stats, bench.
+"""The ``taskq`` command line: up, migrate, api, worker, create-admin, unlock-account,
+list-tasks, stats, bench.
 
 Each command imports only what it runs: ``taskq worker`` never loads Flask.
 """
@@ -68,6 +69,31 @@ def create_admin(username: str, email: str | None, password_stdin: bool) -> None
     except ValueError as exc:
         fail(str(exc))
     click.echo(f"admin {username} (id {user_id}) ready")
+
+
+@main.command("unlock-account")
+@click.argument("login")
+def unlock_account(login: str) -> None:
+    """Lift the login lock of an account (LOGIN: its username or email).
+
+    Clears the account's failed-login counters in REDIS_URL; without Redis they
+    live in each API process, and restarting the API clears them.
+    """
+    import redis
+
+    from taskq.lockout import unlock_account as unlock
+
+    redis_url = env("REDIS_URL")
+    if redis_url is None:
+        fail("REDIS_URL is not set: failed logins are counted in each API process; restart it")
+    try:
+        user = unlock(required_database_url(), redis_url, login)
+    except redis.RedisError as exc:
+        fail(f"cannot reach Redis at REDIS_URL: {exc}")
+    if user is None:
+        click.echo(f"{login} is no active account; failed logins of that name cleared")
+    else:
+        click.echo(f"failed logins of {user['username']} (id {user['id']}) cleared")
 
 
 @main.command()
