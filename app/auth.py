@@ -177,11 +177,17 @@ def token_is_revoked(jwt_header: dict[str, Any], claims: dict[str, Any]) -> bool
         return True
     state = fetch_one("token_state", {"jti": claims.get("jti"), "user_id": user_id})
     g.taskq_token_state = state
+    return credential_revoked(state, claims.get("pv"))
+
+
+def credential_revoked(state: dict[str, Any] | None, pv: Any) -> bool:
+    """A token's credential no longer holds: its ``token_state`` row (None: no such user)
+    says revoked jti, inactive owner, or a password changed since ``pv``."""
     return (
         state is None
         or state["revoked"]
         or not state["is_active"]
-        or claims.get("pv") != password_version(state["password_changed_at"])
+        or pv != password_version(state["password_changed_at"])
     )
 
 
