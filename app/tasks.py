@@ -194,7 +194,7 @@ def fingerprint_value(value: Any) -> Any:
     """The JSON form of the non-JSON values of a validated body (datetimes, as UTC)."""
     if isinstance(value, datetime):
         return value.astimezone(UTC).isoformat()
-    raise TypeError(f"cannot fingerprint {type(value).__name__}")
+    return repr(value)  # nothing else is expected; never a 500 for it
 
 
 def task_columns(data: dict[str, Any]) -> dict[str, Any]:
