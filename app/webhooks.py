@@ -55,7 +55,9 @@ def trigger_webhook(task_id: int):
         raise ApiError(404, "Task not found.")
     if not task["callback_url"]:
         raise ApiError(400, "The task has no callback_url.", {"callback_url": ["Not set."]})
-    event = data.get("event") or EVENT_FOR_STATUS.get(task["status"], "task.queued")
+    event = data.get("event")
+    if event is None:
+        event = EVENT_FOR_STATUS.get(task["status"], "task.queued")
     if not isinstance(event, str) or event not in KNOWN_EVENTS:
         choices = ", ".join(sorted(KNOWN_EVENTS))
         raise ApiError(400, "Invalid input.", {"event": [f"Must be one of: {choices}."]})
