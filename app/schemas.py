@@ -350,8 +350,9 @@ class ErrorSchema(Schema):
 class TaskCreateSchema(Schema):
     """POST /tasks (and each item of POST /tasks/batch).
 
-    The payload is checked against the task type's own schema; unknown types
-    are refused with the list of known ones.
+    The payload is checked against the task type's own schema; unknown and
+    internal types are refused alike, with the list of the types users may
+    create, and so are the system's queues.
     """
 
     title = Text(validate=validate.Length(min=1, max=255))
@@ -424,8 +425,8 @@ class TaskCreateSchema(Schema):
 
     @post_load
     def resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Apply the aliases, then check task_type and the payload against the registry."""
-        from worker.registry import load_task_modules
+        """Apply the aliases, then check queue, task_type and the payload against the registry."""
+        from worker.registry import SYSTEM_QUEUES, user_task_types
 
         alias = data.pop("name", None)
         data["title"] = data.get("title") or alias
@@ -433,7 +434,9 @@ class TaskCreateSchema(Schema):
             raise ValidationError("Missing data for required field.", "title")
         alias_time = data.pop("scheduled_time", None)
         data["scheduled_at"] = data.get("scheduled_at") or alias_time
-        registry = load_task_modules()
+        if data["queue"] in SYSTEM_QUEUES:
+            raise ValidationError(f"Queue {data['queue']!r} is reserved for the system.", "queue")
+        registry = user_task_types()
         task_type = registry.get(data["task_type"])
         if task_type is None:
             known = ", ".join(sorted(registry))

@@ -382,8 +382,8 @@ def retry_task(task_id: int):
 @doc("The registered task types and their payloads", tag="tasks", response=schemas.TaskTypesSchema)
 @jwt_required()
 def task_types():
-    """Name, description and payload JSON schema of every registered type."""
-    from worker.registry import load_task_modules
+    """Name, description and payload JSON schema of every type users may create."""
+    from worker.registry import user_task_types
 
     types = [
         {
@@ -393,7 +393,7 @@ def task_types():
             if task_type.payload_schema is not None
             else {"type": "object"},
         }
-        for task_type in sorted(load_task_modules().values(), key=lambda t: t.name)
+        for task_type in sorted(user_task_types().values(), key=lambda t: t.name)
     ]
     return {"task_types": types}
 

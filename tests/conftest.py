@@ -99,6 +99,15 @@ def database_url(pg_server_url: str, template_database: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_database_url(pg_server_url: str) -> Iterator[str]:
+    """A database with no schema at all, for this test alone; its libpq URL."""
+    name = f"taskq_empty_{uuid.uuid4().hex[:10]}"
+    admin_execute(pg_server_url, f'CREATE DATABASE "{name}"')
+    yield with_database(pg_server_url, name)
+    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the test's database, rows as dicts."""
     from psycopg.rows import dict_row

@@ -331,7 +331,7 @@ def delete_finished_tasks(conn: Any, days: int, batch_size: int) -> int:
             return deleted
 
 
-@register("cleanup_old_tasks", payload=CleanupSchema)
+@register("cleanup_old_tasks", payload=CleanupSchema, internal=True)
 def cleanup_old_tasks(payload: dict, ctx: TaskContext) -> dict:
     """Deletes COMPLETED and FAILED tasks older than TASKQ_CLEANUP_DAYS (30) days."""
     days = payload["days"] if payload["days"] is not None else cleanup_days()

@@ -6,6 +6,7 @@ psql would: the triggers write history and dead letters either way.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 from psycopg import sql
@@ -124,6 +125,49 @@ def test_unknown_task_type_names_the_known_ones(client, make_account):
     )
     message = assert_error(response, 400, "task_type")["field_errors"]["task_type"][0]
     assert "compute" in message and "echo" in message
+
+
+INTERNAL_TYPES = ("cleanup_old_tasks", "deliver_webhook")
+
+
+def test_nobody_creates_internal_types_or_tasks_in_system_queues(client, make_account, db):
+    ann, bob = make_account("ann"), make_account("bob")
+    root = make_account("root", admin=True)
+    finished = create(client, ann, title="finished long ago")
+    set_status(db, finished["id"], "COMPLETED", completed_at=datetime(2000, 1, 1, tzinfo=UTC))
+    hooked = create(client, ann, callback_url="https://example.com/hook", callback_secret="s")
+    set_status(db, hooked["id"], "COMPLETED")
+    delivery = db.execute("SELECT id, status, attempt FROM webhook_deliveries").fetchone()
+    before = db.execute("SELECT id, task_type, status::text FROM tasks ORDER BY id").fetchall()
+    attacks = [
+        {"title": "wipe", "task_type": "cleanup_old_tasks", "payload": {"days": 0}},
+        {"title": "resend", "task_type": "deliver_webhook",
+         "payload": {"delivery_id": delivery["id"]}},
+    ]  # fmt: skip
+    for account in (bob, root):
+        for body in attacks:
+            # Refused exactly like an unknown type, and the known types listed leave them out.
+            single = client.post(f"{API}/tasks", json=body, headers=account.headers)
+            message = assert_error(single, 400, "task_type")["field_errors"]["task_type"][0]
+            assert message.startswith(f"Unknown task type {body['task_type']!r}")
+            known = message.partition("known types:")[2]
+            assert "echo" in known and not any(name in known for name in INTERNAL_TYPES)
+            batch = {"tasks": [{"title": "fine"}, body]}
+            response = client.post(f"{API}/tasks/batch", json=batch, headers=account.headers)
+            assert_error(response, 400, "tasks.1.task_type")
+        reserved = {"title": "sneak in", "task_type": "echo", "queue": "webhooks"}
+        response = client.post(f"{API}/tasks", json=reserved, headers=account.headers)
+        assert "reserved" in assert_error(response, 400, "queue")["field_errors"]["queue"][0]
+        response = client.post(f"{API}/tasks/batch", json=[reserved], headers=account.headers)
+        assert_error(response, 400, "tasks.0.queue")
+    # Nothing was stored: Ann's finished task survives, her delivery is untouched.
+    assert db.execute("SELECT id, task_type, status::text FROM tasks ORDER BY id").fetchall() == (
+        before
+    )
+    assert db.execute("SELECT id, status, attempt FROM webhook_deliveries").fetchall() == [delivery]
+    assert client.get(f"{API}/tasks/{finished['id']}", headers=ann.headers).status_code == 200
+    listed = client.get(f"{API}/task-types", headers=bob.headers).get_json()["task_types"]
+    assert not {t["name"] for t in listed} & set(INTERNAL_TYPES)
 
 
 def test_idempotency_key_returns_the_first_task(client, make_account, db):
