@@ -18,7 +18,7 @@ from functools import wraps
 from typing import Any
 
 import psycopg
-from flask import Blueprint, Flask, g, request
+from flask import Blueprint, Flask, g
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -117,13 +117,6 @@ def check_password_strength(field: str, password: str, **attributes: str) -> Non
     problems = password_problems(password, **attributes)
     if problems:
         raise ApiError(400, "Invalid input.", {field: problems})
-
-
-def optional_json_body() -> Any:
-    """The JSON body, or ``{}`` when the request has none."""
-    if not request.content_length and not request.data:
-        return {}
-    return get_json_body()
 
 
 def decode_user_token(token: str, field: str, expected_type: str | None = None) -> dict[str, Any]:
@@ -325,7 +318,7 @@ def verify():
 @jwt_required()
 def logout():
     """Blocklist this access token and the refresh token of the body."""
-    data = schemas.LogoutSchema().load(optional_json_body())
+    data = schemas.LogoutSchema().load(get_json_body(optional=True))
     revoked = [get_jwt()]
     if data["refresh"]:
         try:

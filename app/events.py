@@ -40,6 +40,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 from app import streamguard
 from app.db import fetch_one, get_conn
 from app.errors import ApiError
+from app.schemas import ascii_int
 from app.streamguard import Binding, binding_of, guarded, refuse_revoked
 from taskq.representation import json_value
 from taskq.settings import env_float, env_int
@@ -379,11 +380,8 @@ def last_event_id() -> int:
     raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
     if raw is None or raw.strip() == "":
         return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
+    value = ascii_int(raw.strip())
+    if value is None or value < 0:
         raise ApiError(
             400, "Invalid Last-Event-ID.", {"Last-Event-ID": ["Must be a non-negative integer."]}
         )
