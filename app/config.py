@@ -18,6 +18,7 @@ from taskq.settings import (
     env_float,
     env_int,
     libpq_url,
+    split_modules,
 )
 
 
@@ -54,6 +55,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "TASKQ_CACHE_TTL": env_int("TASKQ_CACHE_TTL", 300, minimum=1),
         "TASKQ_REDIS_RETRY_SECONDS": env_float("TASKQ_REDIS_RETRY_SECONDS", 2.0, minimum=0.1),
         "TASKQ_ALLOW_PRIVATE_URLS": allow_private_urls(),
+        "TASKQ_IMPORTS": split_modules(env("TASKQ_IMPORTS")),
         "TASKQ_PROXY_HOPS": env_int("TASKQ_PROXY_HOPS", 0, minimum=0),
         "RATELIMIT_ENABLED": env_bool("TASKQ_RATELIMIT_ENABLED", True),
         "TASKQ_RATELIMIT_DEFAULT": env("TASKQ_RATELIMIT_DEFAULT", "6000/minute"),

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from taskq.settings import SettingError, database_url, env
+from taskq.settings import SettingError, database_url, env, split_modules
 
 
 @click.group()
@@ -58,7 +58,7 @@ def api(bind: str, workers: int) -> None:
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
 def create_admin(username: str, email: str | None, password_stdin: bool) -> None:
     """Create an admin user (or make an existing user admin and set its password)."""
-    from taskq.admin import create_admin_user
+    from app.auth import create_admin_user
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -184,7 +184,7 @@ def list_tasks() -> None:
     """Print the task-type registry (built-ins and TASKQ_IMPORTS modules)."""
     from worker.stats import registry_table
 
-    click.echo(registry_table())
+    click.echo(registry_table(split_modules(env("TASKQ_IMPORTS"))))
 
 
 @main.command()
