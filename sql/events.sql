@@ -77,4 +77,5 @@ UNION ALL
 SELECT 'waiting', w.xact_id, w.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, NULL
   FROM task_history w
- WHERE w.id = ANY(%(waiting)s) AND w.xact_id >= pg_snapshot_xmin(pg_current_snapshot());
+ WHERE cardinality(%(waiting)s::bigint[]) > 0
+   AND w.id = ANY(%(waiting)s) AND w.xact_id >= pg_snapshot_xmin(pg_current_snapshot());
