@@ -188,12 +188,12 @@ class Notifier:
         self._pid = 0
         self.batches = 0
         # The all-tasks cursor: the place every all-tasks subscriber has been given up to
-        # (None while there is none), and the committed history ids that may still wait
-        # behind an open transaction. Held while it moves, so a new subscriber joins between
-        # two deliveries.
+        # (None while there is none), and the newest xact_id of a committed row known to
+        # wait behind an open transaction (None: none known). Held while it moves, so a new
+        # subscriber joins between two deliveries.
         self._order_lock = threading.Lock()
         self._cursor: Position | None = None
-        self._waiting: set[int] = set()
+        self._waiting_until: int | None = None
         self._recheck_at: float | None = None
         self._recheck_delay = RECHECK_FIRST
 
@@ -319,7 +319,7 @@ class Notifier:
                 notes.extend(conn.notifies(timeout=0))
                 self._dispatch(conn, notes)
             elif self._recheck_at is not None and time.monotonic() >= self._recheck_at:
-                self._deliver_all(conn, set())
+                self._deliver_all(conn, [])
                 last_check = time.monotonic()
             elif time.monotonic() - last_check > 5:
                 conn.execute("SELECT 1")
@@ -337,7 +337,7 @@ class Notifier:
         for hook in self._hooks:
             self._call(hook, changes)
         self._deliver_tasks(conn, changes)
-        self._deliver_all(conn, {c.history_id for c in changes if c.history_id is not None})
+        self._deliver_all(conn, [c.history_id for c in changes if c.history_id is not None])
         # A deleted task has no history left to place: its event goes out as it comes.
         for change in changes:
             if change.history_id is None:
@@ -374,21 +374,21 @@ class Notifier:
                 sub.put(event)
 
     def _join_order(self, conn: psycopg.Connection) -> None:
-        """Place the cursor at the end of the final rows; note the rows waiting behind it."""
+        """Place the cursor at the end of the final rows; note what waits behind it."""
         from sql import queries
 
         row = conn.execute(queries["events_start"]).fetchone()
         self._cursor = (int(row["xact_id"]), row["id"])
-        self._waiting = set(row["waiting"])
+        self._waiting_until = None if row["waiting"] is None else int(row["waiting"])
         self._recheck_delay = RECHECK_FIRST
-        self._recheck_at = time.monotonic() if self._waiting else None
+        self._recheck_at = None if self._waiting_until is None else time.monotonic()
 
     def _end_unheard_streams(self) -> None:
         """End all-tasks streams that joined while nobody listened (they may miss a wait)."""
         with self._order_lock:
             if self._cursor is None:
                 return
-            self._cursor, self._waiting, self._recheck_at = None, set(), None
+            self._forget_order()
             with self._lock:
                 subs = [sub for group in self._by_user.values() for sub in group]
         for sub in subs:
@@ -397,12 +397,18 @@ class Notifier:
     def _leave_order(self) -> None:
         """Drop the cursor: the next all-tasks subscriber places it again."""
         with self._order_lock:
-            self._cursor = None
-            self._waiting = set()
-            self._recheck_at = None
+            self._forget_order()
 
-    def _deliver_all(self, conn: psycopg.Connection, announced: set[int]) -> None:
-        """The all-tasks streams: every row that became final after the cursor, in order."""
+    def _forget_order(self) -> None:
+        self._cursor, self._waiting_until, self._recheck_at = None, None, None
+
+    def _deliver_all(self, conn: psycopg.Connection, announced: list[int]) -> None:
+        """The all-tasks streams: every row that became final after the cursor, in order.
+
+        Rows of ``announced`` (this batch's history ids) that are not final yet wait behind
+        an open transaction; while any does, look again on a timer, since that transaction
+        may end without a notification (a rollback, or no transition).
+        """
         from sql import queries
 
         with self._order_lock:
@@ -411,48 +417,39 @@ class Notifier:
             with self._lock:
                 user_ids = list(self._by_user)
             if not user_ids:
-                self._cursor, self._waiting, self._recheck_at = None, set(), None
+                self._forget_order()
                 return
-            # Only ids from earlier batches are probed: most announced rows are final at once.
-            probe, waiting = self._waiting, self._waiting | announced
-            moved = False
+            until, moved = self._waiting_until, False
             while True:
                 params = {
                     "xact_id": str(self._cursor[0]),
                     "after": self._cursor[1],
                     "user_ids": user_ids,
-                    "waiting": list(probe),
+                    "announced": announced,
                     "limit": REPLAY_PAGE,
                 }
                 with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-                    rows = cur.execute(queries["ready_events"], params).fetchall()
-                waiting -= probe
-                probe = set()
-                passed: list[int] = []
-                events = []
-                for row in rows:
-                    if row["kind"] == "event":
-                        events.append(row)
-                    elif row["kind"] == "waiting":
-                        waiting.add(row["id"])
-                    else:
-                        self._cursor = row_position(row)
-                        passed = row["ids"]
-                waiting.difference_update(passed)
+                    *events, end = cur.execute(queries["ready_events"], params).fetchall()
                 for row in sorted(events, key=row_position):
                     event = render_event(row, row_position(row))
                     with self._lock:
                         subs = [*self._by_user.get(row["user_id"], ())]
                     for sub in subs:
                         sub.put(event)
-                moved = moved or bool(passed)
-                if len(passed) < REPLAY_PAGE:
+                if end["id"] is not None:
+                    self._cursor, moved = row_position(end), True
+                if end["waiting"] is not None:
+                    until = max(until or 0, int(end["waiting"]))
+                announced = []
+                if end["passed"] < REPLAY_PAGE:
                     break
-            self._waiting = waiting
-            if not waiting:
+            if until is not None and until < int(end["horizon"]):
+                until = None  # everything known to wait is final now, and delivered
+            self._waiting_until = until
+            if until is None:
                 self._recheck_at = None
                 return
-            if moved or announced:
+            if moved:
                 self._recheck_delay = RECHECK_FIRST
             else:  # a long open transaction: look less often while it lasts
                 self._recheck_delay = min(self._recheck_delay * 2, RECHECK_MAX)
