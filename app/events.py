@@ -229,7 +229,6 @@ class Notifier:
         thread = self._thread
         if thread is not None and thread.is_alive() and thread is not threading.current_thread():
             thread.join(timeout=5)
-        self._leave_order()
         self.close_streams()
 
     def subscribe(self, task_id: int | None = None, user_id: int | None = None) -> Subscription:

@@ -54,6 +54,10 @@ BEGIN
                     THEN to_jsonb(n) - 'callback_secret' - 'callback_headers' END AS snapshot
           FROM new_rows n JOIN old_rows o ON o.id = n.id
          WHERE n.status IS DISTINCT FROM o.status
+    ), overtaken AS (
+        -- Only a transaction younger than this one can have written a task's previous
+        -- transition with a later place; while none has ended, the lookups are skipped.
+        SELECT pg_snapshot_xmax(pg_current_snapshot()) > pg_current_xact_id() AS younger_ended
     ), hist AS (
         -- A transaction that took its id before the one that wrote the task's previous
         -- transition (it waited for that one's row lock) keeps that one's place, so a task's
@@ -62,9 +66,11 @@ BEGIN
                                   error, xact_id)
         SELECT c.id, c.user_id, c.from_status, c.to_status, c.attempts, c.worker_id,
                CASE WHEN c.to_status IN ('FAILED', 'RETRYING') THEN c.error END,
-               greatest(pg_current_xact_id(),
-                        (SELECT p.xact_id FROM task_history p
-                          WHERE p.task_id = c.id ORDER BY p.id DESC LIMIT 1))
+               CASE WHEN (SELECT younger_ended FROM overtaken)
+                    THEN greatest(pg_current_xact_id(),
+                                  (SELECT p.xact_id FROM task_history p
+                                    WHERE p.task_id = c.id ORDER BY p.id DESC LIMIT 1))
+                    ELSE pg_current_xact_id() END
           FROM changed c ORDER BY c.id
         RETURNING id, task_id, user_id, to_status
     ), dead AS (
