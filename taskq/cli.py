@@ -46,10 +46,17 @@ def migrate() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="processes")
 def api(bind: str, workers: int) -> None:
     """Serve the API under gunicorn."""
-    from taskq.serve import serve_api
+    from taskq.serve import gunicorn_options, serve_api
 
     required_database_url()
-    serve_api(bind=bind, workers=workers)
+    try:
+        from app.config import load_config
+
+        load_config()  # every API setting checked here, before gunicorn forks
+        options = gunicorn_options(bind, workers)
+    except SettingError as exc:
+        fail(str(exc))
+    serve_api(options)
 
 
 @main.command("create-admin")

@@ -26,7 +26,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema
 
 from taskq.fields import outbound_policy
-from taskq.settings import TaskSettings
+from taskq.settings import SettingError, TaskSettings
 
 
 class SoftTimeLimitExceeded(Exception):
@@ -169,9 +169,15 @@ def task_types() -> dict[str, TaskType]:
 
 
 def import_task_modules(modules: Iterable[str] = ()) -> dict[str, TaskType]:
-    """Import the user modules (``TASKQ_IMPORTS``, read at start-up) once; the registry."""
+    """Import the user modules (``TASKQ_IMPORTS``, read at start-up) once; the registry.
+
+    A module that cannot be imported is a SettingError naming TASKQ_IMPORTS.
+    """
     for module in modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise SettingError(f"TASKQ_IMPORTS: cannot import {module!r}: {exc}") from None
     return task_types()
 
 

@@ -149,6 +149,9 @@ def load_config(**options: Any) -> WorkerConfig:
     # --queues serves them too, so webhooks work with no extra set-up.
     queues = given.pop("queues", None) or env("TASKQ_QUEUES") or DEFAULT_QUEUES
     imports = split_modules(env("TASKQ_IMPORTS"))
+    from worker.registry import load_task_modules
+
+    load_task_modules(imports)  # a module that does not import stops the worker here
     config = WorkerConfig(
         database_url=given.pop("database_url", None) or database_url(),
         queues=split_queues(queues) if isinstance(queues, str) else tuple(queues),
