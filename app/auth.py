@@ -34,6 +34,7 @@ from werkzeug.security import check_password_hash
 from app import schemas
 from app.db import fetch_one, get_conn
 from app.errors import ApiError, error_response, get_json_body
+from app.limits import release_login, reserve_login
 from app.openapi import doc
 from sql import queries
 from taskq.admin import hash_password
@@ -169,11 +170,17 @@ def token_is_revoked(jwt_header: dict[str, Any], claims: dict[str, Any]) -> bool
         return True
     state = fetch_one("token_state", {"jti": claims.get("jti"), "user_id": user_id})
     g.taskq_token_state = state
+    return credential_revoked(state, claims.get("pv"))
+
+
+def credential_revoked(state: dict[str, Any] | None, pv: Any) -> bool:
+    """A token's credential no longer holds: its ``token_state`` row (None: no such user)
+    says revoked jti, inactive owner, or a password changed since ``pv``."""
     return (
         state is None
         or state["revoked"]
         or not state["is_active"]
-        or claims.get("pv") != password_version(state["password_changed_at"])
+        or pv != password_version(state["password_changed_at"])
     )
 
 
@@ -243,9 +250,14 @@ def register():
     auth=False,
 )
 def login():
-    """Check the password and return a fresh token pair."""
+    """Check the password and return a fresh token pair.
+
+    Failed checks count against the account (however it is named); once its
+    budget is spent every login of it gets 429 until the window moves on.
+    """
     data = schemas.LoginSchema().load(get_json_body())
     user = fetch_one("get_user_for_login", {"login": data["username"]})
+    attempt = reserve_login(user, data["username"])  # 429 while the account is locked
     if user is None:
         if not _DUMMY_HASH:
             _DUMMY_HASH.append(hash_password("not a real password"))
@@ -253,6 +265,7 @@ def login():
         raise ApiError(401, "Invalid username or password.")
     if not check_password_hash(user["password_hash"], data["password"]):
         raise ApiError(401, "Invalid username or password.")
+    release_login(attempt)  # only failures count against the account
     return {"user": user_to_json(user), "tokens": issue_tokens(user), "message": "Login successful"}
 
 

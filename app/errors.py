@@ -31,6 +31,7 @@ MESSAGES = {
     409: "Conflict.",
     413: "Request body too large.",
     415: "Unsupported media type: send application/json.",
+    422: "Idempotency-Key already used with a different request.",
     429: "Too many requests.",
     503: "Service unavailable: the database cannot be reached.",
 }

@@ -34,12 +34,14 @@ from typing import Any
 import jwt
 import psycopg
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
-from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
+from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
 
+from app import streamguard
 from app.db import fetch_one, get_conn
 from app.errors import ApiError
 from app.schemas import ascii_int
+from app.streamguard import Binding, binding_of, guarded, refuse_revoked
 from taskq.representation import json_value
 from taskq.settings import env_float, env_int
 
@@ -314,21 +316,27 @@ def stream_token_key(secret: str) -> bytes:
     return hmac.new(secret.encode(), b"taskq-stream-token", hashlib.sha256).digest()
 
 
-def create_stream_token(user_id: int, seconds: int) -> str:
-    """A JWT with scope ``stream`` for ``user_id``, valid ``seconds``."""
+def create_stream_token(binding: Binding, seconds: int) -> str:
+    """A JWT with scope ``stream`` for the user of ``binding``, valid ``seconds``.
+
+    It names the access token it was minted from (``atj``, and its ``pv``): it and
+    its streams end with that login (``app.streamguard``).
+    """
     now = datetime.now(UTC)
     claims = {
-        "sub": str(user_id),
+        "sub": str(binding.user_id),
         "scope": STREAM_SCOPE,
         "iat": now,
         "exp": now + timedelta(seconds=seconds),
         "jti": uuid.uuid4().hex,
+        "atj": binding.jti,
+        "pv": binding.password_version,
     }
     return jwt.encode(claims, stream_token_key(current_app.config["JWT_SECRET_KEY"]), "HS256")
 
 
-def decode_stream_token(token: str) -> int:
-    """The user id of a valid stream token; 401 otherwise (long-lived tokens included)."""
+def decode_stream_token(token: str) -> Binding:
+    """The binding of a valid stream token; 401 otherwise (long-lived tokens included)."""
     try:
         claims = jwt.decode(
             token, stream_token_key(current_app.config["JWT_SECRET_KEY"]), algorithms=["HS256"]
@@ -337,24 +345,34 @@ def decode_stream_token(token: str) -> int:
         raise ApiError(401, "Invalid or expired stream token.") from None
     if claims.get("scope") != STREAM_SCOPE:
         raise ApiError(401, "Invalid or expired stream token.")
-    return int(claims["sub"])
+    try:
+        return Binding(int(claims["sub"]), str(claims["atj"]), int(claims["pv"]))
+    except (KeyError, TypeError, ValueError):
+        raise ApiError(401, "Invalid or expired stream token.") from None
 
 
 def bearer_user_id() -> int:
     """The caller of an Authorization-header request; 401 when there is no valid token."""
+    return bearer_binding().user_id
+
+
+def bearer_binding() -> Binding:
+    """The credential of an Authorization-header request; 401 unless valid and not revoked."""
     try:
         verify_jwt_in_request()
-        return int(get_jwt_identity())
-    except (JWTExtendedException, jwt.PyJWTError, TypeError, ValueError):
+        return binding_of(get_jwt())
+    except (JWTExtendedException, jwt.PyJWTError, KeyError, TypeError, ValueError):
         raise ApiError(401) from None
 
 
-def stream_user_id() -> int:
-    """The caller of an events endpoint: ``?token=`` (stream scope only) or the header."""
+def stream_binding() -> Binding:
+    """The credential of an events request: ``?token=`` (stream scope only) or the header."""
     token = request.args.get("token")
     if token is not None:
-        return decode_stream_token(token)
-    return bearer_user_id()
+        binding = decode_stream_token(token)
+        refuse_revoked(binding)
+        return binding
+    return bearer_binding()
 
 
 def last_event_id() -> int:
@@ -447,7 +465,8 @@ def open_notifier() -> Notifier:
 @bp.get("/tasks/<int:task_id>/events")
 def task_events(task_id: int):
     """Stream one task's transitions (its history first; closes once it is finished)."""
-    user_id = stream_user_id()
+    binding = stream_binding()
+    user_id = binding.user_id
     after = last_event_id()
     notifier = open_notifier()
     sub = notifier.subscribe(task_id=task_id)  # before the replay: nothing falls in between
@@ -461,7 +480,8 @@ def task_events(task_id: int):
     if not replayed and task["status"] in TERMINAL:
         notifier.unsubscribe(sub)
         return Response(status=204)  # finished and fully seen: EventSource stops reconnecting
-    return sse_response(stream_body(notifier, sub, replayed, after, follow_task=True))
+    body = stream_body(notifier, sub, replayed, after, follow_task=True)
+    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
 
 
 def owned_task(
@@ -483,7 +503,8 @@ def owned_task(
 @bp.get("/events")
 def user_events():
     """Stream every transition of the caller's tasks (replay only after a Last-Event-ID)."""
-    user_id = stream_user_id()
+    binding = stream_binding()
+    user_id = binding.user_id
     after = last_event_id()
     notifier = open_notifier()
     sub = notifier.subscribe(user_id=user_id)
@@ -495,15 +516,16 @@ def user_events():
     except BaseException:
         notifier.unsubscribe(sub)
         raise
-    return sse_response(stream_body(notifier, sub, replayed, after, follow_task=False))
+    body = stream_body(notifier, sub, replayed, after, follow_task=False)
+    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
 
 
 @bp.post("/events/token")
 def stream_token():
     """A stream token for ``?token=`` on the events endpoints (EventSource sends no headers)."""
-    user_id = bearer_user_id()
+    binding = bearer_binding()
     seconds = int(current_app.config["TASKQ_STREAM_TOKEN_SECONDS"])
-    return jsonify({"token": create_stream_token(user_id, seconds), "expires_in": seconds})
+    return jsonify({"token": create_stream_token(binding, seconds), "expires_in": seconds})
 
 
 def init_app(app: Flask) -> None:
@@ -514,5 +536,9 @@ def init_app(app: Flask) -> None:
     app.config.setdefault(
         "TASKQ_STREAM_TOKEN_SECONDS", env_int("TASKQ_STREAM_TOKEN_SECONDS", 60, 5)
     )
+    app.config.setdefault(
+        "TASKQ_SSE_AUTH_CHECK_SECONDS", env_float("TASKQ_SSE_AUTH_CHECK_SECONDS", 1.0, 0.05)
+    )
     app.extensions["taskq_notifier"] = Notifier(app.config["DATABASE_URL"] or "")
+    streamguard.init_app(app)
     app.register_blueprint(bp)

@@ -116,6 +116,7 @@ class Task(Base):
     tags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default="{}")
     metadata_: Mapped[dict] = mapped_column("metadata", JSONB, server_default="{}")
     idempotency_key: Mapped[str | None] = mapped_column(Text)
+    idempotency_fingerprint: Mapped[str | None] = mapped_column(Text)
     worker_id: Mapped[str | None] = mapped_column(Text)
     lease_token: Mapped[int | None] = mapped_column(BigInteger)
     lease_expires_at: Mapped[datetime | None] = mapped_column(TZ)

@@ -139,9 +139,12 @@ def redis_url() -> Iterator[str]:
 
 
 def close_app(application) -> None:
-    """Release what an app opened: its pool and, when started, its notifier."""
+    """Release what an app opened: its pool and, when started, its notifier and stream guard."""
     from app.db import close_pool
 
+    guard = application.extensions.get("taskq_stream_guard")
+    if guard is not None:
+        guard.stop()
     close_pool(application)
     notifier = application.extensions.get("taskq_notifier")
     if notifier is not None:

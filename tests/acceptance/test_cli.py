@@ -11,15 +11,21 @@ import psycopg
 from werkzeug.security import check_password_hash
 
 from taskq.migrate import current_revision, head_revision
+from tests.conftest import close_app
+from tests.integration.test_limits import account, limited_app, login
 from tests.worker_helpers import ROOT, insert_tasks
 
 
-def python(*args: str, database_url: str | None = None, stdin: str | None = None):
+def python(
+    *args: str, database_url: str | None = None, stdin: str | None = None, redis_url: str = ""
+):
     """Run ``python ARGS`` from the venv on this tree; the completed process (text output)."""
-    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    environ = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     environ["PYTHONPATH"] = str(ROOT)
     if database_url:
         environ["DATABASE_URL"] = database_url
+    if redis_url:
+        environ["REDIS_URL"] = redis_url
     return subprocess.run(
         [sys.executable, *args],
         env=environ,
@@ -30,9 +36,13 @@ def python(*args: str, database_url: str | None = None, stdin: str | None = None
     )
 
 
-def taskq(*args: str, database_url: str | None = None, stdin: str | None = None):
+def taskq(
+    *args: str, database_url: str | None = None, stdin: str | None = None, redis_url: str = ""
+):
     """Run ``taskq ARGS``; the completed process (text output)."""
-    return python("-m", "taskq.cli", *args, database_url=database_url, stdin=stdin)
+    return python(
+        "-m", "taskq.cli", *args, database_url=database_url, stdin=stdin, redis_url=redis_url
+    )
 
 
 def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url):
@@ -111,3 +121,35 @@ def test_stats_reads_the_operator_views(database_url, db):
     assert queues["mail"]["waiting"] == 3
     text = taskq("stats", database_url=database_url)
     assert text.returncode == 0 and "mail" in text.stdout
+
+
+def test_unlock_account_lifts_a_login_lock(database_url, redis_url):
+    """A stranger's failures lock ann out; the operator's unlock-account lets her in again."""
+    application = limited_app(database_url, redis_url)
+    try:
+        client = application.test_client()
+        account(application, database_url, "ann")
+        account(application, database_url, "bob")
+        for n in range(3):
+            assert login(client, "ann", f"10.1.0.{n}").status_code == 401
+            assert login(client, "bob", f"10.1.1.{n}").status_code == 401
+        right = {"password": "Sturdy-Lamp-42"}
+        assert login(client, "ann", "10.1.0.9", **right).status_code == 429
+
+        result = taskq(
+            "unlock-account", "ANN@example.com", database_url=database_url, redis_url=redis_url
+        )
+        assert result.returncode == 0, result.stderr
+        assert "ann" in result.stdout
+        assert login(client, "ann", "10.1.0.10", **right).status_code == 200
+        assert login(client, "bob", "10.1.1.9", **right).status_code == 429  # still locked
+        nobody = taskq("unlock-account", "nobody", database_url=database_url, redis_url=redis_url)
+        assert nobody.returncode == 0 and "no active account" in nobody.stdout
+    finally:
+        close_app(application)
+
+
+def test_unlock_account_needs_redis(database_url):
+    result = taskq("unlock-account", "ann", database_url=database_url)
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr and "Traceback" not in result.stderr

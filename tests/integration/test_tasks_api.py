@@ -174,11 +174,17 @@ def test_idempotency_key_returns_the_first_task(client, make_account, db):
     ann = make_account("ann")
     bob = make_account("bob")
     headers = {**ann.headers, "Idempotency-Key": "order-17"}
-    first = client.post(f"{API}/tasks", json={"title": "one"}, headers=headers)
-    again = client.post(f"{API}/tasks", json={"title": "two"}, headers=headers)
+    body = {"title": "one", "scheduled_at": "2099-01-01T02:00:00+02:00", "payload": {"a": 1}}
+    first = client.post(f"{API}/tasks", json=body, headers=headers)
+    again = client.post(f"{API}/tasks", json=body, headers=headers)
     assert first.status_code == 201 and again.status_code == 200
     assert again.get_json()["task"]["id"] == first.get_json()["task"]["id"]
     assert again.get_json()["task"]["title"] == "one"
+    # The same request spelled differently (alias, defaults, another offset) is the same.
+    same = {"name": "one", "priority": "normal", "scheduled_time": "2099-01-01T00:00:00Z"}
+    respelled = client.post(f"{API}/tasks", json={**same, "payload": {"a": 1}}, headers=headers)
+    assert respelled.status_code == 200
+    assert respelled.get_json()["task"]["id"] == first.get_json()["task"]["id"]
     other = client.post(
         f"{API}/tasks", json={"title": "b"}, headers={**bob.headers, "Idempotency-Key": "order-17"}
     )
@@ -186,6 +192,38 @@ def test_idempotency_key_returns_the_first_task(client, make_account, db):
     assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 2
     too_long = {**ann.headers, "Idempotency-Key": "k" * 300}
     assert_error(client.post(f"{API}/tasks", json={"title": "x"}, headers=too_long), 400)
+
+
+def test_idempotency_key_reused_with_another_body_is_422(client, make_account, db):
+    ann = make_account("ann")
+    headers = {**ann.headers, "Idempotency-Key": "order-18"}
+    first = client.post(f"{API}/tasks", json={"title": "one", "payload": {"n": 1}}, headers=headers)
+    assert first.status_code == 201
+    for other in (
+        {"title": "two", "payload": {"n": 1}},
+        {"title": "one", "payload": {"n": 2}},
+        {"title": "one", "payload": {"n": 1}, "priority": "high"},
+    ):
+        response = client.post(f"{API}/tasks", json=other, headers=headers)
+        body = assert_error(response, 422, "Idempotency-Key")
+        assert "different request" in body["error"]
+    assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 1
+    same = client.post(f"{API}/tasks", json={"title": "one", "payload": {"n": 1}}, headers=headers)
+    assert same.status_code == 200
+    assert same.get_json()["task"]["id"] == first.get_json()["task"]["id"]
+    documented = client.get("/openapi.json").get_json()["paths"]["/api/v1/tasks"]["post"]
+    assert "Idempotency-Key" in documented["responses"]["422"]["description"]
+
+
+def test_a_key_stored_before_fingerprints_still_returns_its_task(client, make_account, db):
+    """Tasks created before migration 0007 have no fingerprint: their key still replays."""
+    ann = make_account("ann")
+    headers = {**ann.headers, "Idempotency-Key": "legacy-1"}
+    first = client.post(f"{API}/tasks", json={"title": "one"}, headers=headers)
+    db.execute("UPDATE tasks SET idempotency_fingerprint = NULL")
+    again = client.post(f"{API}/tasks", json={"title": "two"}, headers=headers)
+    assert again.status_code == 200
+    assert again.get_json()["task"]["id"] == first.get_json()["task"]["id"]
 
 
 def test_batch_creates_all_in_one_statement(client, make_account, db):
