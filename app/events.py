@@ -110,11 +110,12 @@ def render_deleted(change: Change) -> Event:
 
 @dataclass(eq=False)
 class Subscription:
-    """One open stream's mailbox: events of a task, or of every task of a user."""
+    """One open stream's mailbox: events of a task, of every task of a user, or of all tasks."""
 
     task_id: int | None
     user_id: int | None
     maxsize: int
+    everything: bool = False
     mailbox: queue.Queue = field(init=False)
     overflowed: bool = False
 
@@ -144,6 +145,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._by_task: dict[int, set[Subscription]] = {}
         self._by_user: dict[int, set[Subscription]] = {}
+        self._everything: set[Subscription] = set()  # admin streams: every user's tasks
         self._hooks: list[Callable[[list[Change]], None]] = []
         self._reset_hooks: list[Callable[[], None]] = []
         self._ready = threading.Event()
@@ -186,12 +188,16 @@ class Notifier:
             thread.join(timeout=5)
         self.close_streams()
 
-    def subscribe(self, task_id: int | None = None, user_id: int | None = None) -> Subscription:
-        """A new mailbox for a task's events, or (task_id None) all of a user's."""
+    def subscribe(
+        self, task_id: int | None = None, user_id: int | None = None, everything: bool = False
+    ) -> Subscription:
+        """A new mailbox for a task's events, (task_id None) all of a user's, or all events."""
         maxsize = int(current_app.config.get("TASKQ_SSE_QUEUE_SIZE", 1000))
-        sub = Subscription(task_id, user_id, maxsize)
+        sub = Subscription(task_id, user_id, maxsize, everything)
         with self._lock:
-            if task_id is not None:
+            if everything:
+                self._everything.add(sub)
+            elif task_id is not None:
                 self._by_task.setdefault(task_id, set()).add(sub)
             else:
                 self._by_user.setdefault(user_id or 0, set()).add(sub)
@@ -200,6 +206,9 @@ class Notifier:
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a mailbox (its stream ended)."""
         with self._lock:
+            if sub.everything:
+                self._everything.discard(sub)
+                return
             index, key = (
                 (self._by_task, sub.task_id)
                 if sub.task_id is not None
@@ -214,7 +223,7 @@ class Notifier:
     def close_streams(self) -> None:
         """End every open stream now (shutdown): clients resume elsewhere with Last-Event-ID."""
         with self._lock:
-            groups = [*self._by_task.values(), *self._by_user.values()]
+            groups = [*self._by_task.values(), *self._by_user.values(), self._everything]
             subs = [sub for group in groups for sub in group]
         for sub in subs:
             sub.put(CLOSE)
@@ -270,8 +279,10 @@ class Notifier:
         for hook in self._hooks:
             self._call(hook, changes)
         with self._lock:
-            tasks, users = self._by_task, self._by_user
-            wanted = [c for c in changes if c.task_id in tasks or c.user_id in users]
+            tasks, users, everyone = self._by_task, self._by_user, self._everything
+            wanted = [
+                c for c in changes if everyone or c.task_id in tasks or c.user_id in users
+            ]
         if not wanted:
             return
         ids = [c.history_id for c in wanted if c.history_id is not None]
@@ -287,7 +298,11 @@ class Notifier:
             else:
                 continue  # the task was deleted since: its own DELETED event follows
             with self._lock:
-                subs = [*tasks.get(change.task_id, ()), *users.get(change.user_id, ())]
+                subs = [
+                    *tasks.get(change.task_id, ()),
+                    *users.get(change.user_id, ()),
+                    *everyone,
+                ]
             for sub in subs:
                 sub.put(event)
 
@@ -494,6 +509,26 @@ def user_events():
         if after:
             with get_conn() as conn:
                 replayed = replay(conn, "user_events_since", {"user_id": user_id}, after)
+    except BaseException:
+        notifier.unsubscribe(sub)
+        raise
+    return sse_response(stream_body(notifier, sub, replayed, after, follow_task=False))
+
+
+@bp.get("/admin/events")
+def admin_events():
+    """Stream every user's transitions, for the dashboard's admin views (admins only)."""
+    user = fetch_one("get_user", {"user_id": stream_user_id()})
+    if user is None or not user["is_admin"] or not user["is_active"]:
+        raise ApiError(403, "Admins only.")
+    after = last_event_id()
+    notifier = open_notifier()
+    sub = notifier.subscribe(everything=True)
+    try:
+        replayed = []
+        if after:
+            with get_conn() as conn:
+                replayed = replay(conn, "all_events_since", {}, after)
     except BaseException:
         notifier.unsubscribe(sub)
         raise

@@ -34,3 +34,13 @@ SELECT h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.erro
  WHERE h.user_id = %(user_id)s AND h.id > %(after)s
  ORDER BY h.id
  LIMIT %(limit)s;
+
+-- name: all_events_since
+-- Replay of every user's transitions after the admin's Last-Event-ID, oldest first (the primary key from that id).
+SELECT h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.error,
+       h.created_at, t.result, t.started_at, t.completed_at, t.updated_at
+  FROM task_history h
+  LEFT JOIN tasks t ON t.id = h.task_id
+ WHERE h.id > %(after)s
+ ORDER BY h.id
+ LIMIT %(limit)s;
