@@ -106,9 +106,11 @@ export function refreshSession() {
 export async function api(method, path, options = {}) {
   let response = await send(method, path, options);
   if (response.status === 401 && options.auth !== false) {
-    await refreshSession();
-    // Retried even when this refresh lost: another tab may have rotated the cookies.
-    response = await send(method, path, options);
+    if (readCookie("csrf_refresh_token")) {
+      await refreshSession();
+      // Retried even when this refresh lost: another tab may have rotated the cookies.
+      response = await send(method, path, options);
+    }
     if (response.status === 401) sessionEnded();
   }
   return parse(response);

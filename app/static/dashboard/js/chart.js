@@ -4,7 +4,6 @@
 
 import {h, replace, uid} from "./dom.js";
 
-const WIDTH = 640;
 const HEIGHT = 200;
 const PAD = {left: 44, right: 12, top: 12, bottom: 28};
 
@@ -49,16 +48,16 @@ function niceMax(value) {
 export function throughputChart(label) {
   const titleId = uid("chart-title");
   const descId = uid("chart-desc");
-  const svg = h("svg", {
-    viewBox: `0 0 ${WIDTH} ${HEIGHT}`, role: "img", "aria-labelledby": `${titleId} ${descId}`,
-    class: "chart", preserveAspectRatio: "none",
-  });
+  const svg = h("svg", {role: "img", "aria-labelledby": `${titleId} ${descId}`, class: "chart"});
   const caption = h("figcaption", {class: "legend"},
     h("span", {class: "key completed"}, "Completed per second"),
     h("span", {class: "key failed"}, "Failed per second"));
   const figure = h("figure", {class: "chart-figure"}, svg, caption);
 
   function draw(points) {
+    // The drawing is as wide as the element: text keeps its size on any screen.
+    const WIDTH = Math.max(240, Math.round(svg.getBoundingClientRect().width) || 640);
+    svg.setAttribute("viewBox", `0 0 ${WIDTH} ${HEIGHT}`);
     const max = niceMax(Math.max(...points.map((p) => Math.max(p.completed, p.failed)), 0));
     const innerW = WIDTH - PAD.left - PAD.right;
     const innerH = HEIGHT - PAD.top - PAD.bottom;

@@ -93,10 +93,10 @@ export async function renderCreate(main, ctx) {
       const created = await api("POST", "tasks", {body: data});
       navigate(`/tasks/${created.task.id}`);
     } catch (error) {
-      const rest = showFieldErrors(fields, error.fieldErrors);
       if (Object.keys(more_fields).some((name) => error.fieldErrors && error.fieldErrors[name])) {
         form.querySelector("details").open = true;
       }
+      const rest = showFieldErrors(fields, error.fieldErrors);
       const summaryText = Object.keys(error.fieldErrors || {}).length
         ? `${error.message} See the fields marked below.${rest.length ? ` ${rest.join(" ")}` : ""}`
         : error.message;

@@ -72,6 +72,8 @@ export async function renderOverview(main, ctx) {
   }
 
   function addEntry(entry, atTop = true) {
+    const empty = feed.querySelector(".empty");
+    if (empty) empty.remove();
     if (atTop) feed.prepend(entry);
     else feed.append(entry);
     while (feed.children.length > FEED_LENGTH) feed.lastElementChild.remove();

@@ -86,6 +86,8 @@ function filterForm(params, admin, basePath) {
     h("div", {class: "actions"},
       h("button", {type: "submit", class: "primary"}, "Apply filters"),
       h("a", {href: `#${basePath}`, class: "button"}, "Clear filters")));
+  const active = [...params.keys()].filter((key) => !["page", "page_size", "ordering"].includes(key)).length;
+  const narrow = window.matchMedia("(max-width: 760px)").matches;
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     const next = {};
@@ -99,7 +101,8 @@ function filterForm(params, admin, basePath) {
     if (order !== "-created_at") next.ordering = order;
     navigate(basePath, next);
   });
-  return form;
+  return h("details", {class: "filters-box", open: !narrow || active > 0},
+    h("summary", {}, active ? `Filters (${active} active)` : "Filters"), form);
 }
 
 function queryOf(params, admin) {
