@@ -280,9 +280,7 @@ class Notifier:
             self._call(hook, changes)
         with self._lock:
             tasks, users, everyone = self._by_task, self._by_user, self._everything
-            wanted = [
-                c for c in changes if everyone or c.task_id in tasks or c.user_id in users
-            ]
+            wanted = [c for c in changes if everyone or c.task_id in tasks or c.user_id in users]
         if not wanted:
             return
         ids = [c.history_id for c in wanted if c.history_id is not None]
