@@ -32,7 +32,7 @@ HIDDEN_ENDPOINTS = {
     "openapi.docs",
     "root",
     "dashboard.index",
-    "dashboard.static",
+    "dashboard.asset",
 }
 DESCRIPTION = (
     "A task queue and notification service on PostgreSQL alone. Authenticate with "

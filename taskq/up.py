@@ -18,6 +18,8 @@ def run_up(bind: str, api_workers: int, concurrency: int | None) -> int:
     """Start everything, wait, and stop it all cleanly on Ctrl-C or SIGTERM; the exit code."""
     environ = dict(os.environ)
     environ.setdefault("TASKQ_ENV", "development")
+    # The console's session cookies must work on plain http://127.0.0.1 (no TLS here).
+    environ.setdefault("TASKQ_COOKIE_SECURE", "0")
     url = env("DATABASE_URL")
     if url is None:
         url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
@@ -36,7 +38,11 @@ def run_up(bind: str, api_workers: int, concurrency: int | None) -> int:
         worker += ["--concurrency", str(concurrency)]
     commands.append(worker)
     children = [subprocess.Popen(command, env=environ) for command in commands]
-    print(f"taskq: API on http://{bind}, worker started; Ctrl-C stops", flush=True)
+    print(
+        f"taskq: console on http://{bind}/dashboard/, API on http://{bind}/api/v1, "
+        "worker started; Ctrl-C stops",
+        flush=True,
+    )
 
     def stop(signum: int, frame: object) -> None:
         for child in children:

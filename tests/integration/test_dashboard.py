@@ -31,24 +31,32 @@ def test_the_page_is_served_with_a_strict_content_security_policy(client):
     assert response.headers["X-Frame-Options"] == "DENY"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     html = response.get_data(as_text=True)
-    assert '<script type="module" src="static/js/main.js">' in html
+    assert re.search(r'<script type="module" src="assets/[0-9a-f]{16}/js/main.js">', html)
     assert "<script>" not in html  # nothing inline: the policy would block it
     assert not ABSOLUTE_URL.search(html)
 
 
 def test_every_asset_the_page_names_is_served_and_every_module_import_resolves(client):
     html = client.get("/dashboard/").get_data(as_text=True)
-    named = set(re.findall(r'(?:href|src)="(static/[^"]+)"', html))
-    assert "static/dashboard.css" in named and "static/js/main.js" in named
+    named = set(re.findall(r'(?:href|src)="assets/[0-9a-f]{16}/([^"]+)"', html))
+    assert {"dashboard.css", "js/main.js"} <= named
     modules = sorted(STATIC.glob("js/**/*.js"))
     # Every module is preloaded by the page, so the browser fetches them in parallel.
-    assert {f"static/{p.relative_to(STATIC).as_posix()}" for p in modules} <= named
+    assert {p.relative_to(STATIC).as_posix() for p in modules} <= named
+    digest = re.search(r'src="assets/([0-9a-f]{16})/js/main.js"', html).group(1)
     for path in sorted(named):
-        response = client.get(f"/dashboard/{path}")
+        response = client.get(f"/dashboard/assets/{digest}/{path}")
         response.close()  # a static file's response holds the file open until closed
         assert response.status_code == 200, path
         if path.endswith(".js"):
             assert response.mimetype == "text/javascript", path
+        # Cached for good: a change of any asset changes the digest in every URL.
+        assert response.cache_control.immutable and response.cache_control.max_age >= 86400
+    stale = client.get(f"/dashboard/assets/{'0' * 16}/js/main.js")
+    stale.close()
+    assert stale.status_code == 200 and not stale.cache_control.immutable
+    missing = client.get(f"/dashboard/assets/{digest}/js/nothing.js")
+    assert missing.status_code == 404 and missing.get_json()["error"]
     for module in modules:
         text = module.read_text()
         assert not ABSOLUTE_URL.search(text), module.name

@@ -7,9 +7,9 @@
 // session once (one refresh shared by every request waiting on it) and tries
 // again; a second 401 means the session is over.
 
-// Relative to this file (…/dashboard/static/js/api.js), so a path prefix in
-// front of taskq keeps working.
-export const API_ROOT = new URL("../../../api/v1/", import.meta.url);
+// Relative to the page (always …/dashboard/), so a path prefix in front of
+// taskq keeps working.
+export const API_ROOT = new URL("../api/v1/", document.baseURI);
 
 export class ApiError extends Error {
   constructor(status, message, fieldErrors = {}, retryAfter = null) {

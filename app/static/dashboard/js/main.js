@@ -80,6 +80,9 @@ async function signOut() {
 }
 
 function showLiveState(state) {
+  if (state === "live" && !performance.getEntriesByName("taskq:live").length) {
+    performance.mark("taskq:live");
+  }
   const badge = document.getElementById("live-state");
   badge.hidden = !session.user;
   badge.dataset.state = state;
@@ -194,6 +197,7 @@ async function show() {
     return;
   }
   cleanup = typeof result === "function" ? result : null;
+  performance.mark("taskq:view-ready", {detail: route.path});  // read by bench/dashboard_latency.py
   if (!firstView) {
     const heading = main.querySelector("h1");
     if (heading) heading.focus({preventScroll: false});
