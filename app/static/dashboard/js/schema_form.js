@@ -86,7 +86,7 @@ function propertyControl(name, schema, required) {
 
 /**
  * The payload part of the create form for ``taskType``: {element, fields, read}.
- * ``fields`` maps "payload.<name>" (and "payload") to field wrappers;
+ * ``fields`` maps "payload.<name>" and "payload" to where their errors show;
  * ``read()`` returns the payload object or throws {fieldErrors} for what the
  * page cannot even turn into JSON.
  */
@@ -97,7 +97,7 @@ export function payloadForm(taskType) {
   const names = Object.keys(properties).sort((a, b) => Number(required.has(b)) - Number(required.has(a)));
   const free = !names.length && schema.additionalProperties !== false;
 
-  const fields = {};
+  const fields = {};  // "payload.<name>" -> its field wrapper
   const props = {};
   for (const name of names) {
     const prop = propertyControl(name, properties[name], required.has(name));
@@ -106,7 +106,7 @@ export function payloadForm(taskType) {
   }
 
   const jsonControl = h("textarea", {name: "payload", rows: "6", spellcheck: "false", class: "code"});
-  const jsonField = field("Payload (JSON)", jsonControl, {hint: "A JSON object; it replaces the fields above."});
+  const jsonField = field("Payload (JSON)", jsonControl, {hint: names.length ? "A JSON object; it replaces the fields above." : "A JSON object."});
   const toggleId = uid("json-toggle");
   const toggle = h("input", {type: "checkbox", id: toggleId});
   const toggleField = h("div", {class: "field check"}, toggle, h("label", {for: toggleId}, "Edit the payload as JSON"));
@@ -156,41 +156,29 @@ export function payloadForm(taskType) {
       }
     }
     setJsonMode(toggle.checked);
+    for (const wrapper of [...Object.values(fields), jsonField, underFields]) wrapper.showError([]);
   });
 
-  // "payload" errors go to the JSON box when it is used, else under the fields.
-  const payloadTarget = {
+  // Errors under the fields (field mode), or all at the JSON box (JSON mode: an
+  // error on "payload.numbers" then reads "numbers: …" there).
+  const underFields = {
     control: element,
     showError(messages) {
-      const inJson = free || toggle.checked;
-      jsonField.showError(inJson ? messages : []);
-      const text = inJson ? "" : (messages || []).join(" ");
+      const text = (messages || []).join(" ");
       generalError.textContent = text;
       generalError.hidden = !text;
     },
   };
-  fields.payload = payloadTarget;
-  if (free || names.length) {
-    // In JSON mode, errors on payload.x are shown at the JSON box.
-    for (const name of names) {
-      const wrapper = fields[`payload.${name}`];
-      const show = wrapper.showError;
-      wrapper.showError = (messages) => {
-        if (toggle.checked && messages && messages.length) {
-          jsonField.showError(messages.map((m) => `${name}: ${m}`));
-          show([]);
-        } else {
-          show(messages);
-        }
-      };
-    }
-  }
+  const inJson = () => free || toggle.checked;
 
   return {
     element,
-    fields,
+    /** The field wrappers errors go to, by API field name ("payload.numbers"). */
+    get fields() {
+      return inJson() ? {payload: jsonField} : {...fields, payload: underFields};
+    },
     read() {
-      if (free || toggle.checked) {
+      if (inJson()) {
         try {
           const value = JSON.parse(jsonControl.value.trim() || "{}");
           return value;

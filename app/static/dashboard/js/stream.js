@@ -14,6 +14,7 @@ export const EVENT_TYPES = [
 ];
 const FIRST_DELAY_MS = 250;
 const MAX_DELAY_MS = 10000;
+const CLOSE_DELAY_MS = 5000;
 
 export class LiveStream {
   /**
@@ -120,6 +121,7 @@ export class Hub {
     this.stateListeners = new Set();
     this.state = "closed";
     this.stream = null;
+    this.closeTimer = null;
   }
 
   open() {
@@ -136,16 +138,21 @@ export class Hub {
   }
 
   close() {
+    clearTimeout(this.closeTimer);
     if (this.stream) this.stream.stop();
     this.stream = null;
   }
 
   subscribe(listener) {
     this.listeners.add(listener);
+    clearTimeout(this.closeTimer);
     this.open();
     return () => {
       this.listeners.delete(listener);
-      if (!this.keepOpen && this.listeners.size === 0) this.close();
+      if (!this.keepOpen && this.listeners.size === 0) {
+        // Moving from one admin view to the next keeps the same connection.
+        this.closeTimer = setTimeout(() => { if (this.listeners.size === 0) this.close(); }, CLOSE_DELAY_MS);
+      }
     };
   }
 

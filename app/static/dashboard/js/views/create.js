@@ -22,17 +22,17 @@ export async function renderCreate(main, ctx) {
   typeSelect.value = types.some((t) => t.name === wanted) ? wanted : (types.some((t) => t.name === "echo") ? "echo" : types[0].name);
   const priority = h("select", {name: "priority"}, PRIORITIES.map(([value, label]) => h("option", {value}, label)));
   priority.value = "normal";
-  const main_fields = {
+  const mainFields = {
     title: field("Title", input("title", {type: "text", maxlength: "255"}), {required: true}),
     task_type: field("Task type", typeSelect, {required: true}),
   };
-  const option_fields = {
+  const optionFields = {
     priority: field("Priority", priority),
     queue: field("Queue", input("queue", {type: "text", value: "default"})),
     tags: field("Tags", input("tags", {type: "text"}), {hint: "Separated by commas"}),
     scheduled_at: field("Run no earlier than", input("scheduled_at", {type: "datetime-local", step: "1"}), {hint: "Your local time; empty: now"}),
   };
-  const more_fields = {
+  const moreFields = {
     description: field("Description", h("textarea", {name: "description", rows: "3"})),
     max_retries: field("Retries", input("max_retries", {type: "number", min: "0", max: "100", value: "3"}), {hint: "Attempts after the first"}),
     retry_delay: field("Retry delay (seconds)", input("retry_delay", {type: "number", min: "0", value: "60"}), {hint: "Doubles with each retry"}),
@@ -51,9 +51,9 @@ export async function renderCreate(main, ctx) {
 
   const submit = h("button", {type: "submit", class: "primary"}, "Create task");
   const form = h("form", {class: "create-form", novalidate: true, "aria-labelledby": "create-heading"},
-    Object.values(main_fields), payloadSlot,
-    h("fieldset", {}, h("legend", {}, "Scheduling"), h("div", {class: "filter-grid"}, Object.values(option_fields))),
-    h("details", {}, h("summary", {}, "More options"), h("div", {class: "filter-grid"}, Object.values(more_fields))),
+    Object.values(mainFields), payloadSlot,
+    h("fieldset", {}, h("legend", {}, "Scheduling"), h("div", {class: "filter-grid"}, Object.values(optionFields))),
+    h("details", {}, h("summary", {}, "More options"), h("div", {class: "filter-grid"}, Object.values(moreFields))),
     h("div", {class: "actions"}, submit, h("a", {href: "#/tasks", class: "button"}, "Cancel")));
 
   add(main, h("div", {class: "view-head"}, h("h1", {id: "create-heading", tabindex: "-1"}, "Create a task")), summary, form);
@@ -78,7 +78,7 @@ export async function renderCreate(main, ctx) {
 
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
-    const fields = {...main_fields, ...option_fields, ...more_fields, ...payload.fields};
+    const fields = {...mainFields, ...optionFields, ...moreFields, ...payload.fields};
     replace(summary);
     let data;
     try {
@@ -93,7 +93,7 @@ export async function renderCreate(main, ctx) {
       const created = await api("POST", "tasks", {body: data});
       navigate(`/tasks/${created.task.id}`);
     } catch (error) {
-      if (Object.keys(more_fields).some((name) => error.fieldErrors && error.fieldErrors[name])) {
+      if (Object.keys(moreFields).some((name) => error.fieldErrors && error.fieldErrors[name])) {
         form.querySelector("details").open = true;
       }
       const rest = showFieldErrors(fields, error.fieldErrors);
@@ -105,6 +105,6 @@ export async function renderCreate(main, ctx) {
       submit.disabled = false;
     }
   });
-  main_fields.title.control.focus();
+  mainFields.title.control.focus();
   return null;
 }

@@ -126,7 +126,7 @@ export async function renderTask(main, ctx) {
   async function loadDeliveries() {
     try {
       const data = await get(`tasks/${id}/webhook-deliveries`);
-      const list = data.deliveries || data.results || [];
+      const list = data.results;
       const refresh = h("button", {type: "button", onclick: () => loadDeliveries()}, "Refresh deliveries");
       const trigger = task.callback_url
         ? h("button", {type: "button", onclick: () => triggerWebhook()}, "Send a webhook now")
