@@ -7,6 +7,7 @@ on the database), never a sleep.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ from bench.sse_latency import start_api
 from taskq.admin import create_admin_user
 from tests.conftest import admin_execute, with_database
 from tests.helpers import chromium_browser
-from tests.worker_helpers import start_worker, stop_worker
+from tests.integration.test_webhooks import Receiver
+from tests.worker_helpers import start_worker, stop_worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -84,10 +86,11 @@ def console(pg_server_url: str, template_database: str) -> Iterator[Console]:
     name = f"taskq_dash_{uuid.uuid4().hex[:10]}"
     admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     database_url = with_database(pg_server_url, name)
+    local = {"TASKQ_ALLOW_PRIVATE_URLS": "1"}  # the webhook receiver is on 127.0.0.1
     url, api = start_api(
-        database_url, SECRET, workers=1, TASKQ_COOKIE_SECURE="0", TASKQ_SSE_KEEPALIVE="1"
+        database_url, SECRET, workers=1, TASKQ_COOKIE_SECURE="0", TASKQ_SSE_KEEPALIVE="1", **local
     )
-    worker = start_worker(database_url, "--concurrency", "2")
+    worker = start_worker(database_url, "--concurrency", "2", **local)
     try:
         for username in ("ann", "bob"):
             body = {
@@ -379,6 +382,118 @@ def test_cancel_a_running_task_from_its_page(console, as_user):
     expect(page.get_by_role("list", name="History")).to_contain_text("from processing")
     assert console.status(task["id"]) == "CANCELLED"
     expect(page.get_by_role("button", name="Retry task")).to_be_enabled()
+
+
+def test_a_task_page_lists_its_webhook_deliveries_and_replays_one(console, as_user):
+    from playwright.sync_api import expect
+
+    receiver = Receiver([200])
+    try:
+        task = console.create("ann", title="hooked", callback_url=receiver.url)
+        page = as_user("ann")
+        page.goto(f"/dashboard/#/tasks/{task['id']}")
+        expect(current_status(page)).to_contain_text("Completed")
+        deliveries = page.get_by_role("region", name="Webhook deliveries")
+        # The delivery is sent by the worker after the transition: it shows once it is there.
+        delivered = (
+            "SELECT count(*) FROM webhook_deliveries WHERE task_id = %s AND status = 'delivered'"
+        )
+        wait_for(lambda: console.sql(delivered, (task["id"],))[0][0] == 1, 30, "the webhook")
+        deliveries.get_by_role("button", name="Refresh deliveries").click()
+        rows = deliveries.get_by_role("row")
+        expect(rows.filter(has_text="task.succeeded")).to_have_count(1)
+        status_cell = page.get_by_role("cell", name="delivered", exact=True)
+        expect(rows.filter(has=status_cell)).to_have_count(1)
+        first = deliveries.get_by_role("button", name=re.compile(r"^Replay delivery #\d+$"))
+        first.click()
+        replayed = page.get_by_role("status").filter(has_text=re.compile("replayed as delivery"))
+        expect(replayed.first).to_be_visible()
+        expect(rows.filter(has_text="task.succeeded")).to_have_count(2)  # the copy is listed
+        wait_for(lambda: len(receiver.requests) == 2, 30, "the replayed webhook")
+        first_body, second_body = (json.loads(body) for _, body in receiver.requests)
+        assert second_body["task"] == first_body["task"]  # the same snapshot, sent again
+        assert second_body["event"] == "task.succeeded"
+    finally:
+        receiver.close()
+
+
+def test_a_dropped_connection_resumes_without_missing_a_transition(console, as_user):
+    """Both streams resume after the last event seen: the task page's and the user's
+    (whose overview counts would drift if a transition were lost or seen twice)."""
+    from playwright.sync_api import expect
+
+    task = console.create("ann", title="offline", queue="held-offline")
+    page = as_user("ann")
+    overview = page.context.new_page()
+    overview.goto("/dashboard/#/")
+    live = overview.get_by_role("status").filter(has_text="Live")
+    expect(live).to_be_visible()
+    expect(overview.get_by_role("log", name="Recent activity")).to_contain_text("offline")
+
+    def count(status: str) -> int:
+        card = overview.get_by_role("link", name=re.compile(rf"^\d+ {status}$"))
+        return int(card.inner_text().split()[0])
+
+    def shows(status: str, number: int):
+        return overview.get_by_role("link", name=f"{number} {status}")
+
+    before = {status: count(status) for status in ("Pending", "Processing", "Retrying")}
+    page.goto(f"/dashboard/#/tasks/{task['id']}")
+    history = page.get_by_role("list", name="History")
+    expect(history.get_by_role("listitem")).to_have_count(1)
+    set_status = "UPDATE tasks SET status = %s WHERE id = %s"
+    console.sql(set_status, ("PROCESSING", task["id"]))  # seen live: both pages have an id
+    expect(history.get_by_role("listitem")).to_have_count(2)
+    expect(shows("Processing", before["Processing"] + 1)).to_be_visible()
+    # Cut the pages off, then end their streams: the API's LISTEN connection is
+    # terminated, so the API closes every stream.
+    page.context.set_offline(True)
+    console.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'taskq-notifier' AND datname = current_database()"
+    )
+    expect(page.get_by_role("status").filter(has_text="Reconnecting")).to_be_visible()
+    expect(overview.get_by_role("status").filter(has_text="Reconnecting")).to_be_visible()
+    for status in ("RETRYING", "PROCESSING", "RETRYING"):  # while nobody listens
+        console.sql(set_status, (status, task["id"]))
+    page.context.set_offline(False)
+    expect(history.get_by_role("listitem")).to_have_count(5)
+    expect(current_status(page)).to_contain_text("Retrying")
+    expect(live).to_be_visible()
+    expect(shows("Retrying", before["Retrying"] + 1)).to_be_visible()
+    assert (count("Pending"), count("Processing")) == (before["Pending"] - 1, before["Processing"])
+    console.sql(set_status, ("CANCELLED", task["id"]))  # and live again afterwards
+    expect(history.get_by_role("listitem")).to_have_count(6)
+    expect(shows("Retrying", before["Retrying"])).to_be_visible()
+    steps = history.get_by_role("listitem").all_inner_texts()
+    assert [step.split()[0] for step in steps] == [
+        "Pending",
+        "Processing",
+        "Retrying",
+        "Processing",
+        "Retrying",
+        "Cancelled",
+    ]
+
+
+def test_a_stream_that_drops_before_its_first_event_reads_its_snapshot_again(console, as_user):
+    """No event seen means no id to resume from: the overview reads its counts again."""
+    from playwright.sync_api import expect
+
+    task = console.create("ann", title="quiet", queue="held-quiet")
+    overview = as_user("ann")
+    expect(overview.get_by_role("log", name="Recent activity")).to_contain_text("quiet")
+    cancelled = overview.get_by_role("link", name=re.compile(r"^\d+ Cancelled$"))
+    before = int(cancelled.inner_text().split()[0])
+    overview.context.set_offline(True)
+    console.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'taskq-notifier' AND datname = current_database()"
+    )
+    expect(overview.get_by_role("status").filter(has_text="Reconnecting")).to_be_visible()
+    console.sql("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", (task["id"],))
+    overview.context.set_offline(False)
+    expect(overview.get_by_role("link", name=f"{before + 1} Cancelled")).to_be_visible()
 
 
 def test_an_admin_sees_every_users_tasks_queues_workers_and_stuck_tasks(console, as_user):

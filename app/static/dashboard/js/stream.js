@@ -6,6 +6,8 @@
 // expires; so on any error the page closes it and reopens it with a new
 // token and ``last_event_id`` = the last id seen. The server replays what was
 // missed from the task history, then continues live: no gap, no duplicate.
+// A stream that drops before its first event has no id to resume from: its
+// listeners are told to read their REST snapshot again (``onResync``).
 
 import {api, apiUrl} from "./api.js";
 
@@ -21,12 +23,15 @@ export class LiveStream {
    * ``path``: an events endpoint. ``onEvent(type, data, id)`` for every event;
    * ``onState(state)`` with "connecting", "live", "reconnecting", "closed";
    * ``isDone()``: true when a closed stream must stay closed (a finished task
-   * whose stream the server ended); ``lastId``: resume after this id.
+   * whose stream the server ended); ``lastId``: resume after this id;
+   * ``onResync()`` after a reconnect that had no id to resume from.
    */
-  constructor(path, {onEvent, onState = () => {}, isDone = () => false, lastId = null}) {
+  constructor(path, {onEvent, onState = () => {}, onResync = () => {}, isDone = () => false, lastId = null}) {
     this.path = path;
     this.onEvent = onEvent;
     this.onState = onState;
+    this.onResync = onResync;
+    this.everOpened = false;
     this.isDone = isDone;
     this.lastId = lastId;
     this.source = null;
@@ -65,7 +70,8 @@ export class LiveStream {
       return;
     }
     if (this.stopped) return;
-    const url = apiUrl(this.path, {token, last_event_id: this.lastId});
+    const resumeFrom = this.lastId;
+    const url = apiUrl(this.path, {token, last_event_id: resumeFrom});
     const source = new EventSource(url);
     this.source = source;
     for (const type of EVENT_TYPES) {
@@ -73,7 +79,10 @@ export class LiveStream {
     }
     source.onopen = () => {
       this.delay = FIRST_DELAY_MS;
+      const missedUnknown = this.everOpened && !resumeFrom;
+      this.everOpened = true;
       this.onState("live");
+      if (missedUnknown) this.onResync();
     };
     source.onerror = () => {
       source.close();
@@ -119,6 +128,7 @@ export class Hub {
     this.keepOpen = keepOpen;
     this.listeners = new Set();
     this.stateListeners = new Set();
+    this.resyncListeners = new Set();
     this.state = "closed";
     this.stream = null;
     this.closeTimer = null;
@@ -134,6 +144,9 @@ export class Hub {
         this.state = state;
         for (const listener of [...this.stateListeners]) listener(state);
       },
+      onResync: () => {
+        for (const listener of [...this.resyncListeners]) listener();
+      },
     }).start();
   }
 
@@ -143,12 +156,18 @@ export class Hub {
     this.stream = null;
   }
 
-  subscribe(listener) {
+  /**
+   * ``listener(type, data, id)`` for every event; ``resync()`` when events may
+   * have been missed (read the REST snapshot again). Returns the unsubscribe.
+   */
+  subscribe(listener, resync = null) {
     this.listeners.add(listener);
+    if (resync) this.resyncListeners.add(resync);
     clearTimeout(this.closeTimer);
     this.open();
     return () => {
       this.listeners.delete(listener);
+      if (resync) this.resyncListeners.delete(resync);
       if (!this.keepOpen && this.listeners.size === 0) {
         // Moving from one admin view to the next keeps the same connection.
         this.closeTimer = setTimeout(() => { if (this.listeners.size === 0) this.close(); }, CLOSE_DELAY_MS);

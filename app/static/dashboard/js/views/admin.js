@@ -50,7 +50,7 @@ async function liveAdminView(main, ctx, {title, intro, read, draw, onEvent, onTi
   const unsubscribe = ctx.adminEvents.subscribe((type, event) => {
     if (onEvent) onEvent(type, event);
     reloadSoon();
-  });
+  }, reloadSoon);
   // Between reads only the ages move: their text changes, nothing is rebuilt (focus stays put).
   const timer = setInterval(() => {
     for (const el of body.querySelectorAll("[data-age]")) {

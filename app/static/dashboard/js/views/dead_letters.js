@@ -63,7 +63,7 @@ export async function renderDeadLetters(main, ctx) {
   const reloadSoon = throttle(() => { load().catch((error) => replace(result, errorBox(error))); }, 1000);
   const unsubscribe = ctx.events.subscribe((type, data) => {
     if (data.status === "FAILED" || data.from_status === "FAILED" || type === "deleted") reloadSoon();
-  });
+  }, reloadSoon);
   try {
     await load();
   } catch (error) {

@@ -101,12 +101,12 @@ export async function renderOverview(main, ctx) {
       timeEl(data.at)));
   }
 
-  const unsubscribe = ctx.events.subscribe(applyEvent);
+  const unsubscribe = ctx.events.subscribe(applyEvent, readSoon);
   drawCounts();
   try {
     const [, recent] = await Promise.all([
       readCounts(),
-      get("tasks", {ordering: "-updated_at", page_size: 10}),
+      get("tasks", {page_size: 10}),  // the newest: the order an index serves
     ]);
     for (const task of recent.results) titles.set(task.id, task.title);
     if (!feed.children.length && !recent.results.length) {

@@ -299,7 +299,7 @@ function renderList(main, ctx, {admin}) {
     reloadSoon();
   }
 
-  const unsubscribe = hub.subscribe(onEvent);
+  const unsubscribe = hub.subscribe(onEvent, reloadSoon);
   return {
     ready: load().catch((error) => {
       summary.textContent = "";
