@@ -46,7 +46,8 @@ from werkzeug.security import check_password_hash
 
 from app import schemas
 from app.db import fetch_one, get_conn
-from app.errors import ApiError, error_response, get_json_body
+from app.errors import ApiError, error_response, get_json_body, request_body
+from app.limits import release_login, reserve_login
 from app.openapi import doc
 from sql import queries
 from taskq.admin import hash_password
@@ -150,13 +151,6 @@ def check_password_strength(field: str, password: str, **attributes: str) -> Non
         raise ApiError(400, "Invalid input.", {field: problems})
 
 
-def optional_json_body() -> Any:
-    """The JSON body, or ``{}`` when the request has none."""
-    if not request.content_length and not request.data:
-        return {}
-    return get_json_body()
-
-
 def decode_user_token(token: str, field: str, expected_type: str | None = None) -> dict[str, Any]:
     """Decode a token a client sent in the body; 401 unless it is valid and not revoked."""
     try:
@@ -208,11 +202,17 @@ def token_is_revoked(jwt_header: dict[str, Any], claims: dict[str, Any]) -> bool
         return True
     state = fetch_one("token_state", {"jti": claims.get("jti"), "user_id": user_id})
     g.taskq_token_state = state
+    return credential_revoked(state, claims.get("pv"))
+
+
+def credential_revoked(state: dict[str, Any] | None, pv: Any) -> bool:
+    """A token's credential no longer holds: its ``token_state`` row (None: no such user)
+    says revoked jti, inactive owner, or a password changed since ``pv``."""
     return (
         state is None
         or state["revoked"]
         or not state["is_active"]
-        or claims.get("pv") != password_version(state["password_changed_at"])
+        or pv != password_version(state["password_changed_at"])
     )
 
 
@@ -278,9 +278,14 @@ def register():
     auth=False,
 )
 def login():
-    """Check the password and return a fresh token pair."""
+    """Check the password and return a fresh token pair.
+
+    Failed checks count against the account (however it is named); once its
+    budget is spent every login of it gets 429 until the window moves on.
+    """
     data = schemas.LoginSchema().load(get_json_body())
     user = fetch_one("get_user_for_login", {"login": data["username"]})
+    attempt = reserve_login(user, data["username"])  # 429 while the account is locked
     if user is None:
         if not _DUMMY_HASH:
             _DUMMY_HASH.append(hash_password("not a real password"))
@@ -288,6 +293,7 @@ def login():
         raise ApiError(401, "Invalid username or password.")
     if not check_password_hash(user["password_hash"], data["password"]):
         raise ApiError(401, "Invalid username or password.")
+    release_login(attempt)  # only failures count against the account
     return auth_response(user, "Login successful", data["cookies"])
 
 
@@ -305,7 +311,7 @@ def refresh():
     A cookie session posts no body: its refresh cookie is used (with the CSRF
     header of the refresh cookie) and the new pair comes back as cookies.
     """
-    cookies = not request.content_length and not request.data and refresh_cookie() is not None
+    cookies = refresh_cookie() is not None and not request_body()
     if cookies:
         verify_jwt_in_request(refresh=True, locations=["cookies"])  # CSRF, expiry, blocklist
         claims = get_jwt()
@@ -353,7 +359,7 @@ def logout():
     A cookie session's cookies are cleared as well; being on the blocklist, a
     copy of them kept elsewhere is refused too.
     """
-    data = schemas.LogoutSchema().load(optional_json_body())
+    data = schemas.LogoutSchema().load(get_json_body(optional=True))
     revoked = [get_jwt()]
     if data["refresh"]:
         try:

@@ -60,6 +60,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "TASKQ_PAGE_SIZE": env_int("TASKQ_PAGE_SIZE", 20, minimum=1),
         "TASKQ_MAX_PAGE_SIZE": env_int("TASKQ_MAX_PAGE_SIZE", 100, minimum=1),
         "TASKQ_CACHE_TTL": env_int("TASKQ_CACHE_TTL", 300, minimum=1),
+        "TASKQ_REDIS_RETRY_SECONDS": env_float("TASKQ_REDIS_RETRY_SECONDS", 2.0, minimum=0.1),
         "TASKQ_ALLOW_PRIVATE_URLS": allow_private_urls(),
         "TASKQ_PROXY_HOPS": env_int("TASKQ_PROXY_HOPS", 0, minimum=0),
         "RATELIMIT_ENABLED": env_bool("TASKQ_RATELIMIT_ENABLED", True),

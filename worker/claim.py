@@ -35,6 +35,9 @@ FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 CLAIM_ORDER = attrgetter("n")
+# The backoff cap of an attempt lost with its worker (SIGKILL, lost machine): the task
+# did not fail, so it is due again as soon as it is returned; the attempt still counts.
+NO_BACKOFF = 0.0
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -359,13 +362,14 @@ def settle_worker_tasks(
     worker_id: str,
     *,
     failed: dict[int, str] | None = None,
-    max_retry_delay: float = 3600.0,
+    max_retry_delay: float = NO_BACKOFF,
 ) -> int:
     """Settle every task a gone worker process still holds; the number settled.
 
     The tasks in ``failed`` (id -> error: the one it was running when killed)
-    count as failed attempts; the others were claimed but never started, so
-    they go back without counting.
+    count as failed attempts, due again at once unless ``max_retry_delay`` asks
+    for the usual backoff (a hard time limit: the task's own failure); the
+    others were claimed but never started, so they go back without counting.
     """
     failed = failed or {}
     outcomes = Outcomes()
@@ -379,10 +383,12 @@ def settle_worker_tasks(
     return len(outcomes)
 
 
-def reap_expired_leases(
-    conn: psycopg.Connection, max_retry_delay: float = 3600.0, limit: int = 1000
-) -> int:
-    """Return the tasks of dead workers to the queue, counting the attempt; how many."""
+def reap_expired_leases(conn: psycopg.Connection, limit: int = 1000) -> int:
+    """Return the tasks of dead workers to the queue, counting the attempt; how many.
+
+    A returned task is due again at once (no backoff: its worker died, the task
+    did not fail), or FAILED when that was its last attempt.
+    """
     outcomes = Outcomes()
     with conn.transaction():
         rows = conn.execute(queries["expired_leases"], {"limit": limit}).fetchall()
@@ -390,7 +396,7 @@ def reap_expired_leases(
             outcomes.fail(
                 row["id"], row["lease_token"], f"lease expired: worker {row['worker_id']} lost"
             )
-        write_outcomes(conn, outcomes, max_retry_delay)
+        write_outcomes(conn, outcomes, NO_BACKOFF)
     return len(outcomes)
 
 

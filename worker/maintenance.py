@@ -89,7 +89,7 @@ class Maintenance:
                 return
             if now >= self.next_reap:
                 self.next_reap = now + self.config.reaper_interval
-                count = reap_expired_leases(self.db(), self.config.max_retry_delay)
+                count = reap_expired_leases(self.db())
                 metrics.record_reaped(count)
                 if count:
                     log.info("reaper returned %d tasks with expired leases", count)
