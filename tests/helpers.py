@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psycopg
+import pytest
 import requests
+
+from bench.dashboard_latency import CHROMIUM, CHROMIUM_ARGS
 
 
 def free_port() -> int:
@@ -59,3 +64,20 @@ def last_history_id(conn: psycopg.Connection, task_id: int) -> int:
     return conn.execute(
         "SELECT max(id) FROM task_history WHERE task_id = %s", (task_id,)
     ).fetchone()[0]
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright; skips the test when it is not installed."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but /usr/bin/chromium is missing")
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
