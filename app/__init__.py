@@ -8,6 +8,8 @@ from typing import Any
 from flask import Flask
 
 from app.config import load_config
+from taskq.fields import ALLOW_PRIVATE
+from taskq.registry import import_task_modules
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -17,6 +19,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.url_map.strict_slashes = False
     app.json.sort_keys = False  # Flask 3 ignores JSON_SORT_KEYS: keep the contract's key order
     logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
+    import_task_modules(app.config["TASKQ_IMPORTS"])  # the user's task types, once
+
+    @app.before_request
+    def outbound_policy() -> None:
+        """Validate this request's outbound URLs by the app's TASKQ_ALLOW_PRIVATE_URLS."""
+        ALLOW_PRIVATE.set(bool(app.config["TASKQ_ALLOW_PRIVATE_URLS"]))
 
     from app import (
         admin,

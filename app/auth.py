@@ -42,7 +42,7 @@ from flask_jwt_extended import (
 from flask_jwt_extended.config import config as jwt_config
 from flask_jwt_extended.exceptions import CSRFError, JWTExtendedException
 from jwt.exceptions import PyJWTError
-from werkzeug.security import check_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from app import schemas
 from app.db import fetch_one, get_conn
@@ -50,7 +50,6 @@ from app.errors import ApiError, error_response, get_json_body, request_body
 from app.limits import release_login, reserve_login
 from app.openapi import doc
 from sql import queries
-from taskq.admin import hash_password
 from taskq.representation import row_to_json
 
 bp = Blueprint("auth", __name__, url_prefix="/api/v1/auth")
@@ -58,6 +57,26 @@ schemas.reject_bad_data(bp)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 USER_FIELDS = ("id", "username", "email", "first_name", "last_name", "is_admin", "created_at")
+
+
+def hash_password(password: str) -> str:
+    """werkzeug's scrypt hash of ``password``."""
+    return generate_password_hash(password, method="scrypt")
+
+
+def create_admin_user(url: str, username: str, email: str | None, password: str) -> int:
+    """Create admin ``username`` or promote the existing one; its id (``taskq create-admin``)."""
+    if len(password) < 8:
+        raise ValueError("the password must have at least 8 characters")
+    params = {
+        "username": username,
+        "email": email or f"{username}@localhost",
+        "password_hash": hash_password(password),
+    }
+    with psycopg.connect(url) as conn:
+        return conn.execute(queries["upsert_admin"], params).fetchone()[0]
+
+
 # A hash checked when the login names nobody, so both paths cost one scrypt.
 _DUMMY_HASH: list[str] = []
 

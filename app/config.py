@@ -18,6 +18,7 @@ from taskq.settings import (
     env_float,
     env_int,
     libpq_url,
+    split_modules,
 )
 
 
@@ -32,7 +33,6 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         secret = secrets.token_urlsafe(32)
     database_url = overrides.get("DATABASE_URL") or env("DATABASE_URL")
     config: dict[str, Any] = {
-        "TASKQ_ENV": environment,
         "DATABASE_URL": libpq_url(database_url) if database_url else None,
         "DB_POOL_MIN": env_int("TASKQ_DB_POOL_MIN", 1, minimum=0),
         "DB_POOL_MAX": env_int("TASKQ_DB_POOL_MAX", 10, minimum=1),
@@ -62,10 +62,23 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "TASKQ_CACHE_TTL": env_int("TASKQ_CACHE_TTL", 300, minimum=1),
         "TASKQ_REDIS_RETRY_SECONDS": env_float("TASKQ_REDIS_RETRY_SECONDS", 2.0, minimum=0.1),
         "TASKQ_ALLOW_PRIVATE_URLS": allow_private_urls(),
+        "TASKQ_IMPORTS": split_modules(env("TASKQ_IMPORTS")),
         "TASKQ_PROXY_HOPS": env_int("TASKQ_PROXY_HOPS", 0, minimum=0),
         "RATELIMIT_ENABLED": env_bool("TASKQ_RATELIMIT_ENABLED", True),
         "TASKQ_RATELIMIT_DEFAULT": env("TASKQ_RATELIMIT_DEFAULT", "6000/minute"),
         "TASKQ_RATELIMIT_AUTH": env("TASKQ_RATELIMIT_AUTH", "20/minute;60/hour"),
+        "TASKQ_SSE_KEEPALIVE": env_float("TASKQ_SSE_KEEPALIVE", 15.0, minimum=0.05),
+        "TASKQ_SSE_RETRY_MS": env_int("TASKQ_SSE_RETRY_MS", 3000, minimum=0),
+        "TASKQ_SSE_QUEUE_SIZE": env_int("TASKQ_SSE_QUEUE_SIZE", 1000, minimum=10),
+        "TASKQ_STREAM_TOKEN_SECONDS": env_int("TASKQ_STREAM_TOKEN_SECONDS", 60, minimum=5),
+        "TASKQ_SSE_AUTH_CHECK_SECONDS": env_float(
+            "TASKQ_SSE_AUTH_CHECK_SECONDS", 1.0, minimum=0.05
+        ),
+        "TASKQ_METRICS_TOKEN": env("TASKQ_METRICS_TOKEN"),
+        # Set by the launchers (taskq api/up) before the app is built: the shared
+        # metrics directory of gunicorn's processes, and the migrations' head.
+        "PROMETHEUS_MULTIPROC_DIR": env("PROMETHEUS_MULTIPROC_DIR"),
+        "TASKQ_MIGRATION_HEAD": env("TASKQ_MIGRATION_HEAD"),
     }
     config.update(overrides)
     return config

@@ -61,7 +61,6 @@ from app.db import fetch_one, get_conn
 from app.errors import ApiError
 from app.streamguard import Binding, binding_of, guarded, refuse_revoked
 from taskq.representation import json_value
-from taskq.settings import env_float, env_int
 
 log = logging.getLogger(__name__)
 
@@ -768,15 +767,6 @@ def stream_token():
 
 def init_app(app: Flask) -> None:
     """Settings, the process's notifier, and the event endpoints."""
-    app.config.setdefault("TASKQ_SSE_KEEPALIVE", env_float("TASKQ_SSE_KEEPALIVE", 15.0, 0.05))
-    app.config.setdefault("TASKQ_SSE_RETRY_MS", env_int("TASKQ_SSE_RETRY_MS", 3000, 0))
-    app.config.setdefault("TASKQ_SSE_QUEUE_SIZE", env_int("TASKQ_SSE_QUEUE_SIZE", 1000, 10))
-    app.config.setdefault(
-        "TASKQ_STREAM_TOKEN_SECONDS", env_int("TASKQ_STREAM_TOKEN_SECONDS", 60, 5)
-    )
-    app.config.setdefault(
-        "TASKQ_SSE_AUTH_CHECK_SECONDS", env_float("TASKQ_SSE_AUTH_CHECK_SECONDS", 1.0, 0.05)
-    )
     app.extensions["taskq_notifier"] = Notifier(app.config["DATABASE_URL"] or "")
     streamguard.init_app(app)
     app.register_blueprint(bp)

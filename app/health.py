@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from flask import Blueprint, Flask, current_app, jsonify
 
 from app.db import get_conn
@@ -17,7 +15,7 @@ def migration_head() -> str:
     Asking Alembic imports it and SQLAlchemy (about 22 MB resident in every API
     process), so ``taskq api`` asks once, in a short-lived child process.
     """
-    head = os.environ.get("TASKQ_MIGRATION_HEAD")
+    head = current_app.config["TASKQ_MIGRATION_HEAD"]
     if head:
         return head
     from taskq.migrate import head_revision

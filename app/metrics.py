@@ -11,9 +11,7 @@ whichever process answers: queue depth and oldest due age per queue (the
 
 from __future__ import annotations
 
-import contextlib
 import hmac
-import os
 
 from flask import Blueprint, Flask, Response, current_app, request
 from prometheus_client import (
@@ -29,7 +27,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.db import fetch_all
 from app.errors import ApiError
-from taskq.settings import env
 
 bp = Blueprint("metrics", __name__)
 
@@ -87,7 +84,7 @@ def count_created(rows) -> None:
 
 def scrape_registry() -> CollectorRegistry:
     """This scrape's registry: every process's samples plus the database's figures."""
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    if current_app.config["PROMETHEUS_MULTIPROC_DIR"]:
         registry = CollectorRegistry()
         MultiProcessCollector(registry)
     else:
@@ -104,7 +101,7 @@ class _Forward:
         self.source = source
 
     def collect(self):
-        """Whatever the process registered (worker counters imported here included)."""
+        """Whatever the process registered."""
         return self.source.collect()
 
 
@@ -120,8 +117,5 @@ def metrics():
 
 
 def init_app(app: Flask) -> None:
-    """Register /metrics (outside /api/v1) and import the worker's metric definitions."""
-    app.config.setdefault("TASKQ_METRICS_TOKEN", env("TASKQ_METRICS_TOKEN"))
-    with contextlib.suppress(ImportError):  # the worker's counters, for single-process scrapes
-        import worker.metrics  # noqa: F401
+    """Register /metrics (outside /api/v1)."""
     app.register_blueprint(bp)

@@ -28,6 +28,7 @@ from marshmallow import (
 
 from app.errors import error_response
 from taskq.fields import HttpHeaders, OutboundUrl
+from taskq.registry import SYSTEM_QUEUES, user_task_types
 from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
 
 STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
@@ -444,8 +445,6 @@ class TaskCreateSchema(Schema):
     @post_load
     def resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Apply the aliases, then check queue, task_type and the payload against the registry."""
-        from worker.registry import SYSTEM_QUEUES, user_task_types
-
         alias = data.pop("name", None)
         data["title"] = data.get("title") or alias
         if not data["title"]:

@@ -28,6 +28,7 @@ from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
 from sql import queries
 from taskq.enqueue import insert_tasks
+from taskq.registry import user_task_types
 from taskq.representation import (
     DEFAULT_CALLBACK_EVENTS,
     row_to_json,
@@ -430,8 +431,6 @@ def retry_task(task_id: int):
 @jwt_required()
 def task_types():
     """Name, description and payload JSON schema of every type users may create."""
-    from worker.registry import user_task_types
-
     types = [
         {
             "name": task_type.name,

@@ -11,7 +11,7 @@ import os
 import time
 from typing import Any
 
-from worker.registry import TaskContext, register
+from taskq import TaskContext, register
 
 _stamps = None
 

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from taskq.settings import SettingError, database_url, env
+from taskq.settings import SettingError, database_url, env, split_modules
 
 
 @click.group()
@@ -46,10 +46,17 @@ def migrate() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="processes")
 def api(bind: str, workers: int) -> None:
     """Serve the API under gunicorn."""
-    from taskq.serve import serve_api
+    from taskq.serve import gunicorn_options, serve_api
 
     required_database_url()
-    serve_api(bind=bind, workers=workers)
+    try:
+        from app.config import load_config
+
+        load_config()  # every API setting checked here, before gunicorn forks
+        options = gunicorn_options(bind, workers)
+    except SettingError as exc:
+        fail(str(exc))
+    serve_api(options)
 
 
 @main.command("create-admin")
@@ -58,7 +65,7 @@ def api(bind: str, workers: int) -> None:
 @click.option("--password-stdin", is_flag=True, help="read the password from standard input")
 def create_admin(username: str, email: str | None, password_stdin: bool) -> None:
     """Create an admin user (or make an existing user admin and set its password)."""
-    from taskq.admin import create_admin_user
+    from app.auth import create_admin_user
 
     if password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -184,7 +191,7 @@ def list_tasks() -> None:
     """Print the task-type registry (built-ins and TASKQ_IMPORTS modules)."""
     from worker.stats import registry_table
 
-    click.echo(registry_table())
+    click.echo(registry_table(split_modules(env("TASKQ_IMPORTS"))))
 
 
 @main.command()

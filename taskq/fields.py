@@ -4,20 +4,39 @@ One home for the API's ``callback_url``/``callback_headers`` and the
 ``http_request`` task type's ``url``/``headers``, so both refuse the same
 things at create (through ``taskq.urlguard``) and nothing accepted then fails
 every attempt later.
+
+Whether private addresses are allowed (TASKQ_ALLOW_PRIVATE_URLS) is the
+process's setting, read at start-up: the API sets it for each request from its
+config and the worker for each payload it validates (``outbound_policy``).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from marshmallow import ValidationError, fields, validate
 
 from taskq.urlguard import header_error, literal_host_error
 
+ALLOW_PRIVATE: ContextVar[bool] = ContextVar("taskq_allow_private_urls", default=False)
+
+
+@contextlib.contextmanager
+def outbound_policy(allow_private: bool) -> Iterator[None]:
+    """Validate outbound URLs within the block with TASKQ_ALLOW_PRIVATE_URLS = ``allow_private``."""
+    token = ALLOW_PRIVATE.set(allow_private)
+    try:
+        yield
+    finally:
+        ALLOW_PRIVATE.reset(token)
+
 
 def check_outbound_url(url: str) -> None:
     """Refuse a malformed URL or a private/loopback literal (unless TASKQ_ALLOW_PRIVATE_URLS)."""
-    error = literal_host_error(url)
+    error = literal_host_error(url, ALLOW_PRIVATE.get())
     if error:
         raise ValidationError(error[0].upper() + error[1:] + ".")
 

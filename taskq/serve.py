@@ -131,12 +131,12 @@ def export_migration_head() -> None:
     os.environ["TASKQ_MIGRATION_HEAD"] = found.stdout.strip()
 
 
-def serve_api(bind: str, workers: int) -> None:
-    """Run gunicorn in the foreground until it is stopped."""
+def serve_api(options: dict[str, Any]) -> None:
+    """Run gunicorn with ``options`` (``gunicorn_options``) in the foreground until stopped."""
     export_migration_head()
     created = prepare_metrics_dir()
     try:
-        TaskqApplication(gunicorn_options(bind, workers)).run()
+        TaskqApplication(options).run()
     finally:
         if created:
             shutil.rmtree(created, ignore_errors=True)

@@ -7,7 +7,9 @@ process never pays for importing the web stack.
 
 from __future__ import annotations
 
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from dotenv import load_dotenv
@@ -90,3 +92,48 @@ def sqlalchemy_url(url: str) -> str:
 def allow_private_urls() -> bool:
     """TASKQ_ALLOW_PRIVATE_URLS: may outbound calls reach private addresses."""
     return env_bool("TASKQ_ALLOW_PRIVATE_URLS", False)
+
+
+def parse_seconds(value: str, name: str = "seconds") -> tuple[float, float]:
+    """``"a-b"`` or ``"n"`` as a (low, high) range of seconds; SettingError when malformed."""
+    low, sep, high = value.strip().partition("-")
+    try:
+        bounds = (float(low), float(high) if sep else float(low))
+    except ValueError:
+        raise SettingError(f"{name} must be 'n' or 'a-b' seconds, got {value!r}") from None
+    if bounds[0] < 0 or bounds[1] < bounds[0] or not all(map(math.isfinite, bounds)):
+        raise SettingError(f"{name} must be 'n' or 'a-b' with 0 <= a <= b, got {value!r}")
+    return bounds
+
+
+def env_seconds(name: str, default: str) -> tuple[float, float]:
+    """A range-of-seconds setting (``"n"`` or ``"a-b"``)."""
+    return parse_seconds(env(name, default) or default, name)
+
+
+def split_modules(value: str | None) -> tuple[str, ...]:
+    """``"a.b, c"`` -> ("a.b", "c"): the module list of TASKQ_IMPORTS."""
+    return tuple(filter(None, (m.strip() for m in (value or "").split(","))))
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The settings task functions use, read once at start-up and handed over in ``ctx``."""
+
+    process_seconds: tuple[float, float] = (10.0, 20.0)
+    simulated_seconds: tuple[float, float] = (0.1, 0.5)
+    cleanup_days: int = 30
+    webhook_timeout: float = 10.0
+    allow_private_urls: bool = False
+
+
+def task_settings() -> TaskSettings:
+    """TASKQ_PROCESS_SECONDS, TASKQ_SIMULATED_SECONDS, TASKQ_CLEANUP_DAYS,
+    TASKQ_WEBHOOK_TIMEOUT and TASKQ_ALLOW_PRIVATE_URLS, checked."""
+    return TaskSettings(
+        process_seconds=env_seconds("TASKQ_PROCESS_SECONDS", "10-20"),
+        simulated_seconds=env_seconds("TASKQ_SIMULATED_SECONDS", "0.1-0.5"),
+        cleanup_days=env_int("TASKQ_CLEANUP_DAYS", 30, minimum=0),
+        webhook_timeout=env_float("TASKQ_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
+        allow_private_urls=allow_private_urls(),
+    )

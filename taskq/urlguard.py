@@ -17,8 +17,6 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from taskq.settings import allow_private_urls
-
 MAX_BODY_BYTES = 1024 * 1024
 # RFC 9110: a header name is a token; a value is visible characters, spaces and tabs
 # (and obs-text, which http.client sends as latin-1), never CR, LF, NUL or other controls.
@@ -80,7 +78,7 @@ def literal_address(host: str) -> str | None:
         return None
 
 
-def literal_host_error(url: str, allow_private: bool | None = None) -> str | None:
+def literal_host_error(url: str, allow_private: bool = False) -> str | None:
     """Why ``url`` is refused without a DNS lookup (bad shape, private IP literal), or None.
 
     Cheap enough for request validation, and the one check of every URL a client
@@ -91,7 +89,7 @@ def literal_host_error(url: str, allow_private: bool | None = None) -> str | Non
         _, host, _ = split_url(url)
     except UnsafeURLError as exc:
         return str(exc)
-    if allow_private_urls() if allow_private is None else allow_private:
+    if allow_private:
         return None
     name = host.lower().rstrip(".")
     if name == "localhost" or name.endswith(".localhost"):
@@ -117,13 +115,13 @@ def header_error(name: str, value: str) -> str | None:
     return None
 
 
-def resolve_public(host: str, port: int, allow_private: bool | None = None) -> list[tuple]:
+def resolve_public(host: str, port: int, allow_private: bool = False) -> list[tuple]:
     """getaddrinfo results for host:port, all checked; UnsafeURLError if any is private."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UnsafeURLError(f"cannot resolve {host}: {exc.strerror}") from None
-    if not (allow_private_urls() if allow_private is None else allow_private):
+    if not allow_private:
         for info in infos:
             if not is_public_address(info[4][0]):
                 raise UnsafeURLError(
@@ -133,7 +131,7 @@ def resolve_public(host: str, port: int, allow_private: bool | None = None) -> l
     return infos
 
 
-def guarded_connection(allow_private: bool | None):
+def guarded_connection(allow_private: bool):
     """A socket.create_connection replacement that connects only to checked addresses."""
 
     def create_connection(address, timeout=None, source_address=None, **kwargs):
@@ -175,9 +173,10 @@ def fetch(
     headers: dict[str, str] | None = None,
     body: bytes | None = None,
     timeout: float = 10.0,
-    allow_private: bool | None = None,
+    allow_private: bool = False,
 ) -> Response:
-    """One HTTP request through the guard; redirects are returned, not followed."""
+    """One HTTP request through the guard (``allow_private``: TASKQ_ALLOW_PRIVATE_URLS);
+    redirects are returned, not followed."""
     scheme, host, port = split_url(url)
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")

@@ -194,7 +194,7 @@ class Account:
 @pytest.fixture
 def make_account(client, database_url: str):
     """``make_account("ann", admin=False)``: register (or create an admin) and log in."""
-    from taskq.admin import create_admin_user
+    from app.auth import create_admin_user
 
     def make(username: str = "ann", password: str = "Sturdy-Lamp-42", admin: bool = False):
         if admin:

@@ -8,7 +8,7 @@ import time
 
 from marshmallow import Schema, fields
 
-from worker.registry import SoftTimeLimitExceeded, TaskCancelled, TaskContext, register
+from taskq import SoftTimeLimitExceeded, TaskCancelled, TaskContext, register
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS ledger (

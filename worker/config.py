@@ -7,7 +7,16 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from taskq.settings import SettingError, database_url, env, env_float, env_int
+from taskq.settings import (
+    SettingError,
+    TaskSettings,
+    database_url,
+    env,
+    env_float,
+    env_int,
+    split_modules,
+    task_settings,
+)
 
 DEFAULT_QUEUES = "default,webhooks"
 
@@ -50,6 +59,8 @@ class WorkerConfig:
     periodic: tuple[PeriodicSchedule, ...] = ()
     metrics_port: int | None = None
     log_level: str = "INFO"
+    imports: tuple[str, ...] = ()
+    tasks: TaskSettings = field(default_factory=TaskSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (for a child process)."""
@@ -61,6 +72,12 @@ class WorkerConfig:
         data = dict(data)
         data["queues"] = tuple(data["queues"])
         data["periodic"] = tuple(PeriodicSchedule(**p) for p in data["periodic"])
+        data["imports"] = tuple(data.get("imports", ()))
+        tasks = dict(data.get("tasks") or {})
+        for key in ("process_seconds", "simulated_seconds"):
+            if key in tasks:
+                tasks[key] = tuple(tasks[key])
+        data["tasks"] = TaskSettings(**tasks)
         return cls(**data)
 
 
@@ -72,7 +89,7 @@ def split_queues(value: str) -> tuple[str, ...]:
     return queues
 
 
-def periodic_schedules() -> tuple[PeriodicSchedule, ...]:
+def periodic_schedules(imports: tuple[str, ...] = ()) -> tuple[PeriodicSchedule, ...]:
     """TASKQ_PERIODIC (a JSON list of schedules, or an object keyed by name) plus the clean-up.
 
     The built-in ``cleanup_old_tasks`` runs on TASKQ_CLEANUP_SCHEDULE (default
@@ -98,10 +115,10 @@ def periodic_schedules() -> tuple[PeriodicSchedule, ...]:
     ):
         items = [*items, {"name": "cleanup_old_tasks", "schedule": cleanup,
                           "task_type": "cleanup_old_tasks"}]  # fmt: skip
-    return tuple(check_schedule(item) for item in items)
+    return tuple(check_schedule(item, imports) for item in items)
 
 
-def check_schedule(item: dict) -> PeriodicSchedule:
+def check_schedule(item: dict, imports: tuple[str, ...] = ()) -> PeriodicSchedule:
     """A validated schedule: known fields, a valid cron expression, a payload the type accepts."""
     from croniter import croniter
     from marshmallow import ValidationError
@@ -114,7 +131,7 @@ def check_schedule(item: dict) -> PeriodicSchedule:
         raise SettingError(f"TASKQ_PERIODIC entry {item!r}: {exc}") from None
     if not croniter.is_valid(schedule.schedule):
         raise SettingError(f"periodic {schedule.name!r}: bad cron {schedule.schedule!r}")
-    registry = load_task_modules()
+    registry = load_task_modules(imports)
     if schedule.task_type not in registry:
         raise SettingError(f"periodic {schedule.name!r}: unknown task type {schedule.task_type!r}")
     try:
@@ -131,6 +148,10 @@ def load_config(**options: Any) -> WorkerConfig:
     # Webhook deliveries are tasks on their own queue: a worker started without
     # --queues serves them too, so webhooks work with no extra set-up.
     queues = given.pop("queues", None) or env("TASKQ_QUEUES") or DEFAULT_QUEUES
+    imports = split_modules(env("TASKQ_IMPORTS"))
+    from worker.registry import load_task_modules
+
+    load_task_modules(imports)  # a module that does not import stops the worker here
     config = WorkerConfig(
         database_url=given.pop("database_url", None) or database_url(),
         queues=split_queues(queues) if isinstance(queues, str) else tuple(queues),
@@ -149,9 +170,11 @@ def load_config(**options: Any) -> WorkerConfig:
         cancel_grace=env_float("TASKQ_CANCEL_GRACE", 1.0, minimum=0.05),
         reaper_interval=env_float("TASKQ_REAPER_INTERVAL", min(5.0, lease / 2), minimum=0.05),
         periodic_catchup=env_float("TASKQ_PERIODIC_CATCHUP", 300.0, minimum=0),
-        periodic=periodic_schedules(),
+        periodic=periodic_schedules(imports),
         metrics_port=env_int("TASKQ_METRICS_PORT", 0, minimum=0) or None,
         log_level=(env("TASKQ_LOG_LEVEL", "INFO") or "INFO").upper(),
+        imports=imports,
+        tasks=task_settings(),
     )
     if config.soft_limit_ratio > 1:
         raise SettingError("TASKQ_SOFT_LIMIT_RATIO must be at most 1")

@@ -47,6 +47,7 @@ import psycopg
 from marshmallow import ValidationError
 
 from sql import queries
+from taskq.registry import REGISTRY, SoftTimeLimitExceeded, TaskCancelled, TaskContext
 from worker import metrics
 from worker.claim import (
     Claim,
@@ -58,13 +59,7 @@ from worker.claim import (
 )
 from worker.config import WorkerConfig
 from worker.listener import Listener
-from worker.registry import (
-    REGISTRY,
-    SoftTimeLimitExceeded,
-    TaskCancelled,
-    TaskContext,
-    load_task_modules,
-)
+from worker.registry import load_task_modules
 
 log = logging.getLogger("taskq.worker")
 
@@ -193,7 +188,7 @@ class Child:
     # main loop -----------------------------------------------------------------
     def run(self) -> int:
         """Claim and run tasks until told to stop or ``max_tasks`` is reached; the exit code."""
-        load_task_modules()
+        load_task_modules(self.config.imports)
         # Imported modules live as long as the process: keep them out of every
         # full collection (a batch of 1,000 rows otherwise triggers one that
         # walks them all, ~50 ms).
@@ -427,9 +422,9 @@ class Child:
                 raise LookupError(f"unknown task type {row.task_type!r}")
             payload = decode_payload(row.payload)
             if task_type.payload_schema is not None:
-                payload = task_type.validate(payload)
+                payload = task_type.validate(payload, self.config.tasks)
             ctx = TaskContext(task_id, row.attempts, row.queue, row.task_type, self.worker_id,
-                              self.config.database_url)  # fmt: skip
+                              self.config.database_url, self.config.tasks)  # fmt: skip
             soft_at = started + hard * self.config.soft_limit_ratio
             try:
                 # running first: an alarm from here on re-arms for this task

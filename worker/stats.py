@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import psycopg
@@ -35,9 +35,9 @@ def payload_fields(schema: Any) -> str:
     return ", ".join(f"{n}{'*' if f.required else ''}" for n, f in fields.items()) or "-"
 
 
-def registry_table() -> str:
+def registry_table(imports: Iterable[str] = ()) -> str:
     """The task-type registry: the types users may create, then the internal ones (marked)."""
-    types = sorted(load_task_modules().values(), key=lambda t: (t.internal, t.name))
+    types = sorted(load_task_modules(imports).values(), key=lambda t: (t.internal, t.name))
     rows = [
         {
             "type": t.name,

@@ -22,6 +22,8 @@ Signatures, when the task has a ``callback_secret``:
 
 Outbound calls go through ``taskq.urlguard``: private and loopback addresses
 are refused unless ``TASKQ_ALLOW_PRIVATE_URLS`` is set; redirects are not followed.
+Both it and ``TASKQ_WEBHOOK_TIMEOUT`` come from ``ctx.settings``. The type is
+declared (name, schema, internal) in ``taskq.builtins``; this module implements it.
 """
 
 from __future__ import annotations
@@ -33,14 +35,14 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import Schema, fields
 from psycopg.rows import dict_row
 
 from sql import queries
+from taskq.builtins import DeliverySchema  # noqa: F401  (its old home, for one release)
+from taskq.registry import TaskContext, implement
 from taskq.representation import task_to_json
-from taskq.settings import env_float
+from taskq.settings import TaskSettings
 from taskq.urlguard import UnsafeURLError, fetch
-from worker.registry import TaskContext, register
 
 SIGNATURE_HEADER = "X-Taskqueue-Signature"
 TIMESTAMPED_SIGNATURE_HEADER = "X-Taskqueue-Signature-256"
@@ -69,12 +71,6 @@ def count_attempt(outcome: str) -> None:
 
 class WebhookDeliveryError(RuntimeError):
     """An attempt failed; the engine retries the task while attempts remain."""
-
-
-class DeliverySchema(Schema):
-    """The delivery to send."""
-
-    delivery_id = fields.Integer(required=True, strict=True)
 
 
 def webhook_body(event: str, task_snapshot: dict[str, Any], sent_at: datetime) -> bytes:
@@ -127,10 +123,9 @@ def request_headers(delivery: dict[str, Any], body: bytes) -> dict[str, str]:
     return {**headers, **ours}
 
 
-def send(delivery: dict[str, Any]) -> tuple[int | None, float, str | None]:
+def send(delivery: dict[str, Any], settings: TaskSettings) -> tuple[int | None, float, str | None]:
     """One POST: (status code, duration ms, error); a refused URL is an error, not a raise."""
     body = webhook_body(delivery["event"], delivery["payload"], datetime.now(UTC))
-    timeout = env_float("TASKQ_WEBHOOK_TIMEOUT", 10.0, minimum=0.1)
     started = time.perf_counter()
     try:
         reply = fetch(
@@ -138,7 +133,8 @@ def send(delivery: dict[str, Any]) -> tuple[int | None, float, str | None]:
             delivery["url"],
             headers=request_headers(delivery, body),
             body=body,
-            timeout=timeout,
+            timeout=settings.webhook_timeout,
+            allow_private=settings.allow_private_urls,
         )
     except UnsafeURLError as exc:
         return None, (time.perf_counter() - started) * 1000, f"refused: {exc}"
@@ -163,7 +159,7 @@ def refusal(conn: Any, delivery_id: int) -> str:
     return "not its turn: this task is not the delivery's running sender"
 
 
-@register("deliver_webhook", payload=DeliverySchema, internal=True)
+@implement("deliver_webhook")
 def deliver_webhook(payload: dict, ctx: TaskContext) -> dict:
     """Sends one webhook delivery (signed POST); raises so the engine retries a failure."""
     conn = ctx.connection()
@@ -172,7 +168,7 @@ def deliver_webhook(payload: dict, ctx: TaskContext) -> dict:
         delivery = cur.execute(queries["claim_webhook_delivery"], params).fetchone()
     if delivery is None:
         return {"skipped": refusal(conn, payload["delivery_id"])}
-    status_code, duration_ms, error = send(delivery)
+    status_code, duration_ms, error = send(delivery, ctx.settings)
     delivered = error is None
     refused = error is not None and error.startswith("refused:")
     with conn.cursor(row_factory=dict_row) as cur:

@@ -17,8 +17,8 @@ from pathlib import Path
 import psycopg
 import requests
 
+from app.auth import create_admin_user
 from bench.dashboard_latency import CHROMIUM, CHROMIUM_ARGS
-from taskq.admin import create_admin_user
 
 HERE = Path(__file__).parent
 PASSWORD = "Sturdy-Lamp-42"

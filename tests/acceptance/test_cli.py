@@ -153,3 +153,39 @@ def test_unlock_account_needs_redis(database_url):
     result = taskq("unlock-account", "ann", database_url=database_url)
     assert result.returncode == 2
     assert "REDIS_URL" in result.stderr and "Traceback" not in result.stderr
+
+
+def one_line_failure(result: subprocess.CompletedProcess, setting: str) -> None:
+    """The process stopped at start-up with exit 2 and one line naming ``setting``."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and setting in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_bad_api_setting_stops_taskq_api_with_one_line(database_url, monkeypatch):
+    monkeypatch.setenv("JWT_SECRET_KEY", "k" * 32)
+    for setting, value in (
+        ("TASKQ_SSE_KEEPALIVE", "soon"),  # read by app/events.py before: a gunicorn traceback
+        ("TASKQ_STREAM_TOKEN_SECONDS", "1"),
+        ("TASKQ_WORKER_CONNECTIONS", "many"),
+        ("TASKQ_MAX_BODY_BYTES", "lots"),
+    ):
+        monkeypatch.setenv(setting, value)
+        one_line_failure(taskq("api", "--bind", "127.0.0.1:1", database_url=database_url), setting)
+        monkeypatch.delenv(setting)
+
+
+def test_a_bad_task_setting_stops_taskq_worker_with_one_line(database_url, monkeypatch):
+    # Read by the task functions while they ran before: now checked when the worker starts.
+    for setting, value in (
+        ("TASKQ_CLEANUP_DAYS", "-1"),
+        ("TASKQ_WEBHOOK_TIMEOUT", "never"),
+        ("TASKQ_SIMULATED_SECONDS", "5-1"),
+        ("TASKQ_PROCESS_SECONDS", "x"),
+        ("TASKQ_ALLOW_PRIVATE_URLS", "perhaps"),
+        ("TASKQ_IMPORTS", "no_such_module_of_tasks"),
+    ):
+        monkeypatch.setenv(setting, value)
+        one_line_failure(taskq("worker", "--concurrency", "1", database_url=database_url), setting)
+        monkeypatch.delenv(setting)

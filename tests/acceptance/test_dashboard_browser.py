@@ -18,8 +18,8 @@ import psycopg
 import pytest
 import requests
 
+from app.auth import create_admin_user
 from bench.sse_latency import start_api
-from taskq.admin import create_admin_user
 from tests.conftest import admin_execute, with_database
 from tests.helpers import chromium_browser
 from tests.integration.test_webhooks import Receiver

@@ -286,7 +286,7 @@ def test_private_callback_urls_are_refused_at_create_like_http_request(
     client, make_account, db, monkeypatch
 ):
     ann = make_account("ann")
-    monkeypatch.delenv("TASKQ_ALLOW_PRIVATE_URLS", raising=False)
+    assert client.application.config["TASKQ_ALLOW_PRIVATE_URLS"] is False
 
     def create_both(url: str, expected: int):
         hooked = client.post(
@@ -305,7 +305,7 @@ def test_private_callback_urls_are_refused_at_create_like_http_request(
         # One guard: the same refusal, word for word.
         assert hooked["field_errors"]["callback_url"] == request["field_errors"]["payload.url"]
     assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 0
-    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
+    monkeypatch.setitem(client.application.config, "TASKQ_ALLOW_PRIVATE_URLS", True)
     for url in PRIVATE_URLS[:2]:
         create_both(url, 201)
     assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from app.config import load_config
 from taskq.migrate import downgrade, head_revision
 from taskq.serve import export_migration_head
 
@@ -28,6 +29,9 @@ def test_taskq_api_finds_the_head_in_a_child_process(monkeypatch, client):
     monkeypatch.delenv("TASKQ_MIGRATION_HEAD", raising=False)
     export_migration_head()
     assert os.environ["TASKQ_MIGRATION_HEAD"] == head_revision()
+    # The app reads it once, at start-up, like every setting.
+    assert load_config({"TASKQ_ENV": "test"})["TASKQ_MIGRATION_HEAD"] == head_revision()
     assert client.get("/readyz").status_code == 200
-    monkeypatch.setenv("TASKQ_MIGRATION_HEAD", "9999")  # what readyz compares with
+    # what readyz compares with
+    monkeypatch.setitem(client.application.config, "TASKQ_MIGRATION_HEAD", "9999")
     assert client.get("/readyz").get_json()["checks"]["migrations"].endswith("head is 9999")

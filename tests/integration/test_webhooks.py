@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from psycopg.types.json import Jsonb
 
-from worker.registry import TaskContext
+from taskq import TaskContext, TaskSettings
 from worker.webhooks import WebhookDeliveryError, deliver_webhook, verify_signature
 
 
@@ -71,11 +71,18 @@ def insert_task(db, url: str | None, events: list[str] | None = None, secret: st
     ).fetchone()
 
 
-def context(database_url: str, task_id: int) -> TaskContext:
-    return TaskContext(task_id, 1, "webhooks", "deliver_webhook", "test-worker", database_url)
+# The tests' receivers listen on 127.0.0.1: the worker's settings with private URLs allowed.
+PRIVATE = TaskSettings(allow_private_urls=True)
 
 
-def sender_context(db, database_url: str, delivery: dict) -> TaskContext:
+def context(database_url: str, task_id: int, settings: TaskSettings = PRIVATE) -> TaskContext:
+    return TaskContext(task_id, 1, "webhooks", "deliver_webhook", "test-worker", database_url,
+                       settings)  # fmt: skip
+
+
+def sender_context(
+    db, database_url: str, delivery: dict, settings: TaskSettings = PRIVATE
+) -> TaskContext:
     """The context of the deliver_webhook task the trigger enqueued for ``delivery``, running
     (as a worker claims it)."""
     sender = db.execute(
@@ -83,7 +90,7 @@ def sender_context(db, database_url: str, delivery: dict) -> TaskContext:
         "WHERE task_type = 'deliver_webhook' AND payload->>'delivery_id' = %s) RETURNING id",
         (str(delivery["id"]),),
     ).fetchone()
-    return context(database_url, sender["id"])
+    return context(database_url, sender["id"], settings)
 
 
 def test_a_subscribed_transition_enqueues_a_delivery_and_its_task(db):
@@ -136,7 +143,6 @@ def delivery_for(db, task) -> dict:
 
 
 def test_delivery_is_signed_twice_and_recorded(db, database_url, receiver, monkeypatch):
-    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
     task = insert_task(db, receiver.url)
     delivery = delivery_for(db, task)
     result = deliver_webhook(
@@ -168,7 +174,6 @@ def test_delivery_is_signed_twice_and_recorded(db, database_url, receiver, monke
 def test_a_500_raises_for_a_retry_and_the_last_attempt_marks_it_failed(
     db, database_url, receiver, monkeypatch
 ):
-    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
     receiver.statuses = [500]
     delivery = delivery_for(db, insert_task(db, receiver.url))
     ctx = sender_context(db, database_url, delivery)
@@ -184,10 +189,10 @@ def test_a_500_raises_for_a_retry_and_the_last_attempt_marks_it_failed(
 
 
 def test_private_addresses_are_refused_without_the_setting(db, database_url, receiver, monkeypatch):
-    monkeypatch.delenv("TASKQ_ALLOW_PRIVATE_URLS", raising=False)
     delivery = delivery_for(db, insert_task(db, receiver.url))
+    unset = TaskSettings()  # the worker's defaults: TASKQ_ALLOW_PRIVATE_URLS unset
     result = deliver_webhook(
-        {"delivery_id": delivery["id"]}, sender_context(db, database_url, delivery)
+        {"delivery_id": delivery["id"]}, sender_context(db, database_url, delivery, unset)
     )
     assert result["error"].startswith("refused:")
     assert receiver.requests == []
@@ -207,7 +212,6 @@ def stray_task(db, delivery_id: int) -> int:
 def test_the_sender_sends_only_a_due_delivery_and_only_its_own(
     db, database_url, receiver, monkeypatch
 ):
-    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
     receiver.statuses = [500, 200]
     delivery = delivery_for(db, insert_task(db, receiver.url))
     sent = {"delivery_id": delivery["id"]}
@@ -315,7 +319,6 @@ def test_trigger_without_a_callback_url_is_400(client, make_account, db):
 
 
 def test_a_users_header_never_goes_out_beside_ours(db, database_url, receiver, monkeypatch):
-    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
     task = insert_task(db, receiver.url)
     spoofed = {"content-type": "text/plain", "x-taskqueue-event": "forged", "X-Custom": "yes"}
     db.execute("UPDATE tasks SET callback_headers = %s WHERE id = %s", (Jsonb(spoofed), task["id"]))

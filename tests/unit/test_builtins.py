@@ -11,24 +11,18 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from marshmallow import ValidationError
 
-from taskq.settings import SettingError
+from taskq import TaskContext
+from taskq.registry import REGISTRY, get_task_type, task_types, user_task_types
+from taskq.settings import SettingError, TaskSettings, parse_seconds, task_settings
 from taskq.urlguard import UnsafeURLError, fetch, is_public_address, literal_host_error
-from worker.builtins import parse_seconds
-from worker.registry import (
-    REGISTRY,
-    TaskContext,
-    get_task_type,
-    load_task_modules,
-    user_task_types,
-)
-
-CTX = TaskContext(task_id=1, attempt=1, queue="default", task_type="x", worker_id="test")
 
 
-def run(name: str, payload: object) -> object:
-    """Validate ``payload`` as the API does, then run the type's function."""
+def run(name: str, payload: object, settings: TaskSettings | None = None) -> object:
+    """Validate ``payload`` as the worker does, then run the type's function."""
+    settings = settings or TaskSettings()
+    ctx = TaskContext(1, 1, "default", name, "test", settings=settings)
     task_type = get_task_type(name)
-    return task_type.func(task_type.validate(payload), CTX)
+    return task_type.func(task_type.validate(payload, settings), ctx)
 
 
 def test_every_spec_type_is_registered_with_a_description() -> None:
@@ -36,15 +30,15 @@ def test_every_spec_type_is_registered_with_a_description() -> None:
         "process", "echo", "compute", "sleep", "http_request", "process_data",
         "send_email", "resize_image", "generate_report", "noop", "cleanup_old_tasks",
     }  # fmt: skip
-    registry = load_task_modules()
+    registry = task_types()
     assert names <= set(registry)
     assert all(REGISTRY[name].description for name in names)
 
 
 def test_the_systems_own_types_are_internal_and_not_offered_to_users() -> None:
-    internal = {name for name, t in load_task_modules().items() if t.internal}
+    internal = {name for name, t in task_types().items() if t.internal}
     assert internal == {"cleanup_old_tasks", "deliver_webhook"}
-    assert set(user_task_types()) == set(load_task_modules()) - internal
+    assert set(user_task_types()) == set(task_types()) - internal
 
 
 @pytest.mark.parametrize(
@@ -88,7 +82,7 @@ def test_sleep_waits_and_validates() -> None:
 
 def test_process_uses_the_configured_duration(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKQ_PROCESS_SECONDS", "0.01-0.02")
-    result = run("process", {"ignored": 1})
+    result = run("process", {"ignored": 1}, task_settings())
     assert result["processed"] is True
     assert 0.01 <= result["seconds"] <= 0.02
 
@@ -134,13 +128,14 @@ def test_process_data_refuses_bad_payloads() -> None:
 
 def test_simulated_types(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TASKQ_SIMULATED_SECONDS", "0")
-    mail = run("send_email", {"to": "a@example.com", "subject": "Hi", "body": "x"})
+    quick = task_settings()
+    mail = run("send_email", {"to": "a@example.com", "subject": "Hi", "body": "x"}, quick)
     assert mail["sent"] is True and mail["to"] == ["a@example.com"]
     image = run(
-        "resize_image", {"image_url": "https://example.com/a.png", "width": 80, "height": 60}
+        "resize_image", {"image_url": "https://example.com/a.png", "width": 80, "height": 60}, quick
     )
     assert image["output"].endswith("_80x60.jpeg")
-    report = run("generate_report", {"report_type": "summary", "output_format": "csv"})
+    report = run("generate_report", {"report_type": "summary", "output_format": "csv"}, quick)
     assert report["file"].endswith(".csv")
     with pytest.raises(ValidationError) as caught:
         get_task_type("send_email").validate({"to": "not-an-address", "subject": "x"})
@@ -240,7 +235,7 @@ def test_http_request_refuses_loopback_at_connect(
                 "timeout": 2,
                 "raise_for_status": True,
             },
-            CTX,
+            TaskContext(1, 1, "default", "http_request", "test"),
         )
 
 
@@ -248,15 +243,20 @@ def test_http_request_when_private_urls_allowed(
     local_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
-    result = run("http_request", {"url": local_server + "/hello?x=1"})
+    private = task_settings()
+    result = run("http_request", {"url": local_server + "/hello?x=1"}, private)
     assert result["status_code"] == 200
     assert json.loads(result["body"]) == {"path": "/hello?x=1"}
-    posted = run("http_request", {"url": local_server + "/", "method": "POST", "body": {"a": 1}})
+    posted = run(
+        "http_request", {"url": local_server + "/", "method": "POST", "body": {"a": 1}}, private
+    )
     assert posted["status_code"] == 201
     assert json.loads(posted["body"]) == {"got": {"a": 1}, "type": "application/json"}
-    redirect = run("http_request", {"url": local_server + "/redirect"})
+    redirect = run("http_request", {"url": local_server + "/redirect"}, private)
     assert redirect["status_code"] == 302  # returned, not followed
     with pytest.raises(RuntimeError, match="HTTP 404"):
-        run("http_request", {"url": local_server + "/missing"})
-    missing = run("http_request", {"url": local_server + "/missing", "raise_for_status": False})
+        run("http_request", {"url": local_server + "/missing"}, private)
+    missing = run(
+        "http_request", {"url": local_server + "/missing", "raise_for_status": False}, private
+    )
     assert missing["status_code"] == 404

@@ -1,0 +1,191 @@
+"""The task-type registry: ``@register("name")``, ``TaskContext`` and the shared lookup.
+
+A task type is a function ``fn(payload: dict, ctx) -> JSON-able result`` and a
+marshmallow schema for its payload. The API validates payloads with the same
+schema (400 with ``payload.<field>`` errors) and lists it at /task-types; the
+worker looks the function up by name. The built-in types register when
+``taskq.builtins`` is imported (``task_types()`` does so); users register their
+own in modules named by ``TASKQ_IMPORTS``, which each process imports once at
+start-up (``import_task_modules``).
+
+A type registered with ``internal=True`` is the system's own (clean-up, webhook
+delivery): only the system enqueues it (triggers, the periodic scheduler), so
+the API neither lists it nor creates it, for anyone. The core *declares* these
+(name, payload schema, description) so the API can refuse them without the
+worker; the worker *implements* them (``implement``). The queues in
+``SYSTEM_QUEUES`` are the system's as well: the API creates no task in them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema
+
+from taskq.fields import outbound_policy
+from taskq.settings import SettingError, TaskSettings
+
+
+class SoftTimeLimitExceeded(Exception):
+    """Raised inside a running task at its soft time limit; catch it to clean up quickly."""
+
+
+class TaskCancelled(BaseException):
+    """Raised inside a running task that was cancelled; a BaseException so that a task's
+    ``except Exception`` does not swallow it."""
+
+
+@dataclass
+class TaskContext:
+    """What a task function may know about its run, passed as ``ctx``.
+
+    ``settings`` are the task-side settings the process read at start-up
+    (simulated durations, clean-up age, outbound HTTP), so a task never reads
+    the environment while it runs.
+    """
+
+    task_id: int
+    attempt: int
+    queue: str
+    task_type: str
+    worker_id: str
+    database_url: str | None = None
+    settings: TaskSettings = field(default_factory=TaskSettings)
+
+    def connection(self):
+        """An autocommit psycopg connection to the queue's database, shared per process."""
+        return shared_connection(self.database_url)
+
+
+_CONNECTIONS: dict[str | None, Any] = {}
+
+
+def shared_connection(database_url: str | None):
+    """One lazily opened autocommit connection per process and URL, reopened when broken."""
+    import psycopg
+
+    if not database_url:
+        raise LookupError("this task context has no database_url")
+    conn = _CONNECTIONS.get(database_url)
+    if conn is None or conn.closed or conn.broken:
+        conn = psycopg.connect(database_url, autocommit=True)
+        _CONNECTIONS[database_url] = conn
+    return conn
+
+
+def not_implemented(payload: Any, ctx: TaskContext) -> Any:
+    """The function of a declared type no module of this process implements."""
+    raise LookupError(f"task type {ctx.task_type!r} is not implemented in this process")
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """One registered task type (``implemented`` is False for a bare declaration)."""
+
+    name: str
+    func: Callable[..., Any]
+    description: str
+    payload_schema: type[Schema] | None
+    internal: bool = False
+    implemented: bool = True
+
+    def validate(self, payload: Any, settings: TaskSettings | None = None) -> dict[str, Any]:
+        """The payload as the task will see it; raises marshmallow.ValidationError.
+
+        With ``settings`` (the worker's), outbound URLs are checked by their
+        TASKQ_ALLOW_PRIVATE_URLS; without, by the caller's ``outbound_policy``.
+        """
+        if self.payload_schema is None:
+            return payload
+        if settings is None:
+            return self.payload_schema(unknown=EXCLUDE).load(payload)
+        with outbound_policy(settings.allow_private_urls):
+            return self.payload_schema(unknown=EXCLUDE).load(payload)
+
+
+REGISTRY: dict[str, TaskType] = {}
+# Queues the system enqueues into (webhook deliveries): not for tasks made through the API.
+SYSTEM_QUEUES = frozenset({"webhooks"})
+
+
+def summary_of(func: Callable[..., Any] | None, description: str | None) -> str:
+    """``description``, else the first line of the function's docstring."""
+    doc = (getattr(func, "__doc__", None) or "").strip().splitlines()
+    return description or (doc[0] if doc else "")
+
+
+def register(
+    name: str,
+    *,
+    payload: type[Schema] | None = None,
+    description: str | None = None,
+    internal: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register the decorated function as task type ``name`` (``internal``: the system's only)."""
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        if name in REGISTRY and REGISTRY[name].func is not func:
+            raise ValueError(f"task type {name!r} is registered twice")
+        REGISTRY[name] = TaskType(name, func, summary_of(func, description), payload, internal)
+        return func
+
+    return decorator
+
+
+def declare(
+    name: str, *, payload: type[Schema] | None, description: str, internal: bool = True
+) -> TaskType:
+    """Declare a type whose function another layer binds (``implement``): the API knows it."""
+    if name not in REGISTRY:
+        REGISTRY[name] = TaskType(
+            name, not_implemented, description, payload, internal, implemented=False
+        )
+    return REGISTRY[name]
+
+
+def implement(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Bind the decorated function to the declared type ``name`` (its schema and flags kept)."""
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        declared = task_types().get(name)
+        if declared is None:
+            raise LookupError(f"task type {name!r} is not declared")
+        if declared.implemented and declared.func is not func:
+            raise ValueError(f"task type {name!r} is implemented twice")
+        REGISTRY[name] = replace(declared, func=func, implemented=True)
+        return func
+
+    return decorator
+
+
+def task_types() -> dict[str, TaskType]:
+    """The registry: the built-in types and whatever this process has imported since."""
+    import taskq.builtins  # noqa: F401  the built-in types register on import
+
+    return REGISTRY
+
+
+def import_task_modules(modules: Iterable[str] = ()) -> dict[str, TaskType]:
+    """Import the user modules (``TASKQ_IMPORTS``, read at start-up) once; the registry.
+
+    A module that cannot be imported is a SettingError naming TASKQ_IMPORTS.
+    """
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise SettingError(f"TASKQ_IMPORTS: cannot import {module!r}: {exc}") from None
+    return task_types()
+
+
+def user_task_types() -> dict[str, TaskType]:
+    """The types users may create through the API: the registry without the internal ones."""
+    return {name: t for name, t in task_types().items() if not t.internal}
+
+
+def get_task_type(name: str) -> TaskType:
+    """The registered type ``name``; KeyError when there is none."""
+    return task_types()[name]
