@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from bench.sse_latency import start_api
-from tests.conftest import admin_execute, with_database
+from tests.helpers import admin_execute, with_database
 
 pytestmark = pytest.mark.slow
 

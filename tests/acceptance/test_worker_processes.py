@@ -11,14 +11,8 @@ import psycopg
 import pytest
 
 from sql import queries
-from tests.worker_helpers import (
-    insert_tasks,
-    kill_group,
-    start_worker,
-    status_counts,
-    stop_worker,
-    wait_for,
-)
+from tests.helpers import insert_tasks, status_counts, wait_for
+from tests.worker_helpers import kill_group, start_worker, stop_worker
 from tests.worker_tasks import LEDGER_DDL
 from worker.claim import Outcomes, connect, exchange
 

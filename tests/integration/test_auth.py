@@ -10,19 +10,9 @@ from flask_jwt_extended import create_access_token
 
 from app.auth import password_version
 from app.db import fetch_one
+from tests.helpers import assert_error
 
 API = "/api/v1/auth"
-
-
-def assert_error(response, status: int, *fields: str) -> dict:
-    """The response is an error of ``status`` in the contract's shape, naming ``fields``."""
-    assert response.status_code == status, response.get_json()
-    body = response.get_json()
-    assert set(body) == {"error", "field_errors"}
-    assert isinstance(body["error"], str) and body["error"]
-    for field in fields:
-        assert field in body["field_errors"], body
-    return body
 
 
 def test_register_returns_user_and_working_tokens(client, db):

@@ -10,25 +10,13 @@ import pytest
 
 from app.cache import DELETED_VERSION, cache_key, get_cache
 from app.events import get_notifier
-from tests.conftest import close_app, register_account
-from tests.worker_helpers import wait_for
+from tests.helpers import register_account, wait_for
 
 
 @pytest.fixture
-def cache_app(database_url: str, redis_url: str):
+def cache_app(make_app, redis_url: str):
     """The API with the shared test Redis as cache, limits off."""
-    from app import create_app
-
-    application = create_app(
-        {
-            "DATABASE_URL": database_url,
-            "TASKQ_ENV": "test",
-            "REDIS_URL": redis_url,
-            "RATELIMIT_ENABLED": False,
-        }
-    )
-    yield application
-    close_app(application)
+    return make_app(REDIS_URL=redis_url)
 
 
 def create_task(client, account, **fields) -> dict:

@@ -19,7 +19,7 @@ from bench.taskq_system import TaskqClient
 from sql import queries
 from taskq.enqueue import COPY_COLUMNS, insert_tasks
 from taskq.representation import task_to_json
-from tests.integration.test_schema import make_user
+from tests.helpers import make_user
 
 API = "/api/v1"
 # Numbers jsonb turns into numeric and back, keys it reorders, text beyond ASCII.

@@ -7,7 +7,7 @@ import time
 
 import psycopg
 
-from tests.worker_helpers import insert_tasks, wait_for
+from tests.helpers import insert_tasks, wait_for
 from worker.listener import Listener
 
 
