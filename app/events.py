@@ -23,6 +23,10 @@ transaction is looked at again on a short timer (that transaction may end
 without a notification: a rollback, or no transition). The event ``id`` is the
 place, ``<xact_id>-<history id>``.
 
+The admins' stream (``/admin/events``, the dashboard's admin views) is the
+all-tasks stream of every user: the same cursor and order, without the user
+filter.
+
 Resuming: a stream subscribes first, then replays ``task_history`` after the
 client's ``Last-Event-ID`` (the replay too stops at the final places), then
 drops live events not after the last one sent, so the seam has neither a gap
@@ -148,11 +152,12 @@ def render_deleted(change: Change) -> Event:
 
 @dataclass(eq=False)
 class Subscription:
-    """One open stream's mailbox: events of a task, or of every task of a user."""
+    """One open stream's mailbox: events of a task, of every task of a user, or of all tasks."""
 
     task_id: int | None
     user_id: int | None
     maxsize: int
+    everything: bool = False
     mailbox: queue.Queue = field(init=False)
     overflowed: bool = False
 
@@ -182,6 +187,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._by_task: dict[int, set[Subscription]] = {}
         self._by_user: dict[int, set[Subscription]] = {}
+        self._everything: set[Subscription] = set()  # admin streams: every user's tasks
         self._hooks: list[Callable[[list[Change]], None]] = []
         self._reset_hooks: list[Callable[[], None]] = []
         self._ready = threading.Event()
@@ -233,14 +239,17 @@ class Notifier:
             thread.join(timeout=5)
         self.close_streams()
 
-    def subscribe(self, task_id: int | None = None, user_id: int | None = None) -> Subscription:
-        """A new mailbox for a task's events, or (task_id None) all of a user's.
+    def subscribe(
+        self, task_id: int | None = None, user_id: int | None = None, everything: bool = False
+    ) -> Subscription:
+        """A new mailbox for a task's events, (task_id None) all of a user's, or
+        (``everything``) all of every user's.
 
         An all-tasks mailbox receives every event after the process's cursor; the first one
         in the process places the cursor at the end of the final rows (one query).
         """
         maxsize = int(current_app.config.get("TASKQ_SSE_QUEUE_SIZE", 1000))
-        sub = Subscription(task_id, user_id, maxsize)
+        sub = Subscription(task_id, user_id, maxsize, everything)
         if task_id is not None:
             with self._lock:
                 self._by_task.setdefault(task_id, set()).add(sub)
@@ -257,11 +266,21 @@ class Notifier:
 
     def _add_user_sub(self, sub: Subscription) -> None:
         with self._lock:
-            self._by_user.setdefault(sub.user_id or 0, set()).add(sub)
+            if sub.everything:
+                self._everything.add(sub)
+            else:
+                self._by_user.setdefault(sub.user_id or 0, set()).add(sub)
+
+    def _all_tasks_subs(self) -> list[Subscription]:
+        """Every all-tasks mailbox, users' and admins' (hold ``_lock``)."""
+        return [*(sub for group in self._by_user.values() for sub in group), *self._everything]
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a mailbox (its stream ended)."""
         with self._lock:
+            if sub.everything:
+                self._everything.discard(sub)
+                return
             index, key = (
                 (self._by_task, sub.task_id)
                 if sub.task_id is not None
@@ -276,8 +295,8 @@ class Notifier:
     def close_streams(self) -> None:
         """End every open stream now (shutdown): clients resume elsewhere with Last-Event-ID."""
         with self._lock:
-            groups = [*self._by_task.values(), *self._by_user.values()]
-            subs = [sub for group in groups for sub in group]
+            subs = [*(sub for group in self._by_task.values() for sub in group)]
+            subs += self._all_tasks_subs()
         for sub in subs:
             sub.put(CLOSE)
 
@@ -343,7 +362,7 @@ class Notifier:
         for change in changes:
             if change.history_id is None:
                 with self._lock:
-                    subs = [*self._by_user.get(change.user_id, ())]
+                    subs = [*self._by_user.get(change.user_id, ()), *self._everything]
                 if subs:
                     event = render_deleted(change)
                     for sub in subs:
@@ -391,7 +410,7 @@ class Notifier:
                 return
             self._forget_order()
             with self._lock:
-                subs = [sub for group in self._by_user.values() for sub in group]
+                subs = self._all_tasks_subs()
         for sub in subs:
             sub.put(CLOSE)
 
@@ -416,8 +435,8 @@ class Notifier:
             if self._cursor is None:
                 return
             with self._lock:
-                user_ids = list(self._by_user)
-            if not user_ids:
+                user_ids, everyone = list(self._by_user), bool(self._everything)
+            if not user_ids and not everyone:
                 self._forget_order()
                 return
             until, moved = self._waiting_until, False
@@ -426,6 +445,7 @@ class Notifier:
                     "xact_id": str(self._cursor[0]),
                     "after": self._cursor[1],
                     "user_ids": user_ids,
+                    "everyone": everyone,
                     "announced": announced,
                     "limit": REPLAY_PAGE,
                 }
@@ -434,7 +454,7 @@ class Notifier:
                 for row in sorted(events, key=row_position):
                     event = render_event(row, row_position(row))
                     with self._lock:
-                        subs = [*self._by_user.get(row["user_id"], ())]
+                        subs = [*self._by_user.get(row["user_id"], ()), *self._everything]
                     for sub in subs:
                         sub.put(event)
                 if end["id"] is not None:
@@ -708,6 +728,29 @@ def user_events():
             with get_conn() as conn:
                 after = resume if isinstance(resume, tuple) else event_position(conn, resume)
                 replayed = replay(conn, "user_events_since", {"user_id": user_id}, after)
+    except BaseException:
+        notifier.unsubscribe(sub)
+        raise
+    body = stream_body(notifier, sub, replayed, after, follow_task=False)
+    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
+
+
+@bp.get("/admin/events")
+def admin_events():
+    """Stream every user's transitions, for the dashboard's admin views (admins only)."""
+    binding = stream_binding()
+    user = fetch_one("get_user", {"user_id": binding.user_id})
+    if user is None or not user["is_admin"] or not user["is_active"]:
+        raise ApiError(403, "Admins only.")
+    resume = last_event_id(places=True)
+    notifier = open_notifier()
+    sub = notifier.subscribe(everything=True)  # before the replay: nothing falls in between
+    try:
+        replayed, after = [], None
+        if resume:
+            with get_conn() as conn:
+                after = resume if isinstance(resume, tuple) else event_position(conn, resume)
+                replayed = replay(conn, "all_events_since", {}, after)
     except BaseException:
         notifier.unsubscribe(sub)
         raise

@@ -219,6 +219,14 @@ class RegisterSchema(Schema):
     )
     first_name = Text(load_default="", validate=validate.Length(max=150))
     last_name = Text(load_default="", validate=validate.Length(max=150))
+    cookies = fields.Boolean(
+        load_default=False,
+        load_only=True,
+        metadata={
+            "description": "Set the tokens as HttpOnly cookies (the dashboard) instead of "
+            "returning them in the body."
+        },
+    )
 
     @pre_load
     def aliases(self, data: Any, **kwargs: Any) -> Any:
@@ -237,10 +245,18 @@ class LoginSchema(Schema):
 
     username = Text(required=True, metadata={"description": "Username or email."})
     password = Text(required=True, load_only=True)
+    cookies = fields.Boolean(
+        load_default=False,
+        load_only=True,
+        metadata={
+            "description": "Set the tokens as HttpOnly cookies (the dashboard) instead of "
+            "returning them in the body."
+        },
+    )
 
 
 class RefreshSchema(Schema):
-    """POST /auth/token/refresh."""
+    """POST /auth/token/refresh (a cookie session sends no body: the refresh cookie is used)."""
 
     refresh = Text(required=True, metadata={"description": "A refresh token."})
 
@@ -311,7 +327,9 @@ class AuthResponseSchema(Schema):
     """Register, login, refresh and change-password answers."""
 
     user = fields.Nested(UserSchema)
-    tokens = fields.Nested(TokensSchema)
+    tokens = fields.Nested(
+        TokensSchema, metadata={"description": "Absent for a cookie session (they are cookies)."}
+    )
     message = fields.String()
 
 
@@ -701,6 +719,18 @@ class QueuesSchema(Schema):
     queues = fields.List(fields.Nested(QueueStatSchema))
 
 
+class RunningTaskSchema(Schema):
+    """A task a live worker runs now."""
+
+    id = fields.Integer()
+    user_id = fields.Integer(allow_none=True)
+    title = fields.String()
+    task_type = fields.String()
+    queue = fields.String()
+    attempts = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+
+
 class WorkerSchema(Schema):
     """One row of the live_workers view."""
 
@@ -713,12 +743,32 @@ class WorkerSchema(Schema):
     heartbeat_at = fields.DateTime()
     silent_for = fields.Float(metadata={"description": "Seconds since the last heartbeat."})
     running = fields.Integer()
+    running_tasks = fields.List(fields.Nested(RunningTaskSchema))
 
 
 class WorkersSchema(Schema):
     """Answer of GET /admin/workers."""
 
     workers = fields.List(fields.Nested(WorkerSchema))
+
+
+class StuckTaskSchema(Schema):
+    """One row of the stuck_tasks view: running, but its lease expired."""
+
+    id = fields.Integer()
+    queue = fields.String()
+    task_type = fields.String()
+    worker_id = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+    lease_expires_at = fields.DateTime()
+    overdue = fields.Float(metadata={"description": "Seconds since the lease expired."})
+
+
+class StuckTasksSchema(Schema):
+    """Answer of GET /admin/stuck-tasks."""
+
+    stuck_tasks = fields.List(fields.Nested(StuckTaskSchema))
 
 
 # ------------------------------------------------------------ request helpers

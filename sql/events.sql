@@ -37,6 +37,17 @@ SELECT h.xact_id, h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.atte
  ORDER BY h.xact_id, h.id
  LIMIT %(limit)s;
 
+-- name: all_events_since
+-- Replay of every user's transitions after a stream position (the admins' stream), in the all-tasks order, final places only.
+SELECT h.xact_id, h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.error,
+       h.created_at, t.result, t.started_at, t.completed_at, t.updated_at
+  FROM task_history h
+  LEFT JOIN tasks t ON t.id = h.task_id
+ WHERE (h.xact_id, h.id) > (%(xact_id)s::xid8, %(after)s)
+   AND h.xact_id < pg_snapshot_xmin(pg_current_snapshot())
+ ORDER BY h.xact_id, h.id
+ LIMIT %(limit)s;
+
 -- name: event_position
 -- The all-tasks place of one history id (a Last-Event-ID from a task stream, or from before 0008).
 SELECT xact_id, id FROM task_history WHERE id = %(id)s;
@@ -55,7 +66,7 @@ SELECT coalesce(last.xact_id, '0') AS xact_id, coalesce(last.id, 0) AS id,
          LIMIT 1) last ON true;
 
 -- name: ready_events
--- The all-tasks order after a place: rows now final (every transaction that could still write before them has ended) as events of the users asked for; then one row: the last place reached, rows passed, the horizon, and the newest place of an announced row still waiting.
+-- The all-tasks order after a place: rows now final (every transaction that could still write before them has ended) as events of the users asked for (all users for an admin's stream); then one row: the last place reached, rows passed, the horizon, and the newest place of an announced row still waiting.
 WITH ready AS MATERIALIZED (
     SELECT h.xact_id, h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt,
            h.error, h.created_at
@@ -75,7 +86,7 @@ SELECT 'event' AS kind, r.xact_id, r.id, r.task_id, r.user_id, r.from_status, r.
        NULL::bigint AS passed, NULL::xid8 AS horizon, NULL::xid8 AS waiting
   FROM ready r
   LEFT JOIN tasks t ON t.id = r.task_id
- WHERE r.user_id = ANY(%(user_ids)s)
+ WHERE %(everyone)s OR r.user_id = ANY(%(user_ids)s)
 UNION ALL
 SELECT 'end', last.xact_id, last.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
        NULL, (SELECT count(*) FROM ready), pg_snapshot_xmin(pg_current_snapshot()),

@@ -7,6 +7,7 @@ imports another test module: what two of them share lives here.
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -19,9 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+import pytest
 import requests
 from psycopg import sql
 from psycopg.types.json import Jsonb
+
+from bench.dashboard_latency import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"
@@ -96,6 +100,23 @@ class Receiver:
         """Stop serving and release the port."""
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright; skips the test when it is not installed."""
+    if not CHROMIUM.exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but /usr/bin/chromium is missing")
+        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 # ---------------------------------------------------------------- databases

@@ -303,3 +303,41 @@ def test_out_of_order_commits_reach_every_all_tasks_stream_and_a_resume_exactly_
         assert [e["data"]["event_id"] for e in got] == [first, second, end]
         places = [tuple(int(part) for part in e["id"].split("-")) for e in got]
         assert places == sorted(places)
+
+
+def test_the_admin_stream_carries_every_users_transitions_and_only_admins_open_it(server):
+    root, ann = server.token("root"), server.token("ann")
+    server.token("bob")
+    server.sql("UPDATE users SET is_admin = true WHERE username = 'root'")
+    ann_task, bob_task = new_task(server, "ann"), new_task(server, "bob")
+    stream = events(open_stream(server, "/api/v1/admin/events", root))
+    set_status(server, ann_task, "PROCESSING")
+    set_status(server, bob_task, "PROCESSING")
+    first, second = next(stream), next(stream)
+    assert f'"id":{ann_task},' in first["data"]
+    assert f'"id":{bob_task},' in second["data"]
+    # Resuming replays what was missed, like the other streams.
+    set_status(server, ann_task, "COMPLETED")
+    resumed = requests.get(
+        f"{server.url}/api/v1/admin/events",
+        headers={"Authorization": f"Bearer {root}", "Last-Event-ID": second["id"]},
+        stream=True,
+        timeout=(5, 10),
+    )
+    assert resumed.status_code == 200
+    replayed = next(events(resumed))
+    assert replayed["event"] == "completed" and f'"id":{ann_task},' in replayed["data"]
+    resumed.close()
+    # A user is refused, with a bearer token or a stream token.
+    refused = requests.get(
+        f"{server.url}/api/v1/admin/events", headers={"Authorization": f"Bearer {ann}"}, timeout=5
+    )
+    assert refused.status_code == 403 and refused.json()["error"] == "Admins only."
+    stream_token = requests.post(
+        f"{server.url}/api/v1/events/token", headers={"Authorization": f"Bearer {ann}"}, timeout=5
+    ).json()["token"]
+    by_token = requests.get(
+        f"{server.url}/api/v1/admin/events", params={"token": stream_token}, timeout=5
+    )
+    assert by_token.status_code == 403
+    assert requests.get(f"{server.url}/api/v1/admin/events", timeout=5).status_code == 401

@@ -237,8 +237,10 @@ def test_a_bad_last_event_id_is_a_400(stream_app, client, make_account, database
 @pytest.mark.parametrize(
     ("name", "params"),
     [
-        ("ready_events", {"user_ids": [1], "announced": [1, 2], "limit": 1000}),
+        ("ready_events", {"user_ids": [1], "everyone": False, "announced": [1, 2], "limit": 1000}),
+        ("ready_events", {"user_ids": [], "everyone": True, "announced": [1, 2], "limit": 1000}),
         ("user_events_since", {"user_id": 1, "limit": 1000}),
+        ("all_events_since", {"limit": 1000}),
         ("events_start", {}),
     ],
 )
