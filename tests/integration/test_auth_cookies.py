@@ -9,9 +9,8 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from tests.helpers import assert_error, register_account
+from tests.helpers import API, assert_error, register_account
 
-API = "/api/v1"
 PASSWORD = "Sturdy-Lamp-42"
 CSRF_MESSAGE = "Missing or wrong CSRF token"
 

@@ -6,9 +6,7 @@ import psycopg
 import pytest
 from flask_jwt_extended import create_access_token
 
-from tests.helpers import assert_error, create, free_port
-
-API = "/api/v1"
+from tests.helpers import API, assert_error, create, free_port
 
 
 def test_unknown_route_and_method(client, make_account):

@@ -12,9 +12,7 @@ import pytest
 
 from app.events import get_notifier
 from sql import queries
-from tests.helpers import commit_transition, held_transition, wait_for
-
-API = "/api/v1"
+from tests.helpers import API, commit_transition, held_transition, wait_for
 
 
 @pytest.fixture

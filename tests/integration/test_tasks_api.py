@@ -12,9 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from psycopg import sql
 
 from sql import queries
-from tests.helpers import assert_error, create, set_status
-
-API = "/api/v1"
+from tests.helpers import API, assert_error, create, set_status
 
 
 def test_create_with_every_field_and_aliases(client, make_account, db):
