@@ -17,15 +17,12 @@ import os
 import uuid
 import warnings
 from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import psycopg
 import pytest
 
 from taskq.migrate import upgrade
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT, Account, admin_execute, close_app, register_account, with_database
 
 
 def _docker_available() -> bool:
@@ -67,16 +64,6 @@ def pg_server_url() -> Iterator[str]:
     from taskq.embedded import start_embedded_postgres
 
     yield start_embedded_postgres(ROOT / ".taskq" / "test-pgdata")
-
-
-def with_database(url: str, dbname: str) -> str:
-    """``url`` pointing at database ``dbname`` instead."""
-    return urlsplit(url)._replace(path="/" + dbname).geturl()
-
-
-def admin_execute(server_url: str, statement: str) -> None:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(statement)
 
 
 @pytest.fixture(scope="session")
@@ -138,57 +125,43 @@ def redis_url() -> Iterator[str]:
 # ---------------------------------------------------------------- the API app
 
 
-def close_app(application) -> None:
-    """Release what an app opened: its pool and, when started, its notifier and stream guard."""
-    from app.db import close_pool
-
-    guard = application.extensions.get("taskq_stream_guard")
-    if guard is not None:
-        guard.stop()
-    close_pool(application)
-    notifier = application.extensions.get("taskq_notifier")
-    if notifier is not None:
-        notifier.stop()
-
-
 @pytest.fixture
-def app(database_url: str):
-    """The API on the test's database, without Redis or rate limits."""
+def make_app(database_url: str):
+    """``make_app(**overrides)``: the API on the test's database; closed at teardown.
+
+    Without overrides: no Redis, no rate limits. Every test builds its apps here.
+    """
     from app import create_app
 
-    application = create_app(
-        {
+    made = []
+
+    def make(**overrides):
+        config = {
             "DATABASE_URL": database_url,
             "TASKQ_ENV": "test",
             "REDIS_URL": None,
             "RATELIMIT_ENABLED": False,
+            **overrides,
         }
-    )
-    yield application
-    close_app(application)
+        application = create_app(config)
+        made.append(application)
+        return application
+
+    yield make
+    for application in reversed(made):
+        close_app(application)
+
+
+@pytest.fixture
+def app(make_app):
+    """The API on the test's database, without Redis or rate limits."""
+    return make_app()
 
 
 @pytest.fixture
 def client(app):
     """A test client of ``app``."""
     return app.test_client()
-
-
-class Account:
-    """A registered user of the test app and its tokens."""
-
-    def __init__(self, user: dict, tokens: dict, password: str) -> None:
-        self.id = user["id"]
-        self.username = user["username"]
-        self.user = user
-        self.password = password
-        self.access = tokens["access"]
-        self.refresh = tokens["refresh"]
-
-    @property
-    def headers(self) -> dict[str, str]:
-        """The Authorization header of this account's access token."""
-        return {"Authorization": f"Bearer {self.access}"}
 
 
 @pytest.fixture
@@ -208,17 +181,3 @@ def make_account(client, database_url: str):
         return register_account(client, username, password)
 
     return make
-
-
-def register_account(client, username: str = "ann", password: str = "Sturdy-Lamp-42") -> Account:
-    """Register ``username`` through the API of ``client``; the account and its tokens."""
-    body = {
-        "username": username,
-        "email": f"{username}@example.com",
-        "password": password,
-        "password2": password,
-    }
-    response = client.post("/api/v1/auth/register", json=body)
-    assert response.status_code == 201, response.get_json()
-    data = response.get_json()
-    return Account(data["user"], data["tokens"], password)

@@ -1,4 +1,4 @@
-"""Shared helpers of the worker tests: enqueue tasks, start and wait on worker processes."""
+"""Worker processes for the tests: start, stop and kill ``taskq worker`` subprocesses."""
 
 from __future__ import annotations
 
@@ -7,49 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
-import psycopg
-from psycopg.types.json import Jsonb
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def insert_tasks(db: psycopg.Connection, count: int = 1, **fields: Any) -> list[int]:
-    """Insert ``count`` tasks with ``fields`` in one statement; their ids in order."""
-    values = {"title": "t", "task_type": "noop", "payload": {}, **fields}
-    if isinstance(values["payload"], dict | list):
-        values["payload"] = Jsonb(values["payload"])
-    names = list(values)
-    columns = ", ".join(names)
-    placeholders = ", ".join(f"%({n})s" for n in names)
-    rows = db.execute(
-        f"INSERT INTO tasks ({columns}) SELECT {placeholders} FROM generate_series(1, %(n)s) "
-        "ORDER BY 1 RETURNING id",
-        {**values, "n": count},
-    ).fetchall()
-    return sorted(r["id"] if isinstance(r, dict) else r[0] for r in rows)
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, message: str = "condition") -> Any:
-    """Poll ``predicate`` until truthy; its value. AssertionError after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(0.05)
-
-
-def status_counts(db: psycopg.Connection) -> dict[str, int]:
-    """{status: count} over all tasks."""
-    rows = db.execute("SELECT status::text AS s, count(*) AS n FROM tasks GROUP BY 1").fetchall()
-    return {r["s"]: r["n"] for r in rows}
+from tests.helpers import ROOT
 
 
 def start_worker(database_url: str, *args: str, **env: str) -> subprocess.Popen:

@@ -11,9 +11,7 @@ import psycopg
 from werkzeug.security import check_password_hash
 
 from taskq.migrate import current_revision, head_revision
-from tests.conftest import close_app
-from tests.integration.test_limits import account, limited_app, login
-from tests.worker_helpers import ROOT, insert_tasks
+from tests.helpers import LIMITS, ROOT, account, insert_tasks, login
 
 
 def python(
@@ -123,30 +121,27 @@ def test_stats_reads_the_operator_views(database_url, db):
     assert text.returncode == 0 and "mail" in text.stdout
 
 
-def test_unlock_account_lifts_a_login_lock(database_url, redis_url):
+def test_unlock_account_lifts_a_login_lock(make_app, database_url, redis_url):
     """A stranger's failures lock ann out; the operator's unlock-account lets her in again."""
-    application = limited_app(database_url, redis_url)
-    try:
-        client = application.test_client()
-        account(application, database_url, "ann")
-        account(application, database_url, "bob")
-        for n in range(3):
-            assert login(client, "ann", f"10.1.0.{n}").status_code == 401
-            assert login(client, "bob", f"10.1.1.{n}").status_code == 401
-        right = {"password": "Sturdy-Lamp-42"}
-        assert login(client, "ann", "10.1.0.9", **right).status_code == 429
+    application = make_app(REDIS_URL=redis_url, **LIMITS)
+    client = application.test_client()
+    account(application, database_url, "ann")
+    account(application, database_url, "bob")
+    for n in range(3):
+        assert login(client, "ann", f"10.1.0.{n}").status_code == 401
+        assert login(client, "bob", f"10.1.1.{n}").status_code == 401
+    right = {"password": "Sturdy-Lamp-42"}
+    assert login(client, "ann", "10.1.0.9", **right).status_code == 429
 
-        result = taskq(
-            "unlock-account", "ANN@example.com", database_url=database_url, redis_url=redis_url
-        )
-        assert result.returncode == 0, result.stderr
-        assert "ann" in result.stdout
-        assert login(client, "ann", "10.1.0.10", **right).status_code == 200
-        assert login(client, "bob", "10.1.1.9", **right).status_code == 429  # still locked
-        nobody = taskq("unlock-account", "nobody", database_url=database_url, redis_url=redis_url)
-        assert nobody.returncode == 0 and "no active account" in nobody.stdout
-    finally:
-        close_app(application)
+    result = taskq(
+        "unlock-account", "ANN@example.com", database_url=database_url, redis_url=redis_url
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ann" in result.stdout
+    assert login(client, "ann", "10.1.0.10", **right).status_code == 200
+    assert login(client, "bob", "10.1.1.9", **right).status_code == 429  # still locked
+    nobody = taskq("unlock-account", "nobody", database_url=database_url, redis_url=redis_url)
+    assert nobody.returncode == 0 and "no active account" in nobody.stdout
 
 
 def test_unlock_account_needs_redis(database_url):

@@ -20,10 +20,8 @@ import requests
 
 from app.auth import create_admin_user
 from bench.sse_latency import start_api
-from tests.conftest import admin_execute, with_database
-from tests.helpers import chromium_browser
-from tests.integration.test_webhooks import Receiver
-from tests.worker_helpers import start_worker, stop_worker, wait_for
+from tests.helpers import Receiver, admin_execute, chromium_browser, wait_for, with_database
+from tests.worker_helpers import start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 
@@ -572,18 +570,17 @@ def test_sign_out_ends_the_session_and_its_cookies_are_refused(console, page):
     assert refresh.status_code == 401 and refresh.json()["error"] == "Token has been revoked."
 
 
-def expired_access_token(console: Console, username: str) -> str:
+def expired_access_token(make_app, console: Console, username: str) -> str:
     """An access token of ``username`` that expired a minute ago (signed with the API's key)."""
     from flask_jwt_extended import create_access_token
 
-    from app import create_app
     from app.auth import password_version
 
     with psycopg.connect(console.database_url) as conn:
         user_id, changed_at = conn.execute(
             "SELECT id, password_changed_at FROM users WHERE username = %s", (username,)
         ).fetchone()
-    app = create_app({"DATABASE_URL": console.database_url, "JWT_SECRET_KEY": SECRET})
+    app = make_app(DATABASE_URL=console.database_url, JWT_SECRET_KEY=SECRET)
     with app.app_context():
         return create_access_token(
             str(user_id),
@@ -592,12 +589,12 @@ def expired_access_token(console: Console, username: str) -> str:
         )
 
 
-def test_an_expired_access_cookie_is_refreshed_on_the_fly(console, page):
+def test_an_expired_access_cookie_is_refreshed_on_the_fly(make_app, console, page):
     from playwright.sync_api import expect
 
     sign_in(page, "ann")
     before = {c["name"]: c for c in page.context.cookies()}
-    expired = expired_access_token(console, "ann")
+    expired = expired_access_token(make_app, console, "ann")
     refused = requests.get(
         f"{console.url}/api/v1/auth/profile", cookies={"access_token_cookie": expired}, timeout=10
     )

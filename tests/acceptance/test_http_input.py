@@ -11,13 +11,12 @@ import pytest
 import requests
 
 from bench.sse_latency import start_api
-from tests.conftest import admin_execute, with_database
+from tests.helpers import API, admin_execute, with_database
 
 pytestmark = pytest.mark.slow
 
 SECRET = "http-input-acceptance-secret-0123456789"
 LIMIT = 64 * 1024
-API = "/api/v1"
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.sse_latency import StreamSet, local_token_factory, start_api, wait_for
-from tests.conftest import admin_execute, with_database
-from tests.helpers import commit_transition, held_transition
+from bench.sse_latency import StreamSet, local_token_factory, start_api
+from tests.helpers import admin_execute, commit_transition, held_transition, wait_for, with_database
 
 pytestmark = pytest.mark.slow
 

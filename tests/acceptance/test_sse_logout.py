@@ -17,8 +17,7 @@ import pytest
 import requests
 
 from bench.sse_latency import start_api
-from tests.conftest import admin_execute, with_database
-from tests.worker_helpers import wait_for
+from tests.helpers import admin_execute, wait_for, with_database
 
 pytestmark = pytest.mark.slow
 

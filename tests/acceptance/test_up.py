@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import free_port, wait_http_ok
-from tests.worker_helpers import ROOT, wait_for
+from tests.helpers import ROOT, free_port, wait_for, wait_http_ok
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.integration.test_webhooks import Receiver
-from tests.worker_helpers import start_worker, stop_worker, wait_for
+from tests.helpers import Receiver, wait_for
+from tests.worker_helpers import start_worker, stop_worker
 from worker.webhooks import verify_signature
 
 pytestmark = pytest.mark.slow

@@ -11,14 +11,8 @@ import psycopg
 import pytest
 
 from sql import queries
-from tests.worker_helpers import (
-    insert_tasks,
-    kill_group,
-    start_worker,
-    status_counts,
-    stop_worker,
-    wait_for,
-)
+from tests.helpers import insert_tasks, status_counts, wait_for
+from tests.worker_helpers import kill_group, start_worker, stop_worker
 from tests.worker_tasks import LEDGER_DDL
 from worker.claim import Outcomes, connect, exchange
 
@@ -158,10 +152,13 @@ def test_workers_survive_terminated_backends(ledger_db: psycopg.Connection, data
     worker = start_worker(database_url, "--concurrency", "2", **IMPORTS)
     dbname = ledger_db.info.dbname
     try:
+
+        def runs() -> int:
+            return ledger_db.execute("SELECT count(*) AS n FROM ledger").fetchone()["n"]
+
         for _ in range(3):
-            wait_for(lambda: ledger_db.execute("SELECT count(*) AS n FROM ledger")
-                     .fetchone()["n"] > 20, 20, "progress")  # fmt: skip
-            time.sleep(0.3)
+            before = runs()  # every kill lands after fresh progress since the last one
+            wait_for(lambda before=before: runs() > before + 20, 20, "progress")
             ledger_db.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = %s AND pid <> pg_backend_pid()",
@@ -246,15 +243,15 @@ def test_sigterm_drains_and_hands_back(db: psycopg.Connection, database_url: str
     assert all(rows[w]["status"] == "PENDING" for w in waiting)
 
 
-def held_samples(db: psycopg.Connection, seconds: float, stop_when=None) -> list[int]:
-    """PROCESSING counts sampled every 20 ms for ``seconds`` (or until ``stop_when(count)``)."""
+def held_samples(db: psycopg.Connection, until, timeout: float, message: str) -> list[int]:
+    """PROCESSING counts, one per poll of ``wait_for``, until ``until(samples)`` holds."""
     samples: list[int] = []
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+
+    def sample() -> bool:
         samples.append(status_counts(db).get("PROCESSING", 0))
-        if stop_when is not None and stop_when(samples[-1]):
-            break
-        time.sleep(0.02)
+        return until(samples)
+
+    wait_for(sample, timeout, message)
     return samples
 
 
@@ -264,7 +261,7 @@ def test_sigterm_hands_back_a_prefetched_batch_uncounted(db: psycopg.Connection,
     worker = start_worker(database_url, "--concurrency", "1", TASKQ_BATCH_SIZE="4",
                           TASKQ_FAST_TASK_MS="60000", TASKQ_SHUTDOWN_GRACE="5")  # fmt: skip
     try:
-        samples = held_samples(db, 15, stop_when=lambda held: held > 4)
+        samples = held_samples(db, lambda s: s[-1] > 4, 15, "a prefetched batch held")
     finally:
         code, out = stop_worker(worker)
     assert code == 0, out
@@ -288,10 +285,13 @@ def test_slow_tasks_are_not_prefetched(db: psycopg.Connection, database_url: str
     insert_tasks(db, 6, task_type="sleep", payload={"duration": 0.2})
     worker = start_worker(database_url, "--concurrency", "1", TASKQ_BATCH_SIZE="4")
     try:
-        samples = held_samples(db, 1.2)
+        # Sampled from before the first claim to the last completion: every batch is seen
+        # (each task holds its claim 0.2 s, ten polls).
+        samples = held_samples(db, lambda _: completed(db, 6), 60, "six completions")
     finally:
         code, out = stop_worker(worker)
     assert code == 0, out
+    assert samples[0] == 0 and 1 in samples, samples  # the whole run was sampled
     assert max(samples) == 1, samples  # one task at a time: neither batched nor prefetched
 
 
@@ -303,7 +303,6 @@ def test_max_tasks_recycles_children_and_pickup_is_fast(db: psycopg.Connection, 
         wait_for(lambda: completed(db, 10), 30, "10 completions")
         pids = db.execute("SELECT count(DISTINCT worker_id) AS n FROM tasks").fetchone()["n"]
         assert pids == 3  # 4 + 4 + 2
-        time.sleep(0.5)
         # idle worker, a long poll interval: only NOTIFY can make this fast
         waits = []
         query = "SELECT completed_at, started_at - created_at AS w FROM tasks WHERE id = %s"

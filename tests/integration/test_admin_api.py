@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from tests.integration.test_auth import assert_error
-from tests.integration.test_tasks_api import create, set_status
+from tests.helpers import assert_error, create, set_status
 
 API = "/api/v1/admin"
 

@@ -6,23 +6,13 @@ import time
 from datetime import timedelta
 
 import pytest
-from flask_jwt_extended import create_access_token
+from flask_jwt_extended import create_access_token, decode_token
 
 from app.auth import password_version
 from app.db import fetch_one
+from tests.helpers import assert_error, wait_for
 
 API = "/api/v1/auth"
-
-
-def assert_error(response, status: int, *fields: str) -> dict:
-    """The response is an error of ``status`` in the contract's shape, naming ``fields``."""
-    assert response.status_code == status, response.get_json()
-    body = response.get_json()
-    assert set(body) == {"error", "field_errors"}
-    assert isinstance(body["error"], str) and body["error"]
-    for field in fields:
-        assert field in body["field_errors"], body
-    return body
 
 
 def test_register_returns_user_and_working_tokens(client, db):
@@ -238,8 +228,9 @@ def test_a_token_decoded_once_still_expires_on_time(app, client, make_account):
         token = create_access_token(
             str(ann.id), expires_delta=timedelta(seconds=1), additional_claims=claims
         )
+        expires = decode_token(token)["exp"]
     assert client.get(f"{API}/profile", headers=bearer(token)).status_code == 200
     assert client.get(f"{API}/profile", headers=bearer(token)).status_code == 200  # cached claims
-    time.sleep(1.2)
+    wait_for(lambda: time.time() > expires + 0.1, 5, "the token's expiry to pass")
     body = assert_error(client.get(f"{API}/profile", headers=bearer(token)), 401)
     assert "expired" in body["error"]

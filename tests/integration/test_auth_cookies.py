@@ -9,10 +9,8 @@ from http.cookies import SimpleCookie
 
 import pytest
 
-from tests.conftest import close_app, register_account
-from tests.integration.test_auth import assert_error
+from tests.helpers import API, assert_error, register_account
 
-API = "/api/v1"
 PASSWORD = "Sturdy-Lamp-42"
 CSRF_MESSAGE = "Missing or wrong CSRF token"
 
@@ -172,18 +170,10 @@ def test_register_and_change_password_keep_a_cookie_session_in_cookies(client):
 
 
 @pytest.mark.parametrize("setting", ["1", "0"])
-def test_the_secure_flag_follows_taskq_cookie_secure(database_url, monkeypatch, setting):
-    from app import create_app
-
+def test_the_secure_flag_follows_taskq_cookie_secure(make_app, monkeypatch, setting):
     monkeypatch.setenv("TASKQ_COOKIE_SECURE", setting)
-    application = create_app(
-        {"DATABASE_URL": database_url, "TASKQ_ENV": "test", "RATELIMIT_ENABLED": False}
-    )
-    try:
-        client = application.test_client()
-        register_account(client, "ann", PASSWORD)
-        cookies = set_cookies(cookie_login(client))
-        assert cookies["access_token_cookie"]["secure"] is (setting == "1")
-        assert cookies["csrf_access_token"]["secure"] is (setting == "1")
-    finally:
-        close_app(application)
+    client = make_app().test_client()
+    register_account(client, "ann", PASSWORD)
+    cookies = set_cookies(cookie_login(client))
+    assert cookies["access_token_cookie"]["secure"] is (setting == "1")
+    assert cookies["csrf_access_token"]["secure"] is (setting == "1")

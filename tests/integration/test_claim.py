@@ -11,7 +11,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from sql import queries
-from tests.worker_helpers import insert_tasks, status_counts, wait_for
+from tests.helpers import insert_tasks, status_counts, wait_for
 from worker.claim import (
     ClaimPipe,
     Outcomes,

@@ -15,7 +15,7 @@ import json
 import psycopg
 import pytest
 
-from tests.worker_helpers import insert_tasks
+from tests.helpers import insert_tasks
 from worker.claim import Outcomes, claim_tasks, connect, exchange
 
 PRIOR_BATCHES = 6  # more than the 5 custom plans after which Postgres may go generic

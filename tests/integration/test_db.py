@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import select
-import time
 
 import psycopg
 
 from app.db import check_idle_connection, fetch_one, get_pool, is_read_only
+from tests.helpers import wait_for
 
 
 def wait_gone(db, pid: int) -> None:
     """Until backend ``pid`` has exited (its FATAL message and FIN are on the socket)."""
-    deadline = time.monotonic() + 10
-    while db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
-        assert time.monotonic() < deadline, f"backend {pid} still alive"
-        time.sleep(0.01)
+    alive = "SELECT 1 FROM pg_stat_activity WHERE pid = %s"
+    wait_for(lambda: not db.execute(alive, [pid]).fetchone(), 10, f"backend {pid} to exit")
+
+
+def refused(conn: psycopg.Connection) -> bool:
+    """Whether the checkout check refuses ``conn`` (after waiting up to 0.1 s for its socket)."""
+    select.select([conn.fileno()], [], [], 0.1)
+    try:
+        check_idle_connection(conn)
+    except psycopg.OperationalError:
+        return True
+    return False
 
 
 def test_checkout_check_refuses_a_killed_backend_and_accepts_a_live_one(app, db):
@@ -28,14 +36,7 @@ def test_checkout_check_refuses_a_killed_backend_and_accepts_a_live_one(app, db)
         wait_gone(db, pid)
         # The backend leaves pg_stat_activity a moment before its FATAL and FIN reach
         # our socket: wait for them to arrive, then the check must refuse the session.
-        deadline = time.monotonic() + 5
-        while True:
-            select.select([conn.fileno()], [], [], 0.1)
-            try:
-                check_idle_connection(conn)
-            except psycopg.OperationalError:
-                break
-            assert time.monotonic() < deadline, "the check never noticed the killed backend"
+        wait_for(lambda: refused(conn), 5, "the check to notice the killed backend")
 
 
 def test_a_read_on_a_backend_killed_a_moment_ago_runs_again(app, db, make_account):

@@ -19,9 +19,8 @@ from bench.taskq_system import TaskqClient
 from sql import queries
 from taskq.enqueue import COPY_COLUMNS, insert_tasks
 from taskq.representation import task_to_json
-from tests.integration.test_schema import make_user
+from tests.helpers import API, make_user
 
-API = "/api/v1"
 # Numbers jsonb turns into numeric and back, keys it reorders, text beyond ASCII.
 TRICKY_JSON = {
     "zeta": [1.5, -0.0, 1e16, 1.2345678901234567e20, 5e-324, 0.1, 2**70, True, None, "x"],

@@ -6,12 +6,7 @@ import psycopg
 import pytest
 from flask_jwt_extended import create_access_token
 
-from tests.conftest import close_app
-from tests.helpers import free_port
-from tests.integration.test_auth import assert_error
-from tests.integration.test_tasks_api import create
-
-API = "/api/v1"
+from tests.helpers import API, assert_error, create, free_port
 
 
 def test_unknown_route_and_method(client, make_account):
@@ -91,32 +86,24 @@ def test_fuzzed_inputs_never_500(client, make_account):
     assert stored.get_json()["task"]["payload"]["n"] == 10**400
 
 
-def test_postgres_unreachable_is_503():
-    from app import create_app
-
+def test_postgres_unreachable_is_503(make_app):
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/taskq"
-    app = create_app(
-        {"DATABASE_URL": url, "TASKQ_ENV": "test", "REDIS_URL": None, "DB_POOL_TIMEOUT": 0.3}
-    )
-    app.config["RATELIMIT_ENABLED"] = False
+    app = make_app(DATABASE_URL=url, DB_POOL_TIMEOUT=0.3)
     client = app.test_client()
-    try:
-        body = {
-            "username": "ann",
-            "email": "ann@example.com",
-            "password": "Sturdy-Lamp-42",
-            "password2": "Sturdy-Lamp-42",
-        }
-        response = client.post(f"{API}/auth/register", json=body)
-        assert_error(response, 503)
-        assert response.headers["Retry-After"]
-        with app.app_context():
-            token = create_access_token("1", additional_claims={"pv": 0})
-        headers = {"Authorization": f"Bearer {token}"}
-        assert_error(client.get(f"{API}/tasks", headers=headers), 503)
-        assert_error(client.post(f"{API}/tasks", json={"title": "t"}, headers=headers), 503)
-    finally:
-        close_app(app)
+    body = {
+        "username": "ann",
+        "email": "ann@example.com",
+        "password": "Sturdy-Lamp-42",
+        "password2": "Sturdy-Lamp-42",
+    }
+    response = client.post(f"{API}/auth/register", json=body)
+    assert_error(response, 503)
+    assert response.headers["Retry-After"]
+    with app.app_context():
+        token = create_access_token("1", additional_claims={"pv": 0})
+    headers = {"Authorization": f"Bearer {token}"}
+    assert_error(client.get(f"{API}/tasks", headers=headers), 503)
+    assert_error(client.post(f"{API}/tasks", json={"title": "t"}, headers=headers), 503)
 
 
 @pytest.mark.slow

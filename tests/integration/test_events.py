@@ -12,10 +12,7 @@ import pytest
 
 from app.events import get_notifier
 from sql import queries
-from tests.helpers import commit_transition, held_transition
-from tests.worker_helpers import wait_for
-
-API = "/api/v1"
+from tests.helpers import API, commit_transition, held_transition, wait_for
 
 
 @pytest.fixture

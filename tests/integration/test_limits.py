@@ -8,52 +8,16 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-import psycopg
 import pytest
 import redis
 
-from tests.conftest import close_app
-from tests.helpers import free_port
-
-
-def limited_app(database_url: str, redis_url: str | None, **overrides):
-    """The API with limits on, counters in ``redis_url``, one trusted proxy hop."""
-    from app import create_app
-
-    config = {
-        "DATABASE_URL": database_url,
-        "TASKQ_ENV": "test",
-        "REDIS_URL": redis_url,
-        "RATELIMIT_ENABLED": True,
-        "TASKQ_PROXY_HOPS": 1,
-        "TASKQ_RATELIMIT_DEFAULT": "5/minute",
-        "TASKQ_RATELIMIT_AUTH": "3/minute",
-        **overrides,
-    }
-    return create_app(config)
+from tests.helpers import LIMITS, account, free_port, login, wait_for
 
 
 @pytest.fixture
-def app_with_limits(database_url: str, redis_url: str):
-    application = limited_app(database_url, redis_url)
-    yield application
-    close_app(application)
-
-
-def account(application, database_url: str, username: str) -> dict[str, str]:
-    """A user made in SQL (no register call spends the auth quota) and its bearer header."""
-    from werkzeug.security import generate_password_hash
-
-    from app.auth import issue_tokens
-
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.row_factory = psycopg.rows.dict_row
-        user = conn.execute(
-            "INSERT INTO users (username, email, password_hash) VALUES (%s, %s, %s) RETURNING *",
-            (username, f"{username}@example.com", generate_password_hash("Sturdy-Lamp-42")),
-        ).fetchone()
-    with application.app_context():
-        return {"Authorization": f"Bearer {issue_tokens(user)['access']}"}
+def app_with_limits(make_app, redis_url: str):
+    """The API with the test limits on and their counters in Redis."""
+    return make_app(REDIS_URL=redis_url, **LIMITS)
 
 
 def assert_429(response) -> None:
@@ -95,14 +59,6 @@ def test_headers_count_down_from_the_hit_itself(app_with_limits, database_url):
     assert_429(client.get("/api/v1/tasks", headers=ann))
 
 
-def login(client, username: str, ip: str, password: str = "wrong-password"):
-    return client.post(
-        "/api/v1/auth/login",
-        json={"username": username, "password": password},
-        headers={"X-Forwarded-For": ip},
-    )
-
-
 def assert_locked(response) -> None:
     """429 for the account: the error shape and a Retry-After within the 1-minute window."""
     assert response.status_code == 429, response.get_json()
@@ -112,12 +68,10 @@ def assert_locked(response) -> None:
 
 
 @pytest.fixture(params=["redis", "memory"])
-def login_app(request, database_url):
+def login_app(request, make_app):
     """The limited API with failure counters in Redis, or in memory (no REDIS_URL)."""
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
-    application = limited_app(database_url, url)
-    yield application
-    close_app(application)
+    return make_app(REDIS_URL=url, **LIMITS)
 
 
 def test_login_failures_are_limited_per_account_across_ips(login_app):
@@ -232,47 +186,45 @@ def private_redis() -> Iterator[tuple[str, subprocess.Popen]]:
     )
     url = f"redis://127.0.0.1:{port}/0"
     client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 5
-    while True:
+
+    def answers() -> bool:
         try:
-            client.ping()
-            break
+            return client.ping()
         except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.02)
-    client.close()
+            return False
+
+    try:
+        wait_for(answers, 5, f"the private redis-server on port {port}")
+    except AssertionError:
+        proc.kill()
+        raise
+    finally:
+        client.close()
     yield url, proc
     proc.kill()
     proc.wait()
 
 
-def test_redis_stopped_mid_test_degrades_cache_and_limits(database_url, private_redis):
+def test_redis_stopped_mid_test_degrades_cache_and_limits(make_app, database_url, private_redis):
     url, proc = private_redis
-    application = limited_app(database_url, url, TASKQ_RATELIMIT_DEFAULT="8/minute")
-    try:
-        client = application.test_client()
-        ann = account(application, database_url, "ann")
-        created = client.post(
-            "/api/v1/tasks", json={"title": "t", "task_type": "echo"}, headers=ann
-        )
-        detail = f"/api/v1/tasks/{created.get_json()['task']['id']}"
-        assert client.get(detail, headers=ann).get_json()["cached"] is False
-        assert client.get(detail, headers=ann).get_json()["cached"] is True
-        assert client.get("/readyz").get_json()["checks"]["redis"] == "ok"
+    application = make_app(REDIS_URL=url, **{**LIMITS, "TASKQ_RATELIMIT_DEFAULT": "8/minute"})
+    client = application.test_client()
+    ann = account(application, database_url, "ann")
+    created = client.post("/api/v1/tasks", json={"title": "t", "task_type": "echo"}, headers=ann)
+    detail = f"/api/v1/tasks/{created.get_json()['task']['id']}"
+    assert client.get(detail, headers=ann).get_json()["cached"] is False
+    assert client.get(detail, headers=ann).get_json()["cached"] is True
+    assert client.get("/readyz").get_json()["checks"]["redis"] == "ok"
 
-        proc.kill()
-        proc.wait()
+    proc.kill()
+    proc.wait()
 
-        served = [client.get(detail, headers=ann) for _ in range(5)]
-        assert [r.status_code for r in served] == [200] * 5
-        assert {r.get_json()["cached"] for r in served} == {False}
-        ready = client.get("/readyz")
-        assert ready.status_code == 200
-        assert ready.get_json()["checks"]["redis"].startswith("unavailable")
-        # The in-memory fallback keeps limiting (8/minute, 3 spent before Redis died).
-        statuses = [client.get(detail, headers=ann).status_code for _ in range(10)]
-        assert statuses.count(200) >= 1 and statuses[-1] == 429
-    finally:
-        close_app(application)
+    served = [client.get(detail, headers=ann) for _ in range(5)]
+    assert [r.status_code for r in served] == [200] * 5
+    assert {r.get_json()["cached"] for r in served} == {False}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"]["redis"].startswith("unavailable")
+    # The in-memory fallback keeps limiting (8/minute, 3 spent before Redis died).
+    statuses = [client.get(detail, headers=ann).status_code for _ in range(10)]
+    assert statuses.count(200) >= 1 and statuses[-1] == 429

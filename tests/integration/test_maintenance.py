@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from tests.worker_helpers import insert_tasks, wait_for
+from tests.helpers import insert_tasks, wait_for
 from worker.builtins import cleanup_old_tasks
 from worker.claim import claim_tasks, connect
 from worker.config import PeriodicSchedule, WorkerConfig, check_schedule

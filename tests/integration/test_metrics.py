@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import close_app
-
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
     """Every sample of an exposition as {(name, sorted labels): value}."""
@@ -34,19 +32,9 @@ def test_metrics_show_queue_depth_age_and_webhook_deliveries(client, db):
 
 
 @pytest.fixture
-def guarded_app(database_url):
-    from app import create_app
-
-    application = create_app(
-        {
-            "DATABASE_URL": database_url,
-            "TASKQ_ENV": "test",
-            "RATELIMIT_ENABLED": False,
-            "TASKQ_METRICS_TOKEN": "scrape-me",
-        }
-    )
-    yield application
-    close_app(application)
+def guarded_app(make_app):
+    """The API with a metrics token configured."""
+    return make_app(TASKQ_METRICS_TOKEN="scrape-me")
 
 
 def test_a_metrics_token_is_required_when_configured(guarded_app):

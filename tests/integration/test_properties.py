@@ -24,9 +24,9 @@ from marshmallow import fields, validate
 
 from app import schemas
 from taskq.fields import HttpHeaders, OutboundUrl
+from tests.helpers import API
 from worker.registry import load_task_modules
 
-API = "/api/v1"
 MAX_EXAMPLES = 100
 # Task types whose payload is any object: the others mostly refuse a generated one.
 ANY_PAYLOAD_TYPES = ["echo", "noop", "process"]

@@ -18,6 +18,7 @@ from taskq.migrate import alembic_config, current_revision, downgrade, head_revi
 from taskq.models import metadata
 from taskq.representation import DEFAULT_CALLBACK_EVENTS, EVENTS_FOR_STATUS
 from taskq.settings import sqlalchemy_url
+from tests.helpers import make_user
 
 # The catalog of the public schema, as lists of rows a test can compare: what
 # pg_dump --schema-only would print, minus Alembic's own bookkeeping table.
@@ -93,13 +94,6 @@ def model_drift(url: str) -> list:
     # COMMENT ON lives in the migration only: psql users read it, Python does not.
     flat = [d for group in diff for d in (group if isinstance(group, list) else [group])]
     return [d for d in flat if "comment" not in d[0]]
-
-
-def make_user(db, name: str = "ann") -> int:
-    return db.execute(
-        "INSERT INTO users (username, email, password_hash) VALUES (%s, %s, 'x') RETURNING id",
-        (name, f"{name}@example.com"),
-    ).fetchone()["id"]
 
 
 def test_models_match_migrations(database_url):

@@ -7,9 +7,7 @@ import pytest
 from app.auth import password_version
 from app.events import create_stream_token
 from app.streamguard import Binding, get_guard
-from tests.integration.test_auth import assert_error
-
-API = "/api/v1"
+from tests.helpers import API, assert_error
 
 
 def stream_token(client, account) -> str:

@@ -12,28 +12,7 @@ from urllib.parse import parse_qs, urlsplit
 from psycopg import sql
 
 from sql import queries
-from tests.integration.test_auth import assert_error
-
-API = "/api/v1"
-
-
-def create(client, account, expected: int = 201, **body):
-    """POST /tasks and return the task."""
-    body.setdefault("title", "a task")
-    body.setdefault("task_type", "echo")
-    response = client.post(f"{API}/tasks", json=body, headers=account.headers)
-    assert response.status_code == expected, response.get_json()
-    return response.get_json()["task"]
-
-
-def set_status(db, task_id: int, status: str, **columns) -> None:
-    """An operator's UPDATE of a task's status (and other columns)."""
-    assignments = [sql.SQL("status = %(status)s")]
-    assignments += [sql.SQL("{} = %({})s").format(sql.Identifier(c), sql.SQL(c)) for c in columns]
-    statement = sql.SQL("UPDATE tasks SET {} WHERE id = %(id)s").format(
-        sql.SQL(", ").join(assignments)
-    )
-    db.execute(statement, {"status": status, "id": task_id, **columns})
+from tests.helpers import API, assert_error, create, set_status
 
 
 def test_create_with_every_field_and_aliases(client, make_account, db):

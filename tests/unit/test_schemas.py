@@ -10,7 +10,7 @@ from marshmallow import ValidationError
 from app import schemas
 from app.auth import password_problems
 from taskq.representation import task_to_json
-from tests.unit.test_representation import task_row
+from tests.helpers import task_row
 
 
 def test_task_create_defaults_and_aliases():
