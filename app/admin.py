@@ -1,4 +1,5 @@
-"""Admin-only endpoints: every user's tasks, queue statistics, live workers and stuck tasks.
+"""Admin-only endpoints: every user's tasks (list and detail), queue statistics, live workers
+and stuck tasks.
 
 Queue and worker figures come from the operator views of ``sql/views.sql``,
 the same ones psql users and ``taskq stats`` read.
@@ -10,10 +11,12 @@ from flask import Blueprint, Flask, current_app
 
 from app import schemas
 from app.auth import admin_required
-from app.db import fetch_all
+from app.db import fetch_all, get_conn
+from app.errors import ApiError
 from app.openapi import doc
 from app.tasks import list_tasks_page
-from taskq.representation import row_to_json
+from sql import queries
+from taskq.representation import row_to_json, task_to_json
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
 schemas.reject_bad_data(bp)
@@ -32,6 +35,24 @@ def admin_tasks():
     """The filters of GET /tasks, plus user_id and username; each task with its owner."""
     query = schemas.load_query(schemas.AdminTaskListQuerySchema)
     return list_tasks_page("admin_list_tasks", "admin_count_tasks", query, {})
+
+
+@bp.get("/tasks/<int:task_id>")
+@doc(
+    "Any user's task with its owner and history (admins only)",
+    tag="admin",
+    response=schemas.AdminTaskDetailSchema,
+    errors=(403,),
+)
+@admin_required
+def admin_task(task_id: int):
+    """One task of any user, read from Postgres, with its transitions, oldest first."""
+    with get_conn() as conn:
+        task = conn.execute(queries["admin_get_task"], {"task_id": task_id}).fetchone()
+        if task is None:
+            raise ApiError(404, f"Task {task_id} not found.")
+        history = conn.execute(queries["task_history"], {"task_id": task_id}).fetchall()
+    return {"task": task_to_json(task), "history": [row_to_json(row) for row in history]}
 
 
 @bp.get("/queues")

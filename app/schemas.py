@@ -634,6 +634,13 @@ class TaskHistorySchema(Schema):
     history = fields.List(fields.Nested(HistoryEntrySchema))
 
 
+class AdminTaskDetailSchema(Schema):
+    """Answer of GET /admin/tasks/{id}: any user's task, its owner and its history."""
+
+    task = fields.Nested(TaskSchema)
+    history = fields.List(fields.Nested(HistoryEntrySchema))
+
+
 class TaskActionSchema(Schema):
     """Answer of cancel, retry and reprocess."""
 

@@ -10,6 +10,12 @@ SELECT t.*, u.username AS owner_username, u.email AS owner_email
 -- How many tasks of every user match the filters.
 SELECT count(*) AS count FROM tasks t LEFT JOIN users u ON u.id = t.user_id WHERE {where};
 
+-- name: admin_get_task
+-- One task of any user, with its owner.
+SELECT t.*, u.username AS owner_username, u.email AS owner_email
+  FROM tasks t LEFT JOIN users u ON u.id = t.user_id
+ WHERE t.id = %(task_id)s;
+
 -- name: task_filter_username
 -- Admin list fragment: one owner by username (case-insensitive).
 lower(u.username) = lower(%(username)s)

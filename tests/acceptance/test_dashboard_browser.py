@@ -250,6 +250,25 @@ def test_sign_in_then_create_a_task_and_watch_it_finish_without_a_reload(console
     assert console.status(task_id_of(page)) == "COMPLETED"
 
 
+def test_create_an_account_from_the_sign_in_page(console, page):
+    from playwright.sync_api import expect
+
+    page.goto("/dashboard/")
+    page.get_by_role("link", name="Create an account").click()
+    page.get_by_label("Username").fill("cleo")
+    page.get_by_label("Email").fill("cleo@example.com")
+    page.get_by_label(re.compile("^Password")).fill(PASSWORD)
+    page.get_by_label("Repeat the password").fill("Another-Lamp-42")
+    page.get_by_role("button", name="Create account").click()
+    repeat = page.get_by_label("Repeat the password")
+    expect(repeat).to_have_accessible_description(re.compile("The two passwords do not match"))
+    repeat.fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    expect(page.get_by_role("banner")).to_contain_text("Signed in as cleo")
+    assert "tokens" not in page.evaluate("document.cookie")
+
+
 def test_filter_search_order_and_page_through_tasks(console, as_user):
     from playwright.sync_api import expect
 
@@ -517,7 +536,15 @@ def test_an_admin_sees_every_users_tasks_queues_workers_and_stuck_tasks(console,
     nav(page, "Stuck tasks").click()
     expect(page.get_by_role("heading", name="Stuck tasks")).to_be_visible()
     expect(page.get_by_role("table")).to_be_visible()
-    console.act("ann", task["id"], "cancel")  # free the worker's slot
+    # Any user's task opens read-only for an admin, and follows it live.
+    nav(page, "All tasks").click()
+    page.get_by_role("link", name="admin watch").click()
+    expect(page.get_by_role("heading", name=f"#{task['id']} admin watch")).to_be_visible()
+    expect(page.get_by_role("definition").filter(has_text=re.compile("^ann$"))).to_be_visible()
+    expect(current_status(page)).to_contain_text("Processing")
+    assert page.get_by_role("button", name="Cancel task").count() == 0  # the owner's action
+    console.act("ann", task["id"], "cancel")  # the owner cancels: the admin's page follows
+    expect(current_status(page)).to_contain_text("Cancelled")
 
 
 def test_a_user_sees_no_admin_view_and_never_another_users_task(console, as_user):

@@ -124,3 +124,23 @@ def test_stuck_tasks_from_the_stuck_tasks_view(client, make_account, db):
     body = assert_error(client.get(f"{API}/stuck-tasks", headers=ann.headers), 403)
     assert body["error"] == "Admins only."
     assert_error(client.get(f"{API}/stuck-tasks"), 401)
+
+
+def test_an_admin_reads_any_users_task_with_its_owner_and_history(client, make_account, db):
+    root = make_account("root", admin=True)
+    ann = make_account("ann")
+    task = create(client, ann, title="ann's")
+    set_status(db, task["id"], "PROCESSING")
+    response = client.get(f"{API}/tasks/{task['id']}", headers=root.headers)
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["task"]["title"] == "ann's" and body["task"]["status"] == "PROCESSING"
+    assert body["task"]["user"] == {"id": ann.id, "username": "ann", "email": "ann@example.com"}
+    assert [(h["from_status"], h["to_status"]) for h in body["history"]] == [
+        (None, "PENDING"),
+        ("PENDING", "PROCESSING"),
+    ]
+    assert_error(client.get(f"{API}/tasks/{task['id'] + 1000}", headers=root.headers), 404)
+    body = assert_error(client.get(f"{API}/tasks/{task['id']}", headers=ann.headers), 403)
+    assert body["error"] == "Admins only."
+    assert_error(client.get(f"{API}/tasks/{task['id']}"), 401)

@@ -9,7 +9,7 @@ import {renderCreate} from "./views/create.js";
 import {renderDeadLetters} from "./views/dead_letters.js";
 import {renderLogin, renderRegister} from "./views/login.js";
 import {renderOverview} from "./views/overview.js";
-import {renderTask} from "./views/task.js";
+import {renderAdminTask, renderTask} from "./views/task.js";
 import {renderAdminTasks, renderTasks} from "./views/tasks.js";
 
 const ROUTES = [
@@ -19,6 +19,7 @@ const ROUTES = [
   {path: "/tasks/:id", title: "Task", view: renderTask},
   {path: "/dead-letters", title: "Dead letters", view: renderDeadLetters},
   {path: "/admin/tasks", title: "All tasks", view: renderAdminTasks, admin: true},
+  {path: "/admin/tasks/:id", title: "Task", view: renderAdminTask, admin: true},
   {path: "/admin/queues", title: "Queues", view: renderQueues, admin: true},
   {path: "/admin/workers", title: "Workers", view: renderWorkers, admin: true},
   {path: "/admin/stuck", title: "Stuck tasks", view: renderStuck, admin: true},
@@ -127,7 +128,7 @@ function renderChrome() {
 function markCurrentNav(path) {
   for (const link of document.querySelectorAll("#site-nav a")) {
     const target = link.dataset.path;
-    const current = target === path || (target === "/tasks" && /^\/tasks\/\d+$/.test(path));
+    const current = target === path || (/^\/(admin\/)?tasks$/.test(target) && /^\/(admin\/)?tasks\/\d+$/.test(path) && path.startsWith(`${target}/`));
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }

@@ -42,7 +42,7 @@ async function liveAdminView(main, ctx, {title, intro, read, draw, onEvent, onTi
       replace(status, errorBox(error));
     }
   }
-  add(main, 
+  add(main,
     h("div", {class: "view-head"}, h("h1", {tabindex: "-1"}, title), refreshButton(load)),
     intro ? h("p", {class: "hint"}, intro) : null,
     status, body);
@@ -137,7 +137,7 @@ export function renderWorkers(main, ctx) {
             cell("Last heard", age(worker.silent_for, " ago")),
             cell("Running tasks", (worker.running_tasks || []).length
               ? h("ul", {class: "plain"}, worker.running_tasks.map((task) => h("li", {},
-                h("a", {href: `#/tasks/${task.id}`}, `#${task.id} ${task.title}`), ` (${task.task_type})`)))
+                h("a", {href: `#/admin/tasks/${task.id}`}, `#${task.id} ${task.title}`), ` (${task.task_type})`)))
               : "none"));
         }), "No worker has been heard from in the last minute."));
     },
@@ -153,7 +153,7 @@ export function renderStuck(main, ctx) {
       replace(body, table("Stuck tasks",
         ["Task", "Queue", "Type", "Worker", "Attempts", "Started", "Lease expired", "Overdue"],
         data.stuck_tasks.map((task) => h("tr", {},
-          h("th", {scope: "row", dataset: {label: "Task"}}, h("a", {href: `#/tasks/${task.id}`}, `#${task.id}`)),
+          h("th", {scope: "row", dataset: {label: "Task"}}, h("a", {href: `#/admin/tasks/${task.id}`}, `#${task.id}`)),
           cell("Queue", task.queue),
           cell("Type", task.task_type),
           cell("Worker", task.worker_id || "–"),

@@ -11,7 +11,7 @@ export async function renderDeadLetters(main, ctx) {
   const result = h("div", {role: "status", "aria-live": "polite"});
   const tbody = h("tbody");
   const pager = h("nav", {class: "pager", "aria-label": "Pages"});
-  add(main, 
+  add(main,
     h("div", {class: "view-head"}, h("h1", {tabindex: "-1"}, "Dead letters")),
     h("p", {class: "hint"}, "Tasks that failed after their last retry. Reprocess starts a new series of attempts."),
     result, summary,

@@ -17,7 +17,7 @@ export async function renderOverview(main, ctx) {
   const titles = new Map();
   const lookups = new Map();
 
-  add(main, 
+  add(main,
     h("div", {class: "view-head"},
       h("h1", {tabindex: "-1"}, "Overview"),
       h("a", {href: "#/tasks/new", class: "button primary"}, "Create a task")),

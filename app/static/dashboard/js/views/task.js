@@ -7,6 +7,9 @@
 // not carry (worker, next run) are read again after an event, at most once a
 // second. The server ends the stream when the task is finished; if it comes
 // back (retried, from here or elsewhere) the stream is opened again.
+//
+// An admin opens any user's task at #/admin/tasks/{id}: the same page, read
+// from /admin/tasks/{id}, without the actions (they are the owner's).
 
 import {api, get} from "../api.js";
 import {add, CANCELLABLE, RETRYABLE, TERMINAL, announce, errorBox, formatSeconds, h, jsonBlock, replace,
@@ -14,11 +17,19 @@ import {add, CANCELLABLE, RETRYABLE, TERMINAL, announce, errorBox, formatSeconds
 import {navigate} from "../router.js";
 import {LiveStream} from "../stream.js";
 
-function notFound(main, id) {
+function notFound(main, id, admin) {
   document.title = "Task not found · taskq";
   replace(main, h("h1", {tabindex: "-1"}, "Task not found"),
     h("p", {}, `There is no task #${id} that you can see.`),
-    h("p", {}, h("a", {href: "#/tasks"}, "Back to your tasks")));
+    h("p", {}, admin ? h("a", {href: "#/admin/tasks"}, "Back to all tasks") : h("a", {href: "#/tasks"}, "Back to your tasks")));
+}
+
+/** The task and its history: the caller's own, or (admin) any user's. */
+async function readTask(id, admin) {
+  if (admin) return get(`admin/tasks/${id}`);
+  const {history} = await get(`tasks/${id}/history`);  // first: the stream resumes after it
+  const {task} = await get(`tasks/${id}`);
+  return {task, history};
 }
 
 function detailsList(task) {
@@ -53,20 +64,27 @@ function timelineEntry(entry) {
     entry.error ? h("pre", {class: "error-text"}, String(entry.error)) : null);
 }
 
-export async function renderTask(main, ctx) {
+export function renderTask(main, ctx) {
+  return renderTaskPage(main, ctx, false);
+}
+
+export function renderAdminTask(main, ctx) {
+  return renderTaskPage(main, ctx, true);
+}
+
+async function renderTaskPage(main, ctx, admin) {
   const id = Number(ctx.args.id);
   if (!Number.isInteger(id) || id < 1) {
-    notFound(main, ctx.args.id);
+    notFound(main, ctx.args.id, admin);
     return null;
   }
   let history;
   let task;
   try {
-    history = (await get(`tasks/${id}/history`)).history;
-    task = (await get(`tasks/${id}`)).task;
+    ({task, history} = await readTask(id, admin));
   } catch (error) {
     if (error.status === 404) {
-      notFound(main, id);
+      notFound(main, id, admin);
       return null;
     }
     throw error;
@@ -90,11 +108,14 @@ export async function renderTask(main, ctx) {
   const deliveries = h("div");
   const description = task.description ? h("p", {class: "description"}, task.description) : null;
 
-  add(main, 
-    h("p", {class: "crumbs"}, h("a", {href: "#/tasks"}, "Tasks"), " › ", `#${id}`),
+  add(main,
+    h("p", {class: "crumbs"},
+      admin ? h("a", {href: "#/admin/tasks"}, "All tasks") : h("a", {href: "#/tasks"}, "Tasks"), " › ", `#${id}`),
     h("div", {class: "view-head"}, heading),
     statusLine,
-    h("div", {class: "toolbar", role: "group", "aria-label": "Task actions"}, cancelButton, retryButton, deleteButton),
+    admin
+      ? h("p", {class: "hint"}, `Read-only: cancel, retry and delete belong to the task's owner${task.user ? ` (${task.user.username})` : ""}.`)
+      : h("div", {class: "toolbar", role: "group", "aria-label": "Task actions"}, cancelButton, retryButton, deleteButton),
     actionResult,
     description,
     h("div", {class: "detail-grid"},
@@ -185,7 +206,7 @@ export async function renderTask(main, ctx) {
 
   const refetch = throttle(async () => {
     try {
-      const fresh = (await get(`tasks/${id}`)).task;
+      const fresh = (await get(admin ? `admin/tasks/${id}` : `tasks/${id}`)).task;
       task = fresh;
       draw();
     } catch (error) {
@@ -272,8 +293,9 @@ export async function renderTask(main, ctx) {
   drawTimeline();
   loadDeliveries();
   if (!TERMINAL.has(task.status)) follow();
-  // The caller's own stream notices when a finished task comes back to life elsewhere.
-  const unsubscribe = ctx.events.subscribe((type, data) => {
+  // The caller's own stream (an admin's: everyone's) notices when a finished task comes
+  // back to life elsewhere.
+  const unsubscribe = (admin ? ctx.adminEvents : ctx.events).subscribe((type, data) => {
     if (data.id !== id) return;
     if (stream && !stream.stopped) return;
     onEvent(type, data);

@@ -148,7 +148,7 @@ function renderList(main, ctx, {admin}) {
   const pager = h("nav", {class: "pager", "aria-label": "Pages"});
   const columns = ["", "Title", ...(admin ? ["Owner"] : []), "Type", "Queue", "Priority", "Status", "Attempts", "Created", "Updated"];
 
-  add(main, 
+  add(main,
     h("div", {class: "view-head"},
       h("h1", {tabindex: "-1"}, admin ? "All tasks" : "Tasks"),
       admin ? null : h("a", {href: "#/tasks/new", class: "button primary"}, "Create a task")),
@@ -187,7 +187,7 @@ function renderList(main, ctx, {admin}) {
       updateSelection();
     });
     const live = {
-      title: h("a", {href: `#/tasks/${task.id}`}),
+      title: h("a", {href: admin ? `#/admin/tasks/${task.id}` : `#/tasks/${task.id}`}),
       status: h("td", {dataset: {label: "Status"}, class: "status-cell"}),
       attempts: h("td", {dataset: {label: "Attempts"}}),
       priority: h("td", {dataset: {label: "Priority"}}),
