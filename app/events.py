@@ -24,7 +24,6 @@ import logging
 import os
 import queue
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from flask_jwt_extended.exceptions import JWTExtendedException
 
 from app.db import fetch_one, get_conn
 from app.errors import ApiError
+from taskq.listen import ListenConnection
 from taskq.representation import json_value
 from taskq.settings import env_float, env_int
 
@@ -220,41 +220,17 @@ class Notifier:
             sub.put(CLOSE)
 
     def _run(self) -> None:
-        backoff = 0.2
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(
-                    self.database_url, autocommit=True, application_name="taskq-notifier"
-                ) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self._ready.set()
-                    backoff = 0.2
-                    self._listen(conn)
-            except Exception as exc:  # any failure: reconnect, and tell everyone who relies on us
-                log.warning("event listener lost its connection: %s", exc)
-            was_ready = self._ready.is_set()
-            self._ready.clear()
-            if was_ready:
-                # Streams resume from history with Last-Event-ID; caches drop what they hold.
-                self.close_streams()
-                for hook in self._reset_hooks:
-                    self._call(hook)
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+        ListenConnection(
+            self.database_url, [CHANNEL], self._dispatch, on_ready=self._ready.set,
+            on_lost=self._lost, application_name="taskq-notifier",
+        ).listen(self._stopping)  # fmt: skip
 
-    def _listen(self, conn: psycopg.Connection) -> None:
-        last_check = time.monotonic()
-        while not self._stopping.is_set():
-            # Short waits so stop() returns quickly; a query now and then so a silent network
-            # failure (no FIN from the server) is noticed too.
-            notes = list(conn.notifies(timeout=0.25, stop_after=1))
-            if not notes:
-                if time.monotonic() - last_check > 5:
-                    conn.execute("SELECT 1")
-                    last_check = time.monotonic()
-                continue
-            notes.extend(conn.notifies(timeout=0))
-            self._dispatch(conn, notes)
+    def _lost(self) -> None:
+        # Streams resume from history with Last-Event-ID; caches drop what they hold.
+        self._ready.clear()
+        self.close_streams()
+        for hook in self._reset_hooks:
+            self._call(hook)
 
     def _dispatch(self, conn: psycopg.Connection, notes: list[psycopg.Notify]) -> None:
         from sql import queries

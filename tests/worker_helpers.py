@@ -8,12 +8,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
+
+from worker.completer import Outcomes
+from worker.config import WorkerConfig
+from worker.exchange import Claim, Exchange
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +54,32 @@ def status_counts(db: psycopg.Connection) -> dict[str, int]:
     """{status: count} over all tasks."""
     rows = db.execute("SELECT status::text AS s, count(*) AS n FROM tasks GROUP BY 1").fetchall()
     return {r["s"]: r["n"] for r in rows}
+
+
+@contextlib.contextmanager
+def claim_connection(
+    database_url: str, worker_id: str = "w", held: Callable[[], set[int]] = set, **settings: Any
+) -> Iterator[Exchange]:
+    """A worker child's claim connection (``Exchange``) as ``worker_id``, started and stopped."""
+    config = WorkerConfig(database_url=database_url, queues=("default",), **settings)
+    exchange = Exchange(config, worker_id, held=held)
+    exchange.start()
+    try:
+        yield exchange
+    finally:
+        exchange.stop()
+
+
+def claim(exchange: Exchange, limit: int) -> list[Claim]:
+    """Claim up to ``limit`` tasks through one exchange that writes nothing."""
+    exchange.send(Outcomes(), limit)
+    return exchange.receive().rows
+
+
+def write(exchange: Exchange, outcomes: Outcomes) -> dict[int, str]:
+    """Write ``outcomes`` through one exchange that claims nothing; the failed tasks' statuses."""
+    exchange.send(outcomes, 0)
+    return exchange.receive().failed
 
 
 def start_worker(database_url: str, *args: str, **env: str) -> subprocess.Popen:

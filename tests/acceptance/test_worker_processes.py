@@ -12,15 +12,17 @@ import pytest
 
 from sql import queries
 from tests.worker_helpers import (
+    claim_connection,
     insert_tasks,
     kill_group,
     start_worker,
     status_counts,
     stop_worker,
     wait_for,
+    write,
 )
 from tests.worker_tasks import LEDGER_DDL
-from worker.claim import Outcomes, connect, exchange
+from worker.completer import Outcomes
 
 pytestmark = pytest.mark.slow
 IMPORTS = {"TASKQ_IMPORTS": "tests.worker_tasks"}
@@ -73,11 +75,10 @@ def test_sigkill_mid_task_another_worker_finishes_and_the_late_write_is_refused(
     assert task["attempts"] == 2 and task["lease_token"] != stale
     phases = ledger_db.execute("SELECT attempt, phase FROM ledger ORDER BY id").fetchall()
     assert [(p["attempt"], p["phase"]) for p in phases] == [(1, "start"), (2, "start"), (2, "end")]
-    with connect(database_url) as conn:  # the dead worker's late result
+    with claim_connection(database_url, "x") as exchange:  # the dead worker's late result
         late = Outcomes()
         late.complete(task_id, stale, json.dumps("late"))
-        exchange(conn, late, worker_id="x", queues=["default"], limit=0, lease_seconds=1,
-                 max_retry_delay=1)  # fmt: skip
+        write(exchange, late)
     assert ledger_db.execute("SELECT result FROM tasks").fetchone() == {"result": task["result"]}
     history = ledger_db.execute(
         "SELECT to_status::text AS s, error FROM task_history ORDER BY id"
@@ -222,6 +223,8 @@ def test_slow_tasks_are_not_prefetched(db: psycopg.Connection, database_url: str
     insert_tasks(db, 6, task_type="sleep", payload={"duration": 0.2})
     worker = start_worker(database_url, "--concurrency", "1", TASKQ_BATCH_SIZE="4")
     try:
+        # Sampled from the first claim on: a loaded machine may take seconds to start a worker.
+        wait_for(lambda: status_counts(db).get("PROCESSING"), 20, "the first claim")
         samples = held_samples(db, 1.2)
     finally:
         code, out = stop_worker(worker)
