@@ -181,6 +181,27 @@ def test_sigterm_drains_and_hands_back(db: psycopg.Connection, database_url: str
     assert all(rows[w]["status"] == "PENDING" for w in waiting)
 
 
+def test_a_draining_worker_keeps_its_running_task_leased(ledger_db, database_url: str) -> None:
+    insert_tasks(ledger_db, 1, task_type="ledger", payload={"sleep": 2.5})
+    worker = start_worker(database_url, "--concurrency", "1", TASKQ_LEASE_SECONDS="1",
+                          TASKQ_SHUTDOWN_GRACE="20", **IMPORTS)  # fmt: skip
+    leased: list[bool] = []
+    try:
+        wait_for(lambda: ledger_db.execute("SELECT 1 FROM ledger").fetchone(), 20, "start")
+        worker.send_signal(signal.SIGTERM)
+        # Sampled until the task ends: a lapsed lease would let a reaper run it twice.
+        while (row := ledger_db.execute(
+            "SELECT status::text AS s, lease_expires_at > now() AS leased FROM tasks"
+        ).fetchone())["s"] == "PROCESSING":  # fmt: skip
+            leased.append(row["leased"])
+            time.sleep(0.05)
+    finally:
+        code, out = stop_worker(worker)
+    assert code == 0, out
+    assert len(leased) > 20 and all(leased), leased  # about 2 s of draining, never unleased
+    assert status_counts(ledger_db) == {"COMPLETED": 1}
+
+
 def held_samples(db: psycopg.Connection, seconds: float, stop_when=None) -> list[int]:
     """PROCESSING counts sampled every 20 ms for ``seconds`` (or until ``stop_when(count)``)."""
     samples: list[int] = []
