@@ -107,8 +107,8 @@ class Producer:
         self.metrics = metrics.BatchMetrics()
 
     def start(self) -> None:
-        """Claim from the next call of ``next`` on."""
-        self.stopping = False
+        """Send the first claim; the first ``next`` reads it (nothing when already stopping)."""
+        self.send(self.next_limit())
 
     def stop(self) -> None:
         """Claim no more; hand back every claimed task that has not run, prefetched ones too."""
