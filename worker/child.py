@@ -10,8 +10,8 @@
 Each has ``start()`` and ``stop()``; they start in that order and stop in the
 reverse one, so at shutdown the listener goes first, the producer hands back
 what it will not run, the completer writes what is left, and the exchange
-leaves. The loop itself only passes tasks from the producer to the runner and
-outcomes from the runner to the completer.
+leaves. The loop itself only passes tasks from the producer to the runner, which
+hands each outcome to the completer.
 """
 
 from __future__ import annotations
@@ -57,9 +57,10 @@ class Child:
     def __init__(self, config: WorkerConfig, slot: Any = None, parent_pid: int | None = None):
         self.parent_pid = parent_pid
         worker_id = worker_id_for(os.getpid())
-        self.runner = Runner(config, worker_id, slot if slot is not None else [0] * SLOT_SIZE)
         self.exchange = Exchange(config, worker_id, held=self.held, gone=self.parent_gone)
         self.completer = Completer(config.batch_size, config.flush_ms, self.exchange)
+        slot = slot if slot is not None else [0] * SLOT_SIZE
+        self.runner = Runner(config, worker_id, slot, self.completer)
         self.producer = Producer(config, self.exchange, self.completer,
                                  done=lambda: self.runner.done, gone=self.parent_gone)  # fmt: skip
         self.listener = Listener(config.database_url, config.queues, self.producer.on_wakeup,
@@ -98,22 +99,20 @@ class Child:
 
     def serve(self) -> None:
         """Run what the producer claims until told to stop, or ``max_tasks`` ran."""
-        producer, runner, completer = self.producer, self.runner, self.completer
-        policy = producer.policy
-        while not producer.stopping and not policy.spent(runner.done):
+        producer, runner, policy = self.producer, self.runner, self.producer.policy
+        queue = producer.queue
+        while not producer.stopping:
             row = producer.next()
             if row is None:
-                if self.parent_gone():
+                # Claims never exceed the free slots: with max_tasks run, none is queued.
+                if policy.spent(runner.done) or self.parent_gone():
                     break
                 continue
             if producer.stopping:  # SIGTERM came while claiming: this one goes back too
-                producer.queue.appendleft(row)
+                queue.appendleft(row)
                 break
-            outcome = runner.run(row)
-            if outcome is None:  # cancelled while it waited here
-                continue
-            completer.record(row, outcome.kind, outcome.value, outcome.seconds)
-            if policy.finished(outcome.seconds, len(producer.queue)):
+            seconds = runner.run(row)
+            if seconds is not None and policy.finished(seconds, len(queue)):
                 producer.hand_back()
 
     def stop(self) -> None:

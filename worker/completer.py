@@ -152,7 +152,7 @@ class Completer:
         self.exchange = exchange
         self.metrics = metrics.BatchMetrics()
         self.pending = Outcomes()
-        self.first_at = 0.0  # when the oldest pending outcome was recorded
+        self.first_at = 0.0  # when the oldest pending outcome was recorded; 0: none since take
 
     def start(self) -> None:
         """Nothing pending yet."""
@@ -167,7 +167,7 @@ class Completer:
     def record(self, row: Claim, outcome: str, value: str | None, seconds: float) -> None:
         """Queue the outcome of a task run here: completed (``value``: its result JSON),
         failed (``value``: the error) or cancelled (nothing to write: the row says so)."""
-        if not self.pending:
+        if not self.first_at:
             self.first_at = time.monotonic()
         if outcome == "completed":
             self.pending.complete(row.id, row.lease_token, value)
@@ -178,7 +178,7 @@ class Completer:
 
     def release(self, row: Claim) -> None:
         """Queue the hand-back of a claimed task that will not run here (attempt not counted)."""
-        if not self.pending:
+        if not self.first_at:
             self.first_at = time.monotonic()
         self.pending.release(row.id, row.lease_token)
         self.metrics.finished(row.task_type, row.queue, "released", 0.0)
@@ -193,7 +193,7 @@ class Completer:
 
     def take(self) -> Outcomes:
         """The pending batch, for an exchange to carry (``settled`` hears how it went)."""
-        batch, self.pending = self.pending, Outcomes()
+        batch, self.pending, self.first_at = self.pending, Outcomes(), 0.0
         return batch
 
     def settled(self, reply: Reply) -> None:

@@ -124,21 +124,21 @@ class Producer:
 
     def next(self) -> Claim | None:
         """The next task to run, claiming when none is left; None when none came in time."""
-        queue = self.queue
+        queue, exchange = self.queue, self.exchange
         if not queue:
-            if self.exchange.busy:
+            if exchange.inflight is not None:
                 queue.extend(self.receive())
             elif not self.gone():  # checked per batch, not per task: a syscall
                 self.refill()
             if not queue:
                 return None
-        if not self.exchange.busy:
+        if exchange.inflight is None:
             if self.policy.prefetching(self.stopping):
                 self.send(self.next_limit())
             elif self.completer.due():
                 self.send(0)
         elif len(queue) % 128 == 0:
-            self.exchange.poll()
+            exchange.poll()
         return queue.popleft()
 
     def next_limit(self) -> int:

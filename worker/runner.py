@@ -16,11 +16,11 @@ import os
 import signal
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 from marshmallow import ValidationError
 
-from worker.completer import encode_result
+from worker.completer import Completer, encode_result
 from worker.config import WorkerConfig
 from worker.exchange import Claim
 from worker.registry import REGISTRY, SoftTimeLimitExceeded, TaskCancelled, TaskContext
@@ -45,25 +45,23 @@ def format_error(exc: BaseException) -> str:
     return text if len(text) <= 4000 else text[:4000] + "…"
 
 
-class Outcome(NamedTuple):
-    """How one run ended: completed (value: result JSON), failed (value: error) or cancelled."""
-
-    kind: str
-    value: str | None
-    seconds: float
-
-
 class Runner:
-    """Run claimed tasks one at a time in the main thread (start/stop: the signal handlers)."""
+    """Run claimed tasks one at a time in the main thread (start/stop: the signal handlers).
 
-    def __init__(self, config: WorkerConfig, worker_id: str, slot: Any) -> None:
+    Each outcome goes to the completer: completed (its result JSON), failed
+    (the error) or cancelled (nothing to write: the row says so already).
+    """
+
+    def __init__(self, config: WorkerConfig, worker_id: str, slot: Any, completer: Completer):
         self.config = config
         self.worker_id = worker_id
         self.slot = slot
+        self.completer = completer
         self.done = 0  # tasks run or dropped
         self.cancelled: set[int] = set()  # heard cancelled: drop them if they come up
         self.running: Claim | None = None
         self.cancel_target: int | None = None
+        self.main_thread = threading.main_thread().ident  # where tasks run and signals land
         self.soft_deadline = 0.0  # monotonic soft limit of the running task
         self.alarm_at: float | None = None  # when the armed SIGALRM timer fires
 
@@ -110,7 +108,10 @@ class Runner:
         running = self.running
         if running is not None and running.id == task_id:
             self.cancel_target = task_id
-            os.kill(os.getpid(), signal.SIGUSR1)
+            # To the main thread, not the process: a process-wide signal may be taken by
+            # this thread instead (starting the timer's thread makes it look), and the
+            # main thread would sleep on in its task until the timer killed it.
+            signal.pthread_kill(self.main_thread, signal.SIGUSR1)
             timer = threading.Timer(self.config.cancel_grace, self.kill_if_still_running, [task_id])
             timer.daemon = True
             timer.start()
@@ -122,8 +123,8 @@ class Runner:
             log.warning("task %s ignored its cancellation; killing worker process", task_id)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def run(self, row: Claim) -> Outcome | None:
-        """Run one claimed task; its outcome, or None when it was cancelled before it started."""
+    def run(self, row: Claim) -> float | None:
+        """Run one claimed task; the seconds it ran, or None when it was cancelled before."""
         self.done += 1
         if row.id in self.cancelled:
             self.cancelled.discard(row.id)
@@ -146,9 +147,11 @@ class Runner:
         finally:
             slot[SLOT_DEADLINE_MS] = 0
             slot[SLOT_TASK] = 0
+        seconds = time.monotonic() - started
+        self.completer.record(row, kind, value, seconds)
         self.cancelled.discard(row.id)
         slot[SLOT_DONE] = self.done
-        return Outcome(kind, value, time.monotonic() - started)
+        return seconds
 
     def call(self, row: Claim, soft_at: float) -> Any:
         """The task function's result for ``row``, with the soft limit armed for ``soft_at``."""
