@@ -28,7 +28,6 @@ from flask import Flask, current_app
 
 from app.db import fetch_one
 from app.events import Change, get_notifier
-from taskq.settings import env_float
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +202,7 @@ def init_app(app: Flask) -> None:
     cache = DetailCache(
         app.config.get("REDIS_URL"),
         int(app.config["TASKQ_CACHE_TTL"]),
-        retry_after=env_float("TASKQ_REDIS_RETRY_SECONDS", 2.0, 0.1),
+        retry_after=float(app.config["TASKQ_REDIS_RETRY_SECONDS"]),
     )
     app.extensions["taskq_cache"] = cache
     app.extensions["taskq_redis_check"] = cache.ping

@@ -46,12 +46,21 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(
             seconds=env_int("TASKQ_REFRESH_TOKEN_SECONDS", 7 * 24 * 3600, minimum=60)
         ),
-        "JWT_TOKEN_LOCATION": ["headers"],
+        # Bearer headers for API clients; HttpOnly cookies for the dashboard, whose
+        # state-changing requests must repeat the CSRF cookie in X-CSRF-TOKEN.
+        "JWT_TOKEN_LOCATION": ["headers", "cookies"],
+        "JWT_COOKIE_CSRF_PROTECT": True,
+        "JWT_COOKIE_SAMESITE": "Strict",
+        "JWT_COOKIE_SECURE": env_bool(
+            "TASKQ_COOKIE_SECURE", environment not in {"development", "test"}
+        ),
+        "JWT_REFRESH_COOKIE_PATH": "/api/v1/auth/",
         "MAX_CONTENT_LENGTH": env_int("TASKQ_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
         "TASKQ_MAX_BATCH": env_int("TASKQ_MAX_BATCH", 1000, minimum=1),
         "TASKQ_PAGE_SIZE": env_int("TASKQ_PAGE_SIZE", 20, minimum=1),
         "TASKQ_MAX_PAGE_SIZE": env_int("TASKQ_MAX_PAGE_SIZE", 100, minimum=1),
         "TASKQ_CACHE_TTL": env_int("TASKQ_CACHE_TTL", 300, minimum=1),
+        "TASKQ_REDIS_RETRY_SECONDS": env_float("TASKQ_REDIS_RETRY_SECONDS", 2.0, minimum=0.1),
         "TASKQ_ALLOW_PRIVATE_URLS": allow_private_urls(),
         "TASKQ_PROXY_HOPS": env_int("TASKQ_PROXY_HOPS", 0, minimum=0),
         "RATELIMIT_ENABLED": env_bool("TASKQ_RATELIMIT_ENABLED", True),

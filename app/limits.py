@@ -1,4 +1,8 @@
-"""Rate limits (flask-limiter): per user on the API, per IP and per username on login/register.
+"""Rate limits (flask-limiter): per user on the API, per IP on login/register; login lockout.
+
+Login and register are limited per client IP (every attempt counts). Password
+guessing against one account is limited per account (``taskq.lockout``): only
+failed logins count, however the account is named (username or email).
 
 Counters live in Redis so every API process shares them; when Redis is down
 flask-limiter falls back to in-memory counters (limits per process) and checks
@@ -16,18 +20,23 @@ from __future__ import annotations
 import re
 import time
 from functools import lru_cache
+from math import ceil
+from typing import Any
 
 from flask import Flask, current_app, g, has_request_context, request
 from flask_jwt_extended import decode_token
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
-from limits import RateLimitItem
+from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage
 from limits.strategies import STRATEGIES, MovingWindowRateLimiter
 from limits.util import WindowStats
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-# Endpoints that take a password: brute force is limited per IP and per username.
+from app.errors import ApiError
+from taskq.lockout import Attempt, Locked, LoginFailures, account_key, name_key
+
+# Endpoints that take a password: brute force is limited per IP (and per account: lockout).
 AUTH_RULE = re.compile(r"^/api/v1/auth/(login|token|register)/?$")
 
 
@@ -117,12 +126,17 @@ def token_subject(secret: str, token: str) -> str:
 
 
 def token_user_key() -> str | None:
-    """``user:<id>`` from a well-signed bearer token (expired or revoked still identify)."""
+    """``user:<id>`` from a well-signed bearer token or access cookie (expired or revoked
+    still identify)."""
     header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
+    if header.startswith("Bearer "):
+        token = header[7:].strip()
+    else:
+        token = request.cookies.get(current_app.config["JWT_ACCESS_COOKIE_NAME"], "")
+    if not token:
         return None
     try:
-        subject = token_subject(current_app.config["JWT_SECRET_KEY"], header[7:].strip())
+        subject = token_subject(current_app.config["JWT_SECRET_KEY"], token)
     except Exception:  # any undecodable token is just anonymous for limiting
         return None
     return f"user:{subject}"
@@ -138,15 +152,6 @@ def ip_key() -> str:
     return f"ip:{get_remote_address()}"
 
 
-def username_key() -> str:
-    """The username a login/register body names (lower-cased); the IP when there is none."""
-    body = request.get_json(silent=True)
-    username = body.get("username") if isinstance(body, dict) else None
-    if isinstance(username, str) and username.strip():
-        return f"username:{username.strip().lower()[:150]}"
-    return ip_key()
-
-
 def default_limit() -> str:
     """TASKQ_RATELIMIT_DEFAULT, read per request so tests can change it."""
     return current_app.config["TASKQ_RATELIMIT_DEFAULT"]
@@ -155,6 +160,37 @@ def default_limit() -> str:
 def auth_limit() -> str:
     """TASKQ_RATELIMIT_AUTH."""
     return current_app.config["TASKQ_RATELIMIT_AUTH"]
+
+
+def reserve_login(user: dict[str, Any] | None, login: str) -> Attempt | None:
+    """Count a password check against its account before it runs; 429 while locked.
+
+    The account is the user's id whatever name the login used, or the name itself
+    when it is no active account. None when limits are off.
+    """
+    failures: LoginFailures | None = current_app.extensions.get("taskq_login_failures")
+    if failures is None:
+        return None
+    key = account_key(user["id"]) if user is not None else name_key(login)
+    try:
+        return failures.reserve(key)
+    except Locked as exc:
+        raise ApiError(
+            429,
+            "Too many failed logins for this account: try again later.",
+            headers={"Retry-After": str(max(1, ceil(exc.retry_after)))},
+        ) from None
+
+
+def release_login(attempt: Attempt | None) -> None:
+    """The password was right: the reserved attempt is not a failure."""
+    if attempt is not None:
+        current_app.extensions["taskq_login_failures"].release(attempt)
+
+
+def auth_windows(limit: str) -> list[tuple[int, float]]:
+    """``20/minute;60/hour`` as ``[(20, 60.0), (60, 3600.0)]``."""
+    return [(item.amount, float(item.get_expiry())) for item in parse_many(limit)]
 
 
 def outside_api() -> bool:
@@ -185,9 +221,14 @@ def init_app(app: Flask) -> Limiter:
     )
     limiter.init_app(app)
     by_ip = limiter.limit(auth_limit, key_func=ip_key, scope="auth-ip", methods=["POST"])
-    by_name = limiter.limit(auth_limit, key_func=username_key, scope="auth-user", methods=["POST"])
     endpoints = {r.endpoint for r in app.url_map.iter_rules() if AUTH_RULE.match(r.rule)}
     for endpoint in endpoints:
-        app.view_functions[endpoint] = by_name(by_ip(app.view_functions[endpoint]))
+        app.view_functions[endpoint] = by_ip(app.view_functions[endpoint])
+    if app.config.get("RATELIMIT_ENABLED", True):
+        app.extensions["taskq_login_failures"] = LoginFailures(
+            redis_url,
+            auth_windows(app.config["TASKQ_RATELIMIT_AUTH"]),
+            retry_after=float(app.config["TASKQ_REDIS_RETRY_SECONDS"]),
+        )
     app.extensions["taskq_limiter"] = limiter
     return limiter

@@ -25,7 +25,15 @@ from app.schemas import ErrorSchema
 bp = Blueprint("openapi", __name__)
 
 PATH_ARGUMENT = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
-HIDDEN_ENDPOINTS = {"static", "openapi.openapi_json", "openapi.docs"}
+# Pages, not API operations.
+HIDDEN_ENDPOINTS = {
+    "static",
+    "openapi.openapi_json",
+    "openapi.docs",
+    "root",
+    "dashboard.index",
+    "dashboard.asset",
+}
 DESCRIPTION = (
     "A task queue and notification service on PostgreSQL alone. Authenticate with "
     "`Authorization: Bearer <access token>` (from /api/v1/auth/login). Every error body is "

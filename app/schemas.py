@@ -9,6 +9,7 @@ NaN/Infinity, so nothing a client sends can fail later inside Postgres.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -26,11 +27,29 @@ from marshmallow import (
 )
 
 from app.errors import error_response
+from taskq.fields import HttpHeaders, OutboundUrl
 from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
 
 STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
 MAX_JSON_DEPTH = 32
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+# int() also reads Arabic-Indic and fullwidth digits, "1_000" and " 7 " (and isdigit()
+# passes superscripts, which int() then refuses): a number a client writes is ASCII digits.
+ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
+# A stored timestamp is read back in the session's time zone (offsets up to 16 h): a day
+# inside Python's years 1-9999 on either side keeps every one readable, in UTC or not.
+EARLIEST_DATETIME = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_DATETIME = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def ascii_int(text: str) -> int | None:
+    """``text`` as an int when it is optionally signed ASCII digits, else None."""
+    if not ASCII_INTEGER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts
+        return None
 
 
 def check_text(value: str) -> None:
@@ -99,12 +118,43 @@ class Priority(fields.Field):
             name = value.strip().lower()
             if name in PRIORITY_NAMES:
                 return PRIORITY_NAMES[name]
-            if not name.isdigit():
-                raise ValidationError(self.MESSAGE)
-            value = int(name)
+            value = ascii_int(name)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
             raise ValidationError(self.MESSAGE)
         return value
+
+
+class QueryInteger(fields.Integer):
+    """An integer in a query string: ASCII digits only."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and ascii_int(value) is None:
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class StoredDateTime(fields.AwareDateTime):
+    """An ISO 8601 datetime to store (UTC when no offset), as an aware UTC datetime.
+
+    Refused unless it lies between EARLIEST_DATETIME and LATEST_DATETIME: Postgres
+    would store ``9999-12-31T23:59:59-12:00`` (year 10000 in UTC), and then no read
+    of the row could turn it back into a Python datetime.
+    """
+
+    MESSAGE = "Must lie between 0001-01-02 and 9999-12-30 (UTC)."
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(default_timezone=UTC, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError(self.MESSAGE) from None
+        if not EARLIEST_DATETIME <= moment <= LATEST_DATETIME:
+            raise ValidationError(self.MESSAGE)
+        return moment
 
 
 class DateBound(fields.Field):
@@ -169,6 +219,14 @@ class RegisterSchema(Schema):
     )
     first_name = Text(load_default="", validate=validate.Length(max=150))
     last_name = Text(load_default="", validate=validate.Length(max=150))
+    cookies = fields.Boolean(
+        load_default=False,
+        load_only=True,
+        metadata={
+            "description": "Set the tokens as HttpOnly cookies (the dashboard) instead of "
+            "returning them in the body."
+        },
+    )
 
     @pre_load
     def aliases(self, data: Any, **kwargs: Any) -> Any:
@@ -187,10 +245,18 @@ class LoginSchema(Schema):
 
     username = Text(required=True, metadata={"description": "Username or email."})
     password = Text(required=True, load_only=True)
+    cookies = fields.Boolean(
+        load_default=False,
+        load_only=True,
+        metadata={
+            "description": "Set the tokens as HttpOnly cookies (the dashboard) instead of "
+            "returning them in the body."
+        },
+    )
 
 
 class RefreshSchema(Schema):
-    """POST /auth/token/refresh."""
+    """POST /auth/token/refresh (a cookie session sends no body: the refresh cookie is used)."""
 
     refresh = Text(required=True, metadata={"description": "A refresh token."})
 
@@ -261,7 +327,9 @@ class AuthResponseSchema(Schema):
     """Register, login, refresh and change-password answers."""
 
     user = fields.Nested(UserSchema)
-    tokens = fields.Nested(TokensSchema)
+    tokens = fields.Nested(
+        TokensSchema, metadata={"description": "Absent for a cookie session (they are cookies)."}
+    )
     message = fields.String()
 
 
@@ -300,8 +368,9 @@ class ErrorSchema(Schema):
 class TaskCreateSchema(Schema):
     """POST /tasks (and each item of POST /tasks/batch).
 
-    The payload is checked against the task type's own schema; unknown types
-    are refused with the list of known ones.
+    The payload is checked against the task type's own schema; unknown and
+    internal types are refused alike, with the list of the types users may
+    create, and so are the system's queues.
     """
 
     title = Text(validate=validate.Length(min=1, max=255))
@@ -315,14 +384,12 @@ class TaskCreateSchema(Schema):
     payload = JsonObject(load_default=dict)
     queue = Text(load_default="default", validate=validate.Regexp(NAME_PATTERN))
     priority = Priority(load_default=PRIORITY_NAMES["normal"])
-    scheduled_at = fields.AwareDateTime(
-        default_timezone=UTC,
+    scheduled_at = StoredDateTime(
         allow_none=True,
         load_default=None,
         metadata={"description": "Run no earlier than this (UTC when no offset)."},
     )
-    scheduled_time = fields.AwareDateTime(
-        default_timezone=UTC,
+    scheduled_time = StoredDateTime(
         allow_none=True,
         load_only=True,
         metadata={"description": "Alias of scheduled_at."},
@@ -347,12 +414,11 @@ class TaskCreateSchema(Schema):
         validate=validate.Length(max=50),
     )
     metadata = JsonObject(load_default=dict)
-    callback_url = fields.Url(
-        schemes={"http", "https"},
-        require_tld=False,
+    callback_url = OutboundUrl(
         allow_none=True,
         load_default=None,
         validate=validate.Length(max=2048),
+        metadata={"description": "Private and loopback addresses are refused."},
     )
     callback_events = fields.List(
         fields.String(validate=validate.OneOf(CALLBACK_EVENTS)),
@@ -360,9 +426,7 @@ class TaskCreateSchema(Schema):
         load_default=None,
         validate=validate.Length(min=1, max=len(CALLBACK_EVENTS)),
     )
-    callback_headers = fields.Dict(
-        keys=Text(validate=validate.Length(min=1, max=256)),
-        values=Text(validate=validate.Length(max=4096)),
+    callback_headers = HttpHeaders(
         allow_none=True,
         load_default=None,
         validate=validate.Length(max=50),
@@ -379,8 +443,8 @@ class TaskCreateSchema(Schema):
 
     @post_load
     def resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Apply the aliases, then check task_type and the payload against the registry."""
-        from worker.registry import load_task_modules
+        """Apply the aliases, then check queue, task_type and the payload against the registry."""
+        from worker.registry import SYSTEM_QUEUES, user_task_types
 
         alias = data.pop("name", None)
         data["title"] = data.get("title") or alias
@@ -388,7 +452,9 @@ class TaskCreateSchema(Schema):
             raise ValidationError("Missing data for required field.", "title")
         alias_time = data.pop("scheduled_time", None)
         data["scheduled_at"] = data.get("scheduled_at") or alias_time
-        registry = load_task_modules()
+        if data["queue"] in SYSTEM_QUEUES:
+            raise ValidationError(f"Queue {data['queue']!r} is reserved for the system.", "queue")
+        registry = user_task_types()
         task_type = registry.get(data["task_type"])
         if task_type is None:
             known = ", ".join(sorted(registry))
@@ -429,8 +495,8 @@ class TaskListQuerySchema(Schema):
         metadata={"description": "Case-insensitive text in title or description."},
     )
     ordering = Text(metadata={"description": "Fields, comma-separated; '-' for descending."})
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
-    page_size = fields.Integer(validate=validate.Range(min=1))
+    page = QueryInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    page_size = QueryInteger(validate=validate.Range(min=1))
 
     @post_load
     def split_status(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -447,7 +513,7 @@ class TaskListQuerySchema(Schema):
 class AdminTaskListQuerySchema(TaskListQuerySchema):
     """Query string of GET /admin/tasks: the user filters as well."""
 
-    user_id = fields.Integer(validate=validate.Range(min=1, max=2**63 - 1))
+    user_id = QueryInteger(validate=validate.Range(min=1, max=2**63 - 1))
     username = Text()
 
 
@@ -457,8 +523,8 @@ class PageQuerySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    page = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
-    page_size = fields.Integer(validate=validate.Range(min=1))
+    page = QueryInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    page_size = QueryInteger(validate=validate.Range(min=1))
 
 
 class OwnerSchema(Schema):
@@ -653,6 +719,18 @@ class QueuesSchema(Schema):
     queues = fields.List(fields.Nested(QueueStatSchema))
 
 
+class RunningTaskSchema(Schema):
+    """A task a live worker runs now."""
+
+    id = fields.Integer()
+    user_id = fields.Integer(allow_none=True)
+    title = fields.String()
+    task_type = fields.String()
+    queue = fields.String()
+    attempts = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+
+
 class WorkerSchema(Schema):
     """One row of the live_workers view."""
 
@@ -665,12 +743,32 @@ class WorkerSchema(Schema):
     heartbeat_at = fields.DateTime()
     silent_for = fields.Float(metadata={"description": "Seconds since the last heartbeat."})
     running = fields.Integer()
+    running_tasks = fields.List(fields.Nested(RunningTaskSchema))
 
 
 class WorkersSchema(Schema):
     """Answer of GET /admin/workers."""
 
     workers = fields.List(fields.Nested(WorkerSchema))
+
+
+class StuckTaskSchema(Schema):
+    """One row of the stuck_tasks view: running, but its lease expired."""
+
+    id = fields.Integer()
+    queue = fields.String()
+    task_type = fields.String()
+    worker_id = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+    lease_expires_at = fields.DateTime()
+    overdue = fields.Float(metadata={"description": "Seconds since the lease expired."})
+
+
+class StuckTasksSchema(Schema):
+    """Answer of GET /admin/stuck-tasks."""
+
+    stuck_tasks = fields.List(fields.Nested(StuckTaskSchema))
 
 
 # ------------------------------------------------------------ request helpers

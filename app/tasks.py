@@ -7,7 +7,10 @@ migration write the history row and the NOTIFY of every transition.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -177,6 +180,23 @@ def idempotency_key() -> str | None:
     return key
 
 
+def request_fingerprint(columns: dict[str, Any]) -> str:
+    """sha256 of a validated create request: what a reuse of its Idempotency-Key must match.
+
+    Taken after validation (aliases resolved, defaults filled, times in UTC), so two
+    bodies that create the same task match however they were spelled.
+    """
+    text = json.dumps(columns, sort_keys=True, separators=(",", ":"), default=fingerprint_value)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def fingerprint_value(value: Any) -> Any:
+    """The JSON form of the non-JSON values of a validated body (datetimes, as UTC)."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return repr(value)  # nothing else is expected; never a 500 for it
+
+
 def task_columns(data: dict[str, Any]) -> dict[str, Any]:
     """A validated create body as the column values of a new task."""
     columns = dict(data)
@@ -234,24 +254,51 @@ def load_task_detail(task_id: int, user_id: int) -> dict[str, Any] | None:
     body=schemas.TaskCreateSchema,
     response=schemas.TaskCreatedSchema,
     status=201,
+    errors=(409, 422),
 )
 @jwt_required()
 def create_task():
-    """201 with the new task; 200 with the first one when the Idempotency-Key was used before."""
+    """201 with the new task; 200 with the first one when the Idempotency-Key was used before.
+
+    422 when the key was used before with a different request.
+    """
     data = TASK_CREATE_SCHEMA.load(get_json_body())
     key = idempotency_key()
-    params = {**task_params(data, current_user_id()), "idempotency_key": key}
+    params = {
+        **task_params(data, current_user_id()),
+        "idempotency_key": key,
+        "idempotency_fingerprint": request_fingerprint(task_columns(data)) if key else None,
+    }
     row = fetch_one("insert_task", params)
     if row is None:
-        # ON CONFLICT waited for the first insert to commit, so the lookup sees it.
-        lookup = {"user_id": params["user_id"], "idempotency_key": key}
-        row = fetch_one("get_task_by_idempotency_key", lookup)
-        body = {"task": task_to_json(row), "message": "Task already created with this key"}
-        return body, 200
+        return first_task_of_key(params)
     count_created([row])
     location = url_for("tasks.get_task", task_id=row["id"])
     body = {"task": task_to_json(row), "message": "Task created successfully"}
     return body, 201, {"Location": location}
+
+
+def first_task_of_key(params: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The answer to a create whose Idempotency-Key was used before: that task, or 422."""
+    # ON CONFLICT waited for the first insert to commit, so the lookup sees it.
+    lookup = {"user_id": params["user_id"], "idempotency_key": params["idempotency_key"]}
+    row = fetch_one("get_task_by_idempotency_key", lookup)
+    if row is None:  # deleted since the conflict: the key is free again
+        raise ApiError(409, "The task of this Idempotency-Key was just deleted: send it again.")
+    stored = row["idempotency_fingerprint"]
+    if stored is not None and stored != params["idempotency_fingerprint"]:
+        raise ApiError(
+            422,
+            "This Idempotency-Key was already used with a different request.",
+            {
+                "Idempotency-Key": [
+                    f"Used before for task {row['id']} with other values: "
+                    "use a new key for a new task, or resend the same request."
+                ]
+            },
+        )
+    body = {"task": task_to_json(row), "message": "Task already created with this key"}
+    return body, 200
 
 
 @bp.post("/tasks/batch")
@@ -269,7 +316,8 @@ def create_tasks_batch():
     if isinstance(body, list):
         body = {"tasks": body}
     maximum = current_app.config["TASKQ_MAX_BATCH"]
-    if isinstance(body, dict) and len(body.get("tasks") or ()) > maximum:
+    items = body.get("tasks") if isinstance(body, dict) else None
+    if isinstance(items, list) and len(items) > maximum:
         raise ApiError(400, "Batch too large.", {"tasks": [f"At most {maximum} tasks."]})
     data = schemas.TaskBatchSchema().load(body)
     user_id = current_user_id()
@@ -381,8 +429,8 @@ def retry_task(task_id: int):
 @doc("The registered task types and their payloads", tag="tasks", response=schemas.TaskTypesSchema)
 @jwt_required()
 def task_types():
-    """Name, description and payload JSON schema of every registered type."""
-    from worker.registry import load_task_modules
+    """Name, description and payload JSON schema of every type users may create."""
+    from worker.registry import user_task_types
 
     types = [
         {
@@ -392,7 +440,7 @@ def task_types():
             if task_type.payload_schema is not None
             else {"type": "object"},
         }
-        for task_type in sorted(load_task_modules().values(), key=lambda t: t.name)
+        for task_type in sorted(user_task_types().values(), key=lambda t: t.name)
     ]
     return {"task_types": types}
 

@@ -8,10 +8,10 @@ snapshot), or triggers one for the task as it is now.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, jsonify
 
 from app.db import fetch_all, fetch_one
-from app.errors import ApiError
+from app.errors import ApiError, get_json_body
 from app.events import bearer_user_id, owned_task
 from taskq.representation import CALLBACK_EVENTS, EVENT_FOR_STATUS, row_to_json
 
@@ -47,16 +47,18 @@ def replay_delivery(task_id: int, delivery_id: int):
 def trigger_webhook(task_id: int):
     """Enqueue a delivery of the task as it is now; ``{"event": ...}`` optional."""
     owned_task(task_id, bearer_user_id())
-    data = request.get_json(silent=True) if request.data else {}
+    data = get_json_body(optional=True)
     if not isinstance(data, dict):
-        raise ApiError(400, "Malformed JSON body.")
+        raise ApiError(400, "Invalid input.", {"non_field_errors": ["Send a JSON object."]})
     task = fetch_one("task_callback", {"task_id": task_id})
     if task is None:
         raise ApiError(404, "Task not found.")
     if not task["callback_url"]:
         raise ApiError(400, "The task has no callback_url.", {"callback_url": ["Not set."]})
-    event = data.get("event") or EVENT_FOR_STATUS.get(task["status"], "task.queued")
-    if event not in KNOWN_EVENTS:
+    event = data.get("event")
+    if event is None:
+        event = EVENT_FOR_STATUS.get(task["status"], "task.queued")
+    if not isinstance(event, str) or event not in KNOWN_EVENTS:
         choices = ", ".join(sorted(KNOWN_EVENTS))
         raise ApiError(400, "Invalid input.", {"event": [f"Must be one of: {choices}."]})
     row = fetch_one("trigger_webhook", {"task_id": task_id, "event": event})

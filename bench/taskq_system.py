@@ -34,6 +34,7 @@ TASK_DEFAULTS = {
     "task_type": TASK_TYPE,
     "queue": QUEUE,
     "idempotency_key": None,
+    "idempotency_fingerprint": None,
 }
 
 

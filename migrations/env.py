@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from app.models import metadata
+from taskq.models import metadata
 from taskq.settings import sqlalchemy_url
 
 config = context.config

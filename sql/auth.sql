@@ -30,6 +30,13 @@ SELECT u.id, u.is_admin, u.is_active, u.password_changed_at,
   FROM users u
  WHERE u.id = %(user_id)s;
 
+-- name: stream_credentials
+-- token_state of many credentials at once (user id, access-token jti): the open SSE streams' check.
+SELECT b.user_id, b.jti, u.id, u.is_admin, u.is_active, u.password_changed_at,
+       EXISTS (SELECT 1 FROM token_blocklist t WHERE t.jti = b.jti) AS revoked
+  FROM unnest(%(user_ids)s::bigint[], %(jtis)s::text[]) AS b(user_id, jti)
+  LEFT JOIN users u ON u.id = b.user_id;
+
 -- name: revoke_token
 -- Put a jti on the blocklist; no row back when it was already there (a reused refresh token).
 INSERT INTO token_blocklist (jti, token_type, user_id, expires_at)

@@ -1,6 +1,8 @@
 -- Operator views: read them from psql (\dv), `taskq stats` and /api/v1/admin.
--- Applied by the migrations with CREATE OR REPLACE; a migration that changes
--- a view runs this file again.
+-- The views as the migrations at head define them. Migrations never read this
+-- file: each carries its own SQL, so a view that changes needs a new migration
+-- with the new text, and this file changes with it
+-- (tests/integration/test_schema.py checks that the two agree).
 
 CREATE OR REPLACE VIEW queue_depth AS
 SELECT queue,

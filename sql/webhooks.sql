@@ -1,16 +1,29 @@
--- name: webhook_delivery_for_send
--- A delivery with what sending it needs from its task (secret and headers stay in Postgres).
-SELECT w.id, w.task_id, w.event, w.url, w.payload, w.attempt, w.max_attempts, w.status,
-       t.callback_secret, t.callback_headers
-  FROM webhook_deliveries w
-  LEFT JOIN tasks t ON t.id = w.task_id
- WHERE w.id = %(delivery_id)s;
+-- name: claim_webhook_delivery
+-- Count the next attempt of a delivery that is due (pending, attempts left, asked by its running sender task); what sending needs.
+-- One conditional UPDATE, so a task that is not the delivery's sender (a stray deliver_webhook made in psql),
+-- a sender not claimed yet (its run_at, the next attempt time, still ahead) or a re-run after the
+-- delivery finished sends nothing and changes nothing. Secret and headers stay in Postgres until now.
+WITH claimed AS (
+    UPDATE webhook_deliveries w
+       SET attempt = w.attempt + 1
+     WHERE w.id = %(delivery_id)s
+       AND w.sender_task_id = %(task_id)s
+       AND w.status = 'pending'
+       AND w.attempt < w.max_attempts
+       AND EXISTS (SELECT 1 FROM tasks s WHERE s.id = w.sender_task_id AND s.status = 'PROCESSING')
+    RETURNING w.id, w.task_id, w.event, w.url, w.payload, w.attempt, w.max_attempts)
+SELECT c.*, t.callback_secret, t.callback_headers
+  FROM claimed c
+  LEFT JOIN tasks t ON t.id = c.task_id;
+
+-- name: webhook_delivery_state
+-- Why a delivery was not claimed: its status, attempts and sender (none: deleted with its task).
+SELECT status, attempt, max_attempts, sender_task_id FROM webhook_deliveries WHERE id = %(delivery_id)s;
 
 -- name: record_webhook_attempt
--- One attempt's outcome on its delivery row, appended to the attempt log.
+-- The outcome of the attempt claim_webhook_delivery counted, on its delivery row and its attempt log.
 UPDATE webhook_deliveries
-   SET attempt = attempt + 1,
-       status = CASE WHEN %(delivered)s THEN 'delivered'
+   SET status = CASE WHEN %(delivered)s THEN 'delivered'
                      WHEN %(final)s THEN 'failed'
                      ELSE 'pending' END,
        status_code = %(status_code)s,
@@ -18,9 +31,9 @@ UPDATE webhook_deliveries
        error = %(error)s,
        delivered_at = CASE WHEN %(delivered)s THEN now() ELSE delivered_at END,
        attempt_log = attempt_log || jsonb_build_array(jsonb_build_object(
-           'attempt', attempt + 1, 'at', now(), 'status_code', %(status_code)s::integer,
+           'attempt', attempt, 'at', now(), 'status_code', %(status_code)s::integer,
            'duration_ms', %(duration_ms)s::float8, 'error', %(error)s::text))
- WHERE id = %(delivery_id)s
+ WHERE id = %(delivery_id)s AND attempt = %(attempt)s AND status = 'pending'
 RETURNING attempt, max_attempts, status;
 
 -- name: list_webhook_deliveries

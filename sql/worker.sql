@@ -44,6 +44,7 @@ UPDATE tasks t
 -- name: fail_tasks
 -- Record failed attempts, fenced: RETRYING after exponential backoff with jitter, or FAILED when spent.
 -- Backoff: retry_delay * 2^(attempt-1), capped at %(max_delay)s, times a random 0.75-1.25.
+-- A cap of 0 makes the task due again at once: an attempt lost with its worker (reaper, dead child).
 UPDATE tasks t
    SET status = CASE WHEN t.attempts <= t.max_retries
                      THEN 'RETRYING'::task_status ELSE 'FAILED'::task_status END,

@@ -1,4 +1,5 @@
-"""The ``taskq`` command line: up, migrate, api, worker, create-admin, list-tasks, stats, bench.
+"""The ``taskq`` command line: up, migrate, api, worker, create-admin, unlock-account,
+list-tasks, stats, bench.
 
 Each command imports only what it runs: ``taskq worker`` never loads Flask.
 """
@@ -70,15 +71,49 @@ def create_admin(username: str, email: str | None, password_stdin: bool) -> None
     click.echo(f"admin {username} (id {user_id}) ready")
 
 
+@main.command("unlock-account")
+@click.argument("login")
+def unlock_account(login: str) -> None:
+    """Lift the login lock of an account (LOGIN: its username or email).
+
+    Clears the account's failed-login counters in REDIS_URL; without Redis they
+    live in each API process, and restarting the API clears them.
+    """
+    import redis
+
+    from taskq.lockout import unlock_account as unlock
+
+    redis_url = env("REDIS_URL")
+    if redis_url is None:
+        fail("REDIS_URL is not set: failed logins are counted in each API process; restart it")
+    try:
+        user = unlock(required_database_url(), redis_url, login)
+    except redis.RedisError as exc:
+        fail(f"cannot reach Redis at REDIS_URL: {exc}")
+    if user is None:
+        click.echo(f"{login} is no active account; failed logins of that name cleared")
+    else:
+        click.echo(f"failed logins of {user['username']} (id {user['id']}) cleared")
+
+
 @main.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, help="HOST:PORT of the API")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1), help="API procs")
+@click.option(
+    "--workers", default=2, show_default=True, type=click.IntRange(1), help="API processes"
+)
 @click.option("--concurrency", default=None, type=click.IntRange(1), help="worker children")
 def up(bind: str, workers: int, concurrency: int | None) -> None:
-    """Everything on one machine: embedded Postgres if needed, migrations, API and worker."""
+    """Everything on one machine: embedded Postgres if needed, migrations, API and worker.
+
+    Without JWT_SECRET_KEY, one secret is made on first start and kept in
+    ./.taskq/jwt-secret (mode 0600) for every process, so tokens survive restarts.
+    """
     from taskq.up import run_up
 
-    sys.exit(run_up(bind=bind, api_workers=workers, concurrency=concurrency))
+    try:
+        sys.exit(run_up(bind=bind, api_workers=workers, concurrency=concurrency))
+    except SettingError as exc:
+        fail(str(exc))
 
 
 @main.command()

@@ -213,6 +213,7 @@ def new_task_row(
         "started_at": None,
         "completed_at": None,
         "updated_at": now,
+        "idempotency_fingerprint": None,  # migration 0007 added it last
     }
 
 

@@ -12,7 +12,14 @@ partition, a frozen host), which nothing reports. For the second, after
 gives the reply ``ping_timeout`` seconds; none, and the connection is
 dropped and opened again. Notifications sent while it was away are gone:
 ``on_lost`` lets the owner act on that (end streams, drop caches), and
-``on_ready`` runs each time LISTEN is active again (a worker claims at once).
+``on_ready`` runs each time LISTEN is active again, before any delivery (a
+worker claims at once).
+
+An owner that must also look at the database when nothing is announced (the
+notifier's re-check of rows waiting behind an open transaction) passes
+``next_wakeup``, the ``time.monotonic()`` of its next look (None: none due),
+and ``on_wakeup(conn)``, run on the LISTEN connection once that time comes
+without notifications.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ PING = b"SELECT 1"
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
 
 NotesHandler = Callable[[psycopg.Connection, list[psycopg.Notify]], None]
+WAIT = 0.25  # seconds per wait for notifications, so that ``stop`` is noticed quickly
 
 
 class ListenConnection:
@@ -47,6 +55,8 @@ class ListenConnection:
         *,
         on_ready: Callable[[], None] | None = None,
         on_lost: Callable[[], None] | None = None,
+        next_wakeup: Callable[[], float | None] | None = None,
+        on_wakeup: Callable[[psycopg.Connection], None] | None = None,
         application_name: str = "taskq-listen",
         ping_after: float = 5.0,
         ping_timeout: float = 5.0,
@@ -56,6 +66,10 @@ class ListenConnection:
         self.on_notes = on_notes
         self.on_ready = on_ready
         self.on_lost = on_lost
+        if (next_wakeup is None) != (on_wakeup is None):
+            raise ValueError("next_wakeup and on_wakeup go together")
+        self.next_wakeup = next_wakeup
+        self.on_wakeup = on_wakeup
         self.application_name = application_name
         self.ping_after = ping_after
         self.ping_timeout = ping_timeout
@@ -104,12 +118,15 @@ class ListenConnection:
         """Hand over notifications until ``stop``; raises when the connection is lost."""
         quiet_since = time.monotonic()
         while not stop.is_set():
-            # Short waits, so that ``stop`` is noticed quickly.
-            notes = list(conn.notifies(timeout=0.25, stop_after=1))
+            wake_at = self.wakeup_time()
+            timeout = WAIT if wake_at is None else min(WAIT, max(wake_at - time.monotonic(), 0))
+            notes = list(conn.notifies(timeout=timeout, stop_after=1))
             if notes:
                 notes.extend(conn.notifies(timeout=0))
             elif conn.broken:
                 raise psycopg.OperationalError("LISTEN connection is broken")
+            elif wake_at is not None and time.monotonic() >= wake_at:
+                self.on_wakeup(conn)  # a round trip too: no ping needed for a while
             elif time.monotonic() - quiet_since > self.ping_after:
                 notes = ping(conn, self.ping_timeout)
             else:
@@ -117,6 +134,10 @@ class ListenConnection:
             quiet_since = time.monotonic()
             if notes:
                 self.on_notes(conn, notes)
+
+    def wakeup_time(self) -> float | None:
+        """When the owner wants ``on_wakeup`` next (``time.monotonic()``); None: no wake-up."""
+        return None if self.next_wakeup is None else self.next_wakeup()
 
 
 def ping(conn: psycopg.Connection, timeout: float) -> list[psycopg.Notify]:

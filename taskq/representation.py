@@ -45,17 +45,22 @@ TASK_FIELDS = (
 
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 10, "critical": 20}
 
-# Webhook event of each status a client can subscribe to with callback_events.
-EVENT_FOR_STATUS = {
-    "PENDING": "task.queued",
-    "PROCESSING": "task.started",
-    "RETRYING": "task.retrying",
-    "COMPLETED": "task.succeeded",
-    "FAILED": "task.failed",
-    "CANCELLED": "task.cancelled",
-}
+# Webhook events of a transition to each status, first choice first. The
+# database's copy is taskq_webhook_events() (migration 0005), which the trigger
+# uses; tests/integration/test_schema.py checks that the two agree.
 # task.revoked is the seeds' (Celery's) name for task.cancelled; subscribers may use either.
-CALLBACK_EVENTS = (*EVENT_FOR_STATUS.values(), "task.revoked")
+EVENTS_FOR_STATUS = {
+    "PENDING": ("task.queued",),
+    "PROCESSING": ("task.started",),
+    "RETRYING": ("task.retrying",),
+    "COMPLETED": ("task.succeeded",),
+    "FAILED": ("task.failed",),
+    "CANCELLED": ("task.cancelled", "task.revoked"),
+}
+# The event a transition to each status is named by (manual triggers, docs).
+EVENT_FOR_STATUS = {status: events[0] for status, events in EVENTS_FOR_STATUS.items()}
+CALLBACK_EVENTS = tuple(event for events in EVENTS_FOR_STATUS.values() for event in events)
+# A task whose callback_events is NULL hears of these (the trigger's default too).
 DEFAULT_CALLBACK_EVENTS = ("task.succeeded", "task.failed", "task.cancelled")
 
 

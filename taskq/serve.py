@@ -77,15 +77,15 @@ def post_worker_init(worker: Any) -> None:
 
 
 def worker_exit(server: Any, worker: Any) -> None:
-    """Close the worker's pool and LISTEN connection before the interpreter tears down."""
+    """Stop the stream guard and the LISTEN connection, close the pool, before tear-down."""
     app = getattr(worker, "wsgi", None)
     if app is None or not hasattr(app, "extensions"):
         return
     from app.db import close_pool
 
-    notifier = app.extensions.get("taskq_notifier")
-    if notifier is not None:
-        notifier.stop()
+    for service in ("taskq_stream_guard", "taskq_notifier"):
+        if app.extensions.get(service) is not None:
+            app.extensions[service].stop()
     close_pool(app)
 
 

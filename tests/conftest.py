@@ -99,6 +99,15 @@ def database_url(pg_server_url: str, template_database: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def empty_database_url(pg_server_url: str) -> Iterator[str]:
+    """A database with no schema at all, for this test alone; its libpq URL."""
+    name = f"taskq_empty_{uuid.uuid4().hex[:10]}"
+    admin_execute(pg_server_url, f'CREATE DATABASE "{name}"')
+    yield with_database(pg_server_url, name)
+    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
 def db(database_url: str) -> Iterator[psycopg.Connection]:
     """An autocommit connection to the test's database, rows as dicts."""
     from psycopg.rows import dict_row
@@ -130,9 +139,12 @@ def redis_url() -> Iterator[str]:
 
 
 def close_app(application) -> None:
-    """Release what an app opened: its pool and, when started, its notifier."""
+    """Release what an app opened: its pool and, when started, its notifier and stream guard."""
     from app.db import close_pool
 
+    guard = application.extensions.get("taskq_stream_guard")
+    if guard is not None:
+        guard.stop()
     close_pool(application)
     notifier = application.extensions.get("taskq_notifier")
     if notifier is not None:

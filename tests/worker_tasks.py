@@ -54,3 +54,10 @@ def stubborn(payload: dict, ctx: TaskContext) -> None:
 def crash(payload: dict, ctx: TaskContext) -> None:
     """Kills its own process."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@register("kill_worker", payload=LedgerSchema)
+def kill_worker(payload: dict, ctx: TaskContext) -> None:
+    """Writes a ledger row and SIGKILLs its whole worker, supervisor and children included."""
+    write(ctx, "start")
+    os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from worker.exchange import Claim, Exchange, Reply
 
 UNKNOWN = ("?", "?")  # task type and queue of a failure nobody ran here (metrics labels)
+# The backoff cap of an attempt lost with its worker (SIGKILL, lost machine): the task
+# did not fail, so it is due again as soon as it is returned; the attempt still counts.
+NO_BACKOFF = 0.0
 
 
 @dataclass
@@ -120,14 +123,16 @@ def settle_worker_tasks(
     *,
     failed: dict[int, str] | None = None,
     keep: set[int] | frozenset[int] = frozenset(),
-    max_retry_delay: float = 3600.0,
+    max_retry_delay: float = NO_BACKOFF,
 ) -> int:
     """Settle the tasks ``worker_id`` holds and will not finish; the number settled.
 
     The tasks in ``failed`` (id -> error: the one a dead process was running)
-    count as failed attempts; the others were claimed but never started, so
-    they go back without counting. Tasks in ``keep`` are left alone: their
-    owner still runs them or has their outcome to write.
+    count as failed attempts, due again at once unless ``max_retry_delay`` asks
+    for the usual backoff (a hard time limit: the task's own failure); the
+    others were claimed but never started, so they go back without counting.
+    Tasks in ``keep`` are left alone: their owner still runs them or has their
+    outcome to write.
     """
     failed = failed or {}
     outcomes = Outcomes()

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 
 from sql import queries
 from worker import metrics
-from worker.completer import Outcomes, write_outcomes
+from worker.completer import NO_BACKOFF, Outcomes, write_outcomes
 from worker.config import PeriodicSchedule, WorkerConfig
 from worker.db import connect
 
@@ -33,10 +33,12 @@ LEADER_LOCK_KEY = 0x7461736B71  # "taskq"
 ROUND = 0.1  # seconds between rounds
 
 
-def reap_expired_leases(
-    conn: psycopg.Connection, max_retry_delay: float = 3600.0, limit: int = 1000
-) -> int:
-    """Return the tasks of dead workers to the queue, counting the attempt; how many."""
+def reap_expired_leases(conn: psycopg.Connection, limit: int = 1000) -> int:
+    """Return the tasks of dead workers to the queue, counting the attempt; how many.
+
+    A returned task is due again at once (no backoff: its worker died, the task
+    did not fail), or FAILED when that was its last attempt.
+    """
     outcomes = Outcomes()
     with conn.transaction():
         rows = conn.execute(queries["expired_leases"], {"limit": limit}).fetchall()
@@ -44,7 +46,7 @@ def reap_expired_leases(
             outcomes.fail(
                 row["id"], row["lease_token"], f"lease expired: worker {row['worker_id']} lost"
             )
-        write_outcomes(conn, outcomes, max_retry_delay)
+        write_outcomes(conn, outcomes, NO_BACKOFF)
     return len(outcomes)
 
 
@@ -135,7 +137,7 @@ class Maintenance:
                 return
             if now >= self.next_reap:
                 self.next_reap = now + self.config.reaper_interval
-                count = reap_expired_leases(self.db(), self.config.max_retry_delay)
+                count = reap_expired_leases(self.db())
                 metrics.record_reaped(count)
                 if count:
                     log.info("reaper returned %d tasks with expired leases", count)

@@ -5,6 +5,11 @@ marshmallow schema for its payload. The API validates payloads with the same
 schema (400 with ``payload.<field>`` errors) and lists it at /task-types; the
 worker looks the function up by name. Users register their own types in a
 module named by ``TASKQ_IMPORTS`` (comma-separated module paths).
+
+A type registered with ``internal=True`` is the system's own (clean-up, webhook
+delivery): only the system enqueues it (triggers, the periodic scheduler), so
+the API neither lists it nor creates it, for anyone. The queues in
+``SYSTEM_QUEUES`` are the system's as well: the API creates no task in them.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ class TaskType:
     func: Callable[..., Any]
     description: str
     payload_schema: type[Schema] | None
+    internal: bool = False
 
     def validate(self, payload: Any) -> dict[str, Any]:
         """The payload as the task will see it; raises marshmallow.ValidationError."""
@@ -77,18 +83,25 @@ class TaskType:
 
 
 REGISTRY: dict[str, TaskType] = {}
+# Queues the system enqueues into (webhook deliveries): not for tasks made through the API.
+SYSTEM_QUEUES = frozenset({"webhooks"})
 
 
 def register(
-    name: str, *, payload: type[Schema] | None = None, description: str | None = None
+    name: str,
+    *,
+    payload: type[Schema] | None = None,
+    description: str | None = None,
+    internal: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the decorated function as task type ``name``."""
+    """Register the decorated function as task type ``name`` (``internal``: the system's only)."""
 
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY and REGISTRY[name].func is not func:
             raise ValueError(f"task type {name!r} is registered twice")
         doc = (func.__doc__ or "").strip().splitlines()
-        REGISTRY[name] = TaskType(name, func, description or (doc[0] if doc else ""), payload)
+        summary = description or (doc[0] if doc else "")
+        REGISTRY[name] = TaskType(name, func, summary, payload, internal)
         return func
 
     return decorator
@@ -101,6 +114,11 @@ def load_task_modules() -> dict[str, TaskType]:
     for module in filter(None, (m.strip() for m in (env("TASKQ_IMPORTS") or "").split(","))):
         importlib.import_module(module)
     return REGISTRY
+
+
+def user_task_types() -> dict[str, TaskType]:
+    """The types users may create through the API: the registry without the internal ones."""
+    return {name: t for name, t in load_task_modules().items() if not t.internal}
 
 
 def get_task_type(name: str) -> TaskType:

@@ -36,10 +36,15 @@ def payload_fields(schema: Any) -> str:
 
 
 def registry_table() -> str:
-    """The task-type registry: name, description, payload fields (* = required)."""
+    """The task-type registry: the types users may create, then the internal ones (marked)."""
+    types = sorted(load_task_modules().values(), key=lambda t: (t.internal, t.name))
     rows = [
-        {"type": t.name, "payload": payload_fields(t.payload_schema), "description": t.description}
-        for t in sorted(load_task_modules().values(), key=lambda t: t.name)
+        {
+            "type": t.name,
+            "payload": payload_fields(t.payload_schema),
+            "description": f"[internal] {t.description}" if t.internal else t.description,
+        }
+        for t in types
     ]
     return format_table(rows, ["type", "payload", "description"])
 

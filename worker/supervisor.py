@@ -5,10 +5,10 @@ reaches a process without a hop through the supervisor. The supervisor holds
 no task: it keeps the children's leases alive (one UPDATE per heartbeat for
 all of them, also while they drain), kills a child whose task passed its
 hard time limit, has the tasks of a child that died settled (the running one
-counts as a failed attempt, the others go back), and replaces it.
-Maintenance runs beside it, in a thread, when this worker is elected.
-Children are started with ``spawn``: a clean interpreter, no inherited
-connections or threads.
+counts as a failed attempt and is due again at once, the others go back),
+and replaces it. Maintenance runs beside it, in a thread, when this worker
+is elected. Children are started with ``spawn``: a clean interpreter, no
+inherited connections or threads.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import psycopg
 from sql import queries
 from worker import child as child_process
 from worker import metrics
-from worker.completer import settle_worker_tasks
+from worker.completer import NO_BACKOFF, settle_worker_tasks
 from worker.config import WorkerConfig
 from worker.db import connect
 from worker.maintenance import Maintenance
@@ -163,7 +163,10 @@ class Supervisor:
             reason = error or f"worker process {child.worker_id} died (exit code {code})"
             log.warning("%s while running task %s", reason, task_id or "-")
             failed = {task_id: reason} if task_id and not self.stopping else {}
-            self.settle(child.worker_id, failed)
+            # A process that died lost its attempt: due again at once. A hard time
+            # limit (``error``) is the task's own failure: the usual backoff.
+            delay = self.config.max_retry_delay if error else NO_BACKOFF
+            self.settle(child.worker_id, failed, delay)
         elif not self.stopping:
             log.info("worker process %s recycled after %d tasks", child.worker_id,
                      child.slot[SLOT_DONE])  # fmt: skip
@@ -172,12 +175,12 @@ class Supervisor:
             young = time.monotonic() - child.started < 1.0
             self.restart_after[child.index] = time.monotonic() + (1.0 if young and code else 0.0)
 
-    def settle(self, worker_id: str, failed: dict[int, str]) -> None:
+    def settle(self, worker_id: str, failed: dict[int, str], max_retry_delay: float) -> None:
         """Fail the running task of a dead child and hand back its other claims."""
         for attempt in range(3):
             try:
                 settle_worker_tasks(
-                    self.db(), worker_id, failed=failed, max_retry_delay=self.config.max_retry_delay
+                    self.db(), worker_id, failed=failed, max_retry_delay=max_retry_delay
                 )
                 self.db().execute(queries["delete_workers"], {"worker_ids": [worker_id]})
                 return

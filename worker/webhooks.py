@@ -1,10 +1,18 @@
 """The ``deliver_webhook`` task type: POST a signed event to a task's callback URL.
 
 The transition trigger (migration 0002) writes a ``webhook_deliveries`` row
-and enqueues this task on queue ``webhooks``; a failed attempt raises, so the
-engine retries it with its usual backoff, up to the delivery's
-``max_attempts``. Each attempt updates the delivery row (status code,
-duration, error) and appends to its ``attempt_log``.
+and enqueues this task on queue ``webhooks``, recorded as the delivery's
+sender (migration 0006); a failed attempt raises, so the engine retries it
+with its usual backoff, up to the delivery's ``max_attempts``. Each attempt
+updates the delivery row (status code, duration, error) and appends to its
+``attempt_log``.
+
+The type is internal (the API creates no such task), and the sender checks
+in SQL that the delivery is due before it sends: one conditional UPDATE
+counts the attempt only for a pending delivery with attempts left, asked by
+its own sender task while that task runs. Any other ``deliver_webhook`` task
+(made in psql, or a re-run after the delivery finished) sends nothing and
+changes nothing.
 
 Signatures, when the task has a ``callback_secret``:
 
@@ -103,18 +111,20 @@ def verify_signature(
 
 def request_headers(delivery: dict[str, Any], body: bytes) -> dict[str, str]:
     """The user's callback headers, then ours (which the user cannot override)."""
-    headers = {str(k): str(v) for k, v in (delivery.get("callback_headers") or {}).items()}
-    headers.update(
-        {
-            "Content-Type": "application/json",
-            "User-Agent": "taskq-webhooks",
-            "X-Taskqueue-Event": delivery["event"],
-            "X-Taskqueue-Delivery": str(delivery["id"]),
-        }
-    )
+    ours = {
+        "Content-Type": "application/json",
+        "User-Agent": "taskq-webhooks",
+        "X-Taskqueue-Event": delivery["event"],
+        "X-Taskqueue-Delivery": str(delivery["id"]),
+    }
     if delivery.get("callback_secret"):
-        headers.update(sign(delivery["callback_secret"], body, int(time.time())))
-    return headers
+        ours.update(sign(delivery["callback_secret"], body, int(time.time())))
+    # Header names are case-insensitive: a user's "content-type" would otherwise go out
+    # beside ours, twice.
+    names = {name.lower() for name in ours}
+    user = delivery.get("callback_headers") or {}
+    headers = {str(k): str(v) for k, v in user.items() if str(k).lower() not in names}
+    return {**headers, **ours}
 
 
 def send(delivery: dict[str, Any]) -> tuple[int | None, float, str | None]:
@@ -138,18 +148,30 @@ def send(delivery: dict[str, Any]) -> tuple[int | None, float, str | None]:
     return reply.status, reply.elapsed_ms, error
 
 
-@register("deliver_webhook", payload=DeliverySchema)
+def refusal(conn: Any, delivery_id: int) -> str:
+    """Why a delivery was not due for this task (read after the claim refused it)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            queries["webhook_delivery_state"], {"delivery_id": delivery_id}
+        ).fetchone()
+    if row is None:
+        return "the delivery was deleted with its task"
+    if row["status"] != "pending":
+        return f"already {row['status']}"  # a re-run after a lost lease, say
+    if row["attempt"] >= row["max_attempts"]:
+        return "its attempts are spent"
+    return "not its turn: this task is not the delivery's running sender"
+
+
+@register("deliver_webhook", payload=DeliverySchema, internal=True)
 def deliver_webhook(payload: dict, ctx: TaskContext) -> dict:
     """Sends one webhook delivery (signed POST); raises so the engine retries a failure."""
     conn = ctx.connection()
+    params = {"delivery_id": payload["delivery_id"], "task_id": ctx.task_id}
     with conn.cursor(row_factory=dict_row) as cur:
-        delivery = cur.execute(
-            queries["webhook_delivery_for_send"], {"delivery_id": payload["delivery_id"]}
-        ).fetchone()
+        delivery = cur.execute(queries["claim_webhook_delivery"], params).fetchone()
     if delivery is None:
-        return {"skipped": "the delivery was deleted with its task"}
-    if delivery["status"] != "pending":
-        return {"skipped": f"already {delivery['status']}"}  # a re-run after a lost lease
+        return {"skipped": refusal(conn, payload["delivery_id"])}
     status_code, duration_ms, error = send(delivery)
     delivered = error is None
     refused = error is not None and error.startswith("refused:")
@@ -158,9 +180,10 @@ def deliver_webhook(payload: dict, ctx: TaskContext) -> dict:
             queries["record_webhook_attempt"],
             {
                 "delivery_id": delivery["id"],
+                "attempt": delivery["attempt"],
                 "delivered": delivered,
                 # The attempt the engine will not retry: the last one, or a refused URL.
-                "final": refused or delivery["attempt"] + 1 >= delivery["max_attempts"],
+                "final": refused or delivery["attempt"] >= delivery["max_attempts"],
                 "status_code": status_code,
                 "duration_ms": round(duration_ms, 3),
                 "error": error,

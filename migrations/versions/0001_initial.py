@@ -12,8 +12,6 @@ Revises:
 
 from alembic import op
 
-from sql import read_sql_file
-
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -305,6 +303,76 @@ CREATE TRIGGER tasks_deleted AFTER DELETE ON tasks
     FOR EACH STATEMENT EXECUTE FUNCTION taskq_tasks_deleted();
 """
 
+# The operator views as sql/views.sql defined them when 0001 landed. A view that
+# changes gets a new migration; tests/integration/test_schema.py checks that the
+# views at head are the ones sql/views.sql documents.
+VIEWS = r"""
+CREATE OR REPLACE VIEW queue_depth AS
+SELECT queue,
+       status,
+       count(*)                                  AS tasks,
+       max(now() - created_at)                   AS oldest_age,
+       count(*) FILTER (WHERE run_at <= now())   AS due
+  FROM tasks
+ WHERE status IN ('PENDING', 'RETRYING', 'PROCESSING')
+ GROUP BY queue, status;
+COMMENT ON VIEW queue_depth IS 'Unfinished tasks per queue and status, with the age of the oldest.';
+
+CREATE OR REPLACE VIEW queue_stats AS
+WITH live AS (
+    SELECT queue,
+           count(*) FILTER (WHERE status IN ('PENDING', 'RETRYING')) AS waiting,
+           count(*) FILTER (WHERE status IN ('PENDING', 'RETRYING') AND run_at <= now()) AS due,
+           count(*) FILTER (WHERE status = 'PROCESSING')               AS running,
+           max(now() - run_at) FILTER (WHERE status IN ('PENDING', 'RETRYING')
+                                         AND run_at <= now())          AS oldest_due_age
+      FROM tasks
+     WHERE status IN ('PENDING', 'RETRYING', 'PROCESSING')
+     GROUP BY queue
+), recent AS (
+    SELECT t.queue,
+           count(*) FILTER (WHERE h.to_status = 'COMPLETED') AS completed_last_minute,
+           count(*) FILTER (WHERE h.to_status = 'FAILED')    AS failed_last_minute
+      FROM task_history h JOIN tasks t ON t.id = h.task_id
+     WHERE h.created_at > now() - interval '1 minute'
+       AND h.to_status IN ('COMPLETED', 'FAILED')
+     GROUP BY t.queue
+)
+SELECT coalesce(l.queue, r.queue)               AS queue,
+       coalesce(l.waiting, 0)                   AS waiting,
+       coalesce(l.due, 0)                       AS due,
+       coalesce(l.running, 0)                   AS running,
+       l.oldest_due_age,
+       coalesce(r.completed_last_minute, 0)     AS completed_last_minute,
+       coalesce(r.failed_last_minute, 0)        AS failed_last_minute
+  FROM live l FULL JOIN recent r ON r.queue = l.queue;
+COMMENT ON VIEW queue_stats IS 'Per queue: waiting, due and running tasks, oldest due age, completions in the last minute.';
+
+CREATE OR REPLACE VIEW stuck_tasks AS
+SELECT id, queue, task_type, worker_id, attempts, started_at, lease_expires_at,
+       now() - lease_expires_at AS overdue
+  FROM tasks
+ WHERE status = 'PROCESSING' AND lease_expires_at < now();
+COMMENT ON VIEW stuck_tasks IS 'Running tasks whose lease expired: their worker is gone; the reaper will return them.';
+
+CREATE OR REPLACE VIEW live_workers AS
+SELECT w.id, w.hostname, w.pid, w.queues, w.concurrency, w.started_at, w.heartbeat_at,
+       now() - w.heartbeat_at AS silent_for,
+       (SELECT count(*) FROM tasks t WHERE t.status = 'PROCESSING' AND t.worker_id = w.id) AS running
+  FROM workers w
+ WHERE w.heartbeat_at > now() - interval '60 seconds';
+COMMENT ON VIEW live_workers IS 'Workers heard from in the last minute, with the tasks they run.';
+
+CREATE OR REPLACE VIEW recent_failures AS
+SELECT h.id AS history_id, h.task_id, t.queue, t.task_type, h.to_status, h.attempt,
+       h.error, h.created_at
+  FROM task_history h JOIN tasks t ON t.id = h.task_id
+ WHERE h.to_status IN ('FAILED', 'RETRYING')
+   AND h.created_at > now() - interval '24 hours'
+ ORDER BY h.id DESC;
+COMMENT ON VIEW recent_failures IS 'Failed attempts of the last 24 hours, newest first.';
+"""
+
 DOWNGRADE = """
 DROP VIEW IF EXISTS queue_depth, queue_stats, stuck_tasks, live_workers, recent_failures;
 DROP TABLE IF EXISTS periodic_ticks, workers, webhook_deliveries, dead_letters,
@@ -318,7 +386,7 @@ DROP TYPE IF EXISTS task_status;
 def upgrade() -> None:
     """Create the schema, its triggers and the operator views."""
     op.execute(UPGRADE)
-    op.execute(read_sql_file("views.sql"))
+    op.execute(VIEWS)
 
 
 def downgrade() -> None:

@@ -14,6 +14,13 @@ task.retrying (RETRYING), task.queued (back to PENDING). A NULL
 the delivery task is the database setting ``taskq.webhook_retry_delay``
 (seconds, default 10; ``ALTER DATABASE … SET taskq.webhook_retry_delay = 2``).
 
+History: this is the text of b781496, which every database since has run. As
+it first landed (9653e0b) it had no ``taskq_enqueue_webhook_deliveries()`` (the
+webhook trigger inserted the delivery tasks itself); 0005 creates the function
+on databases that ran that version. The downgrade's last line (the comment
+upgrade() sets on ``webhook_deliveries.payload``) was added with 0005, when the
+revision walk test found downgrade() left it behind.
+
 Revision ID: 0002
 Revises: 0001
 """
@@ -101,6 +108,7 @@ DROP TRIGGER IF EXISTS tasks_webhooks ON tasks;
 DROP FUNCTION IF EXISTS taskq_tasks_webhooks();
 DROP FUNCTION IF EXISTS taskq_enqueue_webhook_deliveries(bigint[]);
 ALTER TABLE webhook_deliveries DROP COLUMN IF EXISTS attempt_log;
+COMMENT ON COLUMN webhook_deliveries.payload IS NULL;
 """
 
 

@@ -15,10 +15,6 @@ Revision ID: 0003
 Revises: 0002
 """
 
-import importlib.util
-import re
-from pathlib import Path
-
 from alembic import op
 
 revision = "0003"
@@ -103,24 +99,91 @@ COMMENT ON FUNCTION taskq_tasks_updated() IS
 """
 
 
-def previous_definitions() -> str:
-    """0001's taskq_tasks_updated() and 0002's webhook trigger, verbatim from those migrations."""
-    here = Path(__file__).parent
-    texts = []
-    for name in ("0001_initial", "0002_webhooks"):
-        spec = importlib.util.spec_from_file_location(
-            f"taskq_migration_{name}", here / f"{name}.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        texts.append(module.UPGRADE)
-    initial, webhooks = texts
-    updated = re.search(r"CREATE FUNCTION taskq_tasks_updated\(\).*?END \$\$;", initial, re.S)
-    return (
-        updated.group(0).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
-        + "\nCOMMENT ON FUNCTION taskq_tasks_updated() IS NULL;\n"
-        + webhooks[webhooks.index("CREATE FUNCTION taskq_tasks_webhooks()") :]
+# 0001's taskq_tasks_updated() and 0002's webhook trigger, as this downgrade has
+# recreated them since 0003 landed (it used to cut them out of those migrations'
+# files at run time; this is the text it produced).
+DOWNGRADE = r"""
+CREATE OR REPLACE FUNCTION taskq_tasks_updated() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    sent bigint;
+BEGIN
+    WITH changed AS (
+        SELECT n.id, n.user_id, n.queue, o.status AS from_status, n.status AS to_status,
+               n.attempts, n.worker_id, n.error, n.task_type, n.payload
+          FROM new_rows n JOIN old_rows o ON o.id = n.id
+         WHERE n.status IS DISTINCT FROM o.status
+    ), hist AS (
+        INSERT INTO task_history (task_id, user_id, from_status, to_status, attempt, worker_id, error)
+        SELECT id, user_id, from_status, to_status, attempts, worker_id,
+               CASE WHEN to_status IN ('FAILED', 'RETRYING') THEN error END
+          FROM changed ORDER BY id
+        RETURNING id, task_id, user_id, to_status
+    ), dead AS (
+        INSERT INTO dead_letters (task_id, user_id, task_type, queue, payload, error, attempts)
+        SELECT id, user_id, task_type, queue, payload, error, attempts
+          FROM changed WHERE to_status = 'FAILED'
+    ), events AS (
+        SELECT pg_notify('taskq_events', json_build_object(
+                   's', to_status, 'e', json_agg(json_build_array(id, task_id, user_id)))::text)
+          FROM (SELECT h.*, (row_number() OVER (ORDER BY h.id) - 1) / 200 AS chunk FROM hist h) c
+         GROUP BY to_status, chunk
+    ), wake AS (
+        SELECT pg_notify('taskq_wakeup', queue)
+          FROM (SELECT DISTINCT queue FROM changed WHERE to_status IN ('PENDING', 'RETRYING')) q
+    ), cancels AS (
+        SELECT pg_notify('taskq_cancel', id::text)
+          FROM changed WHERE from_status = 'PROCESSING' AND to_status = 'CANCELLED'
     )
+    SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM wake)
+         + (SELECT count(*) FROM cancels) INTO sent;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION taskq_tasks_updated() IS NULL;
+CREATE FUNCTION taskq_tasks_webhooks() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    ids bigint[];
+BEGIN
+    WITH due AS (
+        SELECT n.id, n.callback_url, n.callback_max_attempts, ev.event,
+               to_jsonb(n) - 'callback_secret' - 'callback_headers' AS snapshot
+          FROM new_rows n
+          JOIN old_rows o ON o.id = n.id AND o.status IS DISTINCT FROM n.status
+         CROSS JOIN LATERAL (
+               SELECT x.name
+                 FROM unnest(CASE n.status
+                          WHEN 'COMPLETED'  THEN ARRAY['task.succeeded']
+                          WHEN 'FAILED'     THEN ARRAY['task.failed']
+                          WHEN 'CANCELLED'  THEN ARRAY['task.cancelled', 'task.revoked']
+                          WHEN 'PROCESSING' THEN ARRAY['task.started']
+                          WHEN 'RETRYING'   THEN ARRAY['task.retrying']
+                          WHEN 'PENDING'    THEN ARRAY['task.queued']
+                      END) WITH ORDINALITY AS x(name, pos)
+                WHERE x.name = ANY(coalesce(n.callback_events,
+                          ARRAY['task.succeeded', 'task.failed', 'task.cancelled']))
+                ORDER BY x.pos
+                LIMIT 1) ev(event)
+         WHERE n.callback_url IS NOT NULL
+    ), deliveries AS (
+        INSERT INTO webhook_deliveries (task_id, event, url, payload, max_attempts)
+        SELECT id, event, callback_url, snapshot, greatest(callback_max_attempts, 1)
+          FROM due ORDER BY id
+        RETURNING id
+    )
+    SELECT array_agg(id ORDER BY id) INTO ids FROM deliveries;
+    IF ids IS NOT NULL THEN
+        PERFORM taskq_enqueue_webhook_deliveries(ids);
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION taskq_tasks_webhooks() IS
+    'Enqueues webhook deliveries for subscribed transitions of tasks with a callback_url.';
+
+CREATE TRIGGER tasks_webhooks AFTER UPDATE ON tasks
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION taskq_tasks_webhooks();
+"""
 
 
 def upgrade() -> None:
@@ -130,4 +193,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     """Back to 0002's two triggers."""
-    op.execute(previous_definitions())
+    op.execute(DOWNGRADE)

@@ -6,24 +6,28 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 
 import psycopg
-import pytest
 from werkzeug.security import check_password_hash
 
-from tests.conftest import admin_execute, with_database
+from taskq.migrate import current_revision, head_revision
+from tests.conftest import close_app
+from tests.integration.test_limits import account, limited_app, login
 from tests.worker_helpers import ROOT, insert_tasks
 
 
-def taskq(*args: str, database_url: str | None = None, stdin: str | None = None):
-    """Run ``taskq ARGS``; the completed process (text output)."""
-    environ = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+def python(
+    *args: str, database_url: str | None = None, stdin: str | None = None, redis_url: str = ""
+):
+    """Run ``python ARGS`` from the venv on this tree; the completed process (text output)."""
+    environ = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL"}}
     environ["PYTHONPATH"] = str(ROOT)
     if database_url:
         environ["DATABASE_URL"] = database_url
+    if redis_url:
+        environ["REDIS_URL"] = redis_url
     return subprocess.run(
-        [sys.executable, "-m", "taskq.cli", *args],
+        [sys.executable, *args],
         env=environ,
         input=stdin,
         capture_output=True,
@@ -32,13 +36,13 @@ def taskq(*args: str, database_url: str | None = None, stdin: str | None = None)
     )
 
 
-@pytest.fixture
-def empty_database_url(pg_server_url):
-    """A database with no schema at all."""
-    name = f"taskq_empty_{uuid.uuid4().hex[:10]}"
-    admin_execute(pg_server_url, f'CREATE DATABASE "{name}"')
-    yield with_database(pg_server_url, name)
-    admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+def taskq(
+    *args: str, database_url: str | None = None, stdin: str | None = None, redis_url: str = ""
+):
+    """Run ``taskq ARGS``; the completed process (text output)."""
+    return python(
+        "-m", "taskq.cli", *args, database_url=database_url, stdin=stdin, redis_url=redis_url
+    )
 
 
 def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url):
@@ -51,6 +55,22 @@ def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url):
             r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE schemaname = 'public'")
         }
     assert {"queue_stats", "queue_depth", "stuck_tasks", "live_workers", "recent_failures"} <= views
+
+
+def test_migrate_loads_no_flask(empty_database_url):
+    # taskq migrate, then the names of every module the process imported.
+    script = (
+        "import json, sys\n"
+        "from taskq.cli import main\n"
+        "main(['migrate'], standalone_mode=False)\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    result = python("-c", script, database_url=empty_database_url)
+    assert result.returncode == 0, result.stderr
+    modules = json.loads(result.stdout.splitlines()[-1])
+    assert "alembic.command" in modules
+    assert current_revision(empty_database_url) == head_revision()
+    assert [m for m in modules if m.split(".")[0] in ("flask", "app", "worker")] == []
 
 
 def test_commands_need_database_url():
@@ -85,8 +105,11 @@ def test_create_admin_reads_the_password_from_stdin(database_url, db):
 def test_list_tasks_prints_the_registry():
     result = taskq("list-tasks")
     assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
     for name in ("process", "echo", "compute", "http_request", "generate_report"):
-        assert name in result.stdout
+        assert "[internal]" not in rows[name]
+    for name in ("cleanup_old_tasks", "deliver_webhook"):  # listed, marked as the system's
+        assert "[internal]" in rows[name]
 
 
 def test_stats_reads_the_operator_views(database_url, db):
@@ -98,3 +121,35 @@ def test_stats_reads_the_operator_views(database_url, db):
     assert queues["mail"]["waiting"] == 3
     text = taskq("stats", database_url=database_url)
     assert text.returncode == 0 and "mail" in text.stdout
+
+
+def test_unlock_account_lifts_a_login_lock(database_url, redis_url):
+    """A stranger's failures lock ann out; the operator's unlock-account lets her in again."""
+    application = limited_app(database_url, redis_url)
+    try:
+        client = application.test_client()
+        account(application, database_url, "ann")
+        account(application, database_url, "bob")
+        for n in range(3):
+            assert login(client, "ann", f"10.1.0.{n}").status_code == 401
+            assert login(client, "bob", f"10.1.1.{n}").status_code == 401
+        right = {"password": "Sturdy-Lamp-42"}
+        assert login(client, "ann", "10.1.0.9", **right).status_code == 429
+
+        result = taskq(
+            "unlock-account", "ANN@example.com", database_url=database_url, redis_url=redis_url
+        )
+        assert result.returncode == 0, result.stderr
+        assert "ann" in result.stdout
+        assert login(client, "ann", "10.1.0.10", **right).status_code == 200
+        assert login(client, "bob", "10.1.1.9", **right).status_code == 429  # still locked
+        nobody = taskq("unlock-account", "nobody", database_url=database_url, redis_url=redis_url)
+        assert nobody.returncode == 0 and "no active account" in nobody.stdout
+    finally:
+        close_app(application)
+
+
+def test_unlock_account_needs_redis(database_url):
+    result = taskq("unlock-account", "ann", database_url=database_url)
+    assert result.returncode == 2
+    assert "REDIS_URL" in result.stderr and "Traceback" not in result.stderr

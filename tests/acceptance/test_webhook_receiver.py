@@ -16,8 +16,8 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from bench.sse_latency import wait_for
 from tests.integration.test_webhooks import Receiver
+from tests.worker_helpers import start_worker, stop_worker, wait_for
 from worker.webhooks import verify_signature
 
 pytestmark = pytest.mark.slow
@@ -91,3 +91,65 @@ def test_worker_delivers_signed_webhook_with_retries_after_500s(database_url):
         assert (sent["task"]["id"], sent["task"]["status"]) == (task_id, "COMPLETED")
         assert sent["task"]["result"] == {"hello": "world"}
         assert "callback_secret" not in sent["task"]
+
+
+def test_a_worker_runs_stray_deliver_webhook_tasks_without_sending(db, database_url):
+    """deliver_webhook tasks made in psql for a delivered and for a not-due delivery: the
+    worker runs them, and no request reaches the receivers and no attempt is used."""
+    delivered, failing = Receiver([200]), Receiver([500])
+    db.execute(f'ALTER DATABASE "{db.info.dbname}" SET taskq.webhook_retry_delay = 3600')
+    worker = start_worker(database_url, "--concurrency", "1", TASKQ_ALLOW_PRIVATE_URLS="1")
+
+    def deliveries() -> list[dict]:
+        return db.execute(
+            "SELECT w.id, w.status, w.attempt, s.status::text AS sender "
+            "FROM webhook_deliveries w JOIN tasks s ON s.task_type = 'deliver_webhook' "
+            "AND s.title = 'webhook delivery ' || w.id ORDER BY w.id"
+        ).fetchall()
+
+    try:
+        for receiver in (delivered, failing):
+            db.execute(
+                "INSERT INTO tasks (title, task_type, callback_url) VALUES ('hooked', 'echo', %s)",
+                (receiver.url,),
+            )
+        # One delivered; the other failed once and waits an hour for its retry (not due).
+        wait_for(
+            lambda: (
+                [(d["status"], d["attempt"], d["sender"]) for d in deliveries()]
+                == [("delivered", 1, "COMPLETED"), ("pending", 1, "RETRYING")]
+            ),
+            30,
+            "a delivered and a not-due delivery",
+        )
+        before = deliveries()
+        strays = [
+            db.execute(
+                "INSERT INTO tasks (title, task_type, payload, queue) "
+                "VALUES ('stray', 'deliver_webhook', %s, 'webhooks') RETURNING id",
+                (Jsonb({"delivery_id": d["id"]}),),
+            ).fetchone()["id"]
+            for d in before
+        ]
+        wait_for(  # each ran once (COMPLETED when it skipped, RETRYING had it sent and failed)
+            lambda: db.execute(
+                "SELECT bool_and(attempts = 1 AND status <> 'PROCESSING') AS ran FROM tasks "
+                "WHERE id = ANY(%s)",
+                (strays,),
+            ).fetchone()["ran"],
+            30,
+            "the worker to run the stray tasks",
+        )
+    finally:
+        stop_worker(worker)
+        delivered.close()
+        failing.close()
+    assert (len(delivered.requests), len(failing.requests)) == (1, 1)
+    assert deliveries() == before
+    results = db.execute(
+        "SELECT result FROM tasks WHERE id = ANY(%s) ORDER BY id", (strays,)
+    ).fetchall()
+    assert [r["result"]["skipped"] for r in results] == [
+        "already delivered",
+        "not its turn: this task is not the delivery's running sender",
+    ]

@@ -88,6 +88,71 @@ def test_sigkill_mid_task_another_worker_finishes_and_the_late_write_is_refused(
     assert "lease expired" in history[2]["error"]
 
 
+def test_a_killed_workers_task_is_due_at_the_reap_and_rerun_by_another_worker(
+    ledger_db: psycopg.Connection, database_url: str
+) -> None:
+    # retry_delay of an hour: a reaped task that waited for its backoff would never rerun here.
+    (task_id,) = insert_tasks(ledger_db, 1, task_type="ledger", payload={"sleep": 1.0},
+                              retry_delay=3600)  # fmt: skip
+    first = start_worker(database_url, "--concurrency", "1", TASKQ_LEASE_SECONDS="1.5", **IMPORTS)
+    try:
+        wait_for(lambda: ledger_db.execute("SELECT 1 FROM ledger").fetchone(), 20, "start")
+    finally:
+        kill_group(first)
+    second = start_worker(database_url, "--concurrency", "1", TASKQ_LEASE_SECONDS="1.5", **IMPORTS)
+    try:
+        wait_for(lambda: completed(ledger_db, 1), 30, "the rerun by the second worker")
+    finally:
+        assert stop_worker(second)[0] == 0
+    task = ledger_db.execute("SELECT attempts, run_at FROM tasks").fetchone()
+    history = ledger_db.execute(
+        "SELECT to_status::text AS s, attempt, error, created_at AS at FROM task_history "
+        "WHERE task_id = %s ORDER BY id",
+        [task_id],
+    ).fetchall()
+    assert [h["s"] for h in history] == ["PENDING", "PROCESSING", "RETRYING", "PROCESSING",
+                                         "COMPLETED"]  # fmt: skip
+    claimed, reaped, reclaimed = history[1], history[2], history[3]
+    assert task["attempts"] == 2 and reaped["attempt"] == 1  # the lost attempt counted
+    assert "lease expired" in reaped["error"]
+    # Due at the reap itself (the reap's transaction time), not retry_delay after it.
+    assert claimed["at"] < task["run_at"] <= reaped["at"] <= reclaimed["at"]
+    pids = ledger_db.execute("SELECT attempt, pid FROM ledger WHERE phase = 'start' ORDER BY id")
+    (first_run, second_run) = pids.fetchall()
+    assert (first_run["attempt"], second_run["attempt"]) == (1, 2)
+    assert first_run["pid"] != second_run["pid"]
+
+
+def test_a_task_that_kills_its_worker_every_time_ends_failed(
+    ledger_db: psycopg.Connection, database_url: str
+) -> None:
+    (task_id,) = insert_tasks(ledger_db, 1, task_type="kill_worker", max_retries=1,
+                              retry_delay=3600)  # fmt: skip
+
+    def status() -> str:
+        return ledger_db.execute("SELECT status::text FROM tasks").fetchone()["status"]
+
+    # Each worker reaps the previous one's task and runs it again, which kills it; the
+    # worker after the last attempt finds the attempts spent.
+    for _ in range(3):
+        worker = start_worker(database_url, "--concurrency", "1", TASKQ_LEASE_SECONDS="1.5",
+                              **IMPORTS)  # fmt: skip
+        try:
+            wait_for(lambda w=worker: w.poll() is not None or status() == "FAILED", 30,
+                     "the task to kill the worker or to fail")  # fmt: skip
+        finally:
+            kill_group(worker)
+        if status() == "FAILED":
+            break
+    task = ledger_db.execute("SELECT status::text, attempts, error FROM tasks").fetchone()
+    assert task["status"] == "FAILED" and task["attempts"] == 2
+    assert "lease expired" in task["error"]
+    runs = ledger_db.execute("SELECT attempt FROM ledger ORDER BY id").fetchall()
+    assert [r["attempt"] for r in runs] == [1, 2]
+    dead = ledger_db.execute("SELECT task_id, attempts FROM dead_letters").fetchall()
+    assert dead == [{"task_id": task_id, "attempts": 2}]
+
+
 def test_workers_survive_terminated_backends(ledger_db: psycopg.Connection, database_url: str):
     ids = insert_tasks(ledger_db, 400, task_type="ledger", payload={"sleep": 0.005},
                        retry_delay=0, max_retries=5)  # fmt: skip
@@ -129,7 +194,8 @@ def test_time_limits_crash_and_cancel(ledger_db: psycopg.Connection, database_ur
                         max_retries=0)  # fmt: skip
     hard = insert_tasks(ledger_db, 1, task_type="stubborn", payload={"sleep": 30}, timeout=1,
                         max_retries=0)  # fmt: skip
-    crash = insert_tasks(ledger_db, 1, task_type="crash", max_retries=1, retry_delay=0)
+    # A child that dies lost its attempt: the rerun is due at once, not retry_delay later.
+    crash = insert_tasks(ledger_db, 1, task_type="crash", max_retries=1, retry_delay=3600)
     worker = start_worker(database_url, "--concurrency", "2", **IMPORTS)
     try:
 

@@ -102,7 +102,6 @@ def test_complete_is_fenced_by_the_lease_token(db: psycopg.Connection, database_
         (first,) = claim(dead, 1)
         db.execute("UPDATE tasks SET lease_expires_at = now() - interval '1 second'")
         assert reap_expired_leases(db) == 1
-        db.execute("UPDATE tasks SET run_at = now()")  # skip the backoff
         (second,) = claim(alive, 1)
         assert second.attempts == 2 and second.lease_token != first.lease_token
         stale = Outcomes()
@@ -120,6 +119,28 @@ def test_complete_is_fenced_by_the_lease_token(db: psycopg.Connection, database_
     assert [h["s"] for h in history] == [
         "PENDING", "PROCESSING", "RETRYING", "PROCESSING", "COMPLETED",
     ]  # fmt: skip
+
+
+def test_a_reaped_task_is_due_at_once_and_its_attempt_counts(db: psycopg.Connection, database_url):
+    (task_id,) = insert_tasks(db, 1, retry_delay=3600, max_retries=1)
+    for attempt in (1, 2):
+        with claim_connection(database_url, f"dead{attempt}") as dead:
+            (row,) = claim(dead, 1)
+            assert (row.id, row.attempts) == (task_id, attempt)
+            db.execute("UPDATE tasks SET lease_expires_at = now() - interval '1 second'")
+            assert reap_expired_leases(db) == 1
+            if attempt == 1:  # back at once: due at the reap, not retry_delay (an hour) later
+                reaped = db.execute(
+                    "SELECT t.status::text, t.attempts, t.run_at, h.created_at AS reaped_at "
+                    "FROM tasks t JOIN task_history h ON h.task_id = t.id "
+                    "AND h.to_status = 'RETRYING'"
+                ).fetchone()
+                assert (reaped["status"], reaped["attempts"]) == ("RETRYING", 1)
+                assert reaped["run_at"] <= reaped["reaped_at"]
+    row = db.execute("SELECT status::text, attempts, error FROM tasks").fetchone()
+    assert row == {"status": "FAILED", "attempts": 2, "error": "lease expired: worker dead2 lost"}
+    dead = db.execute("SELECT task_id, attempts FROM dead_letters").fetchall()
+    assert dead == [{"task_id": task_id, "attempts": 2}]
 
 
 def test_a_cancelled_task_is_never_overwritten(db: psycopg.Connection, database_url: str):

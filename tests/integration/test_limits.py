@@ -1,4 +1,4 @@
-"""Rate limits: per user on the API, per IP and per username on login; Redis gone mid-test."""
+"""Rate limits: per user on the API, per IP on login, failed logins per account; Redis gone."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
@@ -94,20 +95,91 @@ def test_headers_count_down_from_the_hit_itself(app_with_limits, database_url):
     assert_429(client.get("/api/v1/tasks", headers=ann))
 
 
-def login(client, username: str, ip: str):
+def login(client, username: str, ip: str, password: str = "wrong-password"):
     return client.post(
         "/api/v1/auth/login",
-        json={"username": username, "password": "wrong-password"},
+        json={"username": username, "password": password},
         headers={"X-Forwarded-For": ip},
     )
 
 
-def test_login_is_limited_per_username_across_ips(app_with_limits):
-    client = app_with_limits.test_client()
+def assert_locked(response) -> None:
+    """429 for the account: the error shape and a Retry-After within the 1-minute window."""
+    assert response.status_code == 429, response.get_json()
+    body = response.get_json()
+    assert set(body) == {"error", "field_errors"} and "failed logins" in body["error"]
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+
+
+@pytest.fixture(params=["redis", "memory"])
+def login_app(request, database_url):
+    """The limited API with failure counters in Redis, or in memory (no REDIS_URL)."""
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    application = limited_app(database_url, url)
+    yield application
+    close_app(application)
+
+
+def test_login_failures_are_limited_per_account_across_ips(login_app):
+    client = login_app.test_client()
     for n in range(3):
         assert login(client, "victim", f"10.0.0.{n}").status_code == 401
-    assert_429(login(client, "victim", "10.0.0.99"))
+    assert_locked(login(client, "victim", "10.0.0.99"))
     assert login(client, "someone-else", "10.0.0.98").status_code == 401
+
+
+def test_username_and_email_share_one_account_budget(login_app, database_url):
+    """Alternating the two names of an account does not buy more guesses."""
+    client = login_app.test_client()
+    account(login_app, database_url, "ann")
+    names = ["ann", "ann@example.com", "ANN@Example.com"]
+    for n, name in enumerate(names):
+        assert login(client, name, f"10.0.1.{n}").status_code == 401
+    for n, name in enumerate(["ann", "Ann", "ann@example.com"]):
+        assert_locked(login(client, name, f"10.0.2.{n}"))
+    # Locked means locked: the right password waits too, or a guesser would learn it.
+    assert_locked(login(client, "ann", "10.0.2.9", password="Sturdy-Lamp-42"))
+
+
+def test_only_failed_logins_count_against_the_account(login_app, database_url):
+    """The owner's own logins never lock the account (only per-IP limits apply to them)."""
+    client = login_app.test_client()
+    account(login_app, database_url, "ann")
+    for n in range(6):
+        name = "ann" if n % 2 else "ann@example.com"
+        assert login(client, name, f"10.0.3.{n}", password="Sturdy-Lamp-42").status_code == 200
+    for n in range(2):
+        assert login(client, "ann", f"10.0.4.{n}").status_code == 401
+    assert login(client, "ann", "10.0.4.8", password="Sturdy-Lamp-42").status_code == 200
+    assert login(client, "ann", "10.0.4.9").status_code == 401  # the 3rd failure
+    assert_locked(login(client, "ann", "10.0.5.1", password="Sturdy-Lamp-42"))
+
+
+def test_register_does_not_spend_an_accounts_login_budget(app_with_limits, database_url):
+    """A stranger registering the owner's name (400: taken) cannot lock the owner out."""
+    client = app_with_limits.test_client()
+    account(app_with_limits, database_url, "ann")
+    body = {"username": "ann", "email": "x@example.com", "password": "Sturdy-Lamp-42"}
+    for n in range(5):
+        response = client.post(
+            "/api/v1/auth/register",
+            json={**body, "password2": body["password"]},
+            headers={"X-Forwarded-For": f"10.0.6.{n}"},
+        )
+        assert response.status_code == 400
+    assert login(client, "ann", "10.0.6.99", password="Sturdy-Lamp-42").status_code == 200
+
+
+def test_concurrent_guesses_cannot_overrun_the_account_budget(app_with_limits, database_url):
+    """Each check reserves its slot before the password is checked: exactly 3 get through."""
+    account(app_with_limits, database_url, "ann")
+
+    def guess(n: int) -> int:
+        return login(app_with_limits.test_client(), "ann", f"10.0.7.{n}").status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(guess, range(12)))
+    assert sorted(statuses) == [401] * 3 + [429] * 9
 
 
 def test_login_is_limited_per_ip_across_usernames(app_with_limits):
@@ -117,6 +189,33 @@ def test_login_is_limited_per_ip_across_usernames(app_with_limits):
     assert_429(login(client, "user9", "192.0.2.7"))
     # ProxyFix: another client address behind the same proxy has its own budget.
     assert login(client, "user10", "192.0.2.8").status_code == 401
+
+
+def test_the_dashboards_cookie_login_spends_the_same_login_budget(app_with_limits, database_url):
+    """The sign-in form posts to /auth/login with ``cookies: true``: same endpoint, same limits;
+    and a cookie session is limited per user, like a bearer client."""
+    client = app_with_limits.test_client()
+    account(app_with_limits, database_url, "ann")
+    account(app_with_limits, database_url, "bob")
+    body = {"username": "ann", "password": "Sturdy-Lamp-42", "cookies": True}
+    for _ in range(3):
+        assert client.post("/api/v1/auth/login", json=body).status_code == 200
+    assert_429(client.post("/api/v1/auth/login", json=body))  # the address's budget
+    # Failed guesses lock the account for the form as well.
+    for n in range(3):
+        assert login(client, "bob", f"10.0.3.{n}").status_code == 401
+    elsewhere = {"X-Forwarded-For": "10.0.3.9"}
+    bob = {**body, "username": "bob"}
+    assert_locked(client.post("/api/v1/auth/login", json=bob, headers=elsewhere))
+    # The cookies of the logins that passed identify ann for the default, per-user limit:
+    # anonymous calls from the same address spend the address's budget, not hers.
+    anonymous = app_with_limits.test_client()
+    for _ in range(5):
+        assert anonymous.get("/api/v1/tasks").status_code == 401
+    assert_429(anonymous.get("/api/v1/tasks"))
+    for _ in range(5):
+        assert client.get("/api/v1/tasks").status_code == 200
+    assert_429(client.get("/api/v1/tasks"))
 
 
 @pytest.fixture

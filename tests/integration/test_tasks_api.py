@@ -6,6 +6,7 @@ psql would: the triggers write history and dead letters either way.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from urllib.parse import parse_qs, urlsplit
 
 from psycopg import sql
@@ -126,15 +127,64 @@ def test_unknown_task_type_names_the_known_ones(client, make_account):
     assert "compute" in message and "echo" in message
 
 
+INTERNAL_TYPES = ("cleanup_old_tasks", "deliver_webhook")
+
+
+def test_nobody_creates_internal_types_or_tasks_in_system_queues(client, make_account, db):
+    ann, bob = make_account("ann"), make_account("bob")
+    root = make_account("root", admin=True)
+    finished = create(client, ann, title="finished long ago")
+    set_status(db, finished["id"], "COMPLETED", completed_at=datetime(2000, 1, 1, tzinfo=UTC))
+    hooked = create(client, ann, callback_url="https://example.com/hook", callback_secret="s")
+    set_status(db, hooked["id"], "COMPLETED")
+    delivery = db.execute("SELECT id, status, attempt FROM webhook_deliveries").fetchone()
+    before = db.execute("SELECT id, task_type, status::text FROM tasks ORDER BY id").fetchall()
+    attacks = [
+        {"title": "wipe", "task_type": "cleanup_old_tasks", "payload": {"days": 0}},
+        {"title": "resend", "task_type": "deliver_webhook",
+         "payload": {"delivery_id": delivery["id"]}},
+    ]  # fmt: skip
+    for account in (bob, root):
+        for body in attacks:
+            # Refused exactly like an unknown type, and the known types listed leave them out.
+            single = client.post(f"{API}/tasks", json=body, headers=account.headers)
+            message = assert_error(single, 400, "task_type")["field_errors"]["task_type"][0]
+            assert message.startswith(f"Unknown task type {body['task_type']!r}")
+            known = message.partition("known types:")[2]
+            assert "echo" in known and not any(name in known for name in INTERNAL_TYPES)
+            batch = {"tasks": [{"title": "fine"}, body]}
+            response = client.post(f"{API}/tasks/batch", json=batch, headers=account.headers)
+            assert_error(response, 400, "tasks.1.task_type")
+        reserved = {"title": "sneak in", "task_type": "echo", "queue": "webhooks"}
+        response = client.post(f"{API}/tasks", json=reserved, headers=account.headers)
+        assert "reserved" in assert_error(response, 400, "queue")["field_errors"]["queue"][0]
+        response = client.post(f"{API}/tasks/batch", json=[reserved], headers=account.headers)
+        assert_error(response, 400, "tasks.0.queue")
+    # Nothing was stored: Ann's finished task survives, her delivery is untouched.
+    assert db.execute("SELECT id, task_type, status::text FROM tasks ORDER BY id").fetchall() == (
+        before
+    )
+    assert db.execute("SELECT id, status, attempt FROM webhook_deliveries").fetchall() == [delivery]
+    assert client.get(f"{API}/tasks/{finished['id']}", headers=ann.headers).status_code == 200
+    listed = client.get(f"{API}/task-types", headers=bob.headers).get_json()["task_types"]
+    assert not {t["name"] for t in listed} & set(INTERNAL_TYPES)
+
+
 def test_idempotency_key_returns_the_first_task(client, make_account, db):
     ann = make_account("ann")
     bob = make_account("bob")
     headers = {**ann.headers, "Idempotency-Key": "order-17"}
-    first = client.post(f"{API}/tasks", json={"title": "one"}, headers=headers)
-    again = client.post(f"{API}/tasks", json={"title": "two"}, headers=headers)
+    body = {"title": "one", "scheduled_at": "2099-01-01T02:00:00+02:00", "payload": {"a": 1}}
+    first = client.post(f"{API}/tasks", json=body, headers=headers)
+    again = client.post(f"{API}/tasks", json=body, headers=headers)
     assert first.status_code == 201 and again.status_code == 200
     assert again.get_json()["task"]["id"] == first.get_json()["task"]["id"]
     assert again.get_json()["task"]["title"] == "one"
+    # The same request spelled differently (alias, defaults, another offset) is the same.
+    same = {"name": "one", "priority": "normal", "scheduled_time": "2099-01-01T00:00:00Z"}
+    respelled = client.post(f"{API}/tasks", json={**same, "payload": {"a": 1}}, headers=headers)
+    assert respelled.status_code == 200
+    assert respelled.get_json()["task"]["id"] == first.get_json()["task"]["id"]
     other = client.post(
         f"{API}/tasks", json={"title": "b"}, headers={**bob.headers, "Idempotency-Key": "order-17"}
     )
@@ -142,6 +192,38 @@ def test_idempotency_key_returns_the_first_task(client, make_account, db):
     assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 2
     too_long = {**ann.headers, "Idempotency-Key": "k" * 300}
     assert_error(client.post(f"{API}/tasks", json={"title": "x"}, headers=too_long), 400)
+
+
+def test_idempotency_key_reused_with_another_body_is_422(client, make_account, db):
+    ann = make_account("ann")
+    headers = {**ann.headers, "Idempotency-Key": "order-18"}
+    first = client.post(f"{API}/tasks", json={"title": "one", "payload": {"n": 1}}, headers=headers)
+    assert first.status_code == 201
+    for other in (
+        {"title": "two", "payload": {"n": 1}},
+        {"title": "one", "payload": {"n": 2}},
+        {"title": "one", "payload": {"n": 1}, "priority": "high"},
+    ):
+        response = client.post(f"{API}/tasks", json=other, headers=headers)
+        body = assert_error(response, 422, "Idempotency-Key")
+        assert "different request" in body["error"]
+    assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 1
+    same = client.post(f"{API}/tasks", json={"title": "one", "payload": {"n": 1}}, headers=headers)
+    assert same.status_code == 200
+    assert same.get_json()["task"]["id"] == first.get_json()["task"]["id"]
+    documented = client.get("/openapi.json").get_json()["paths"]["/api/v1/tasks"]["post"]
+    assert "Idempotency-Key" in documented["responses"]["422"]["description"]
+
+
+def test_a_key_stored_before_fingerprints_still_returns_its_task(client, make_account, db):
+    """Tasks created before migration 0007 have no fingerprint: their key still replays."""
+    ann = make_account("ann")
+    headers = {**ann.headers, "Idempotency-Key": "legacy-1"}
+    first = client.post(f"{API}/tasks", json={"title": "one"}, headers=headers)
+    db.execute("UPDATE tasks SET idempotency_fingerprint = NULL")
+    again = client.post(f"{API}/tasks", json={"title": "two"}, headers=headers)
+    assert again.status_code == 200
+    assert again.get_json()["task"]["id"] == first.get_json()["task"]["id"]
 
 
 def test_batch_creates_all_in_one_statement(client, make_account, db):
@@ -171,6 +253,64 @@ def test_batch_refuses_bad_items_and_big_batches(app, client, make_account, db):
     app.config["TASKQ_MAX_BATCH"] = 2
     three = {"tasks": [{"title": "a"}] * 3}
     assert_error(client.post(f"{API}/tasks/batch", json=three, headers=ann.headers), 400, "tasks")
+
+
+def row_counts(db) -> dict[str, int]:
+    """Rows of every table a create writes."""
+    return db.execute(
+        "SELECT (SELECT count(*) FROM tasks) AS tasks, "
+        "(SELECT count(*) FROM task_history) AS history, "
+        "(SELECT count(*) FROM webhook_deliveries) AS deliveries"
+    ).fetchone()
+
+
+# Postgres stores these (year 10000 and 1 BC in UTC), but no read could turn them back
+# into a Python datetime: the owner's list, detail, status, history and every admin's
+# list answered 400 from then on.
+UNREADABLE_DATETIMES = ["9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"]
+
+
+def test_a_datetime_no_read_could_render_is_refused_and_not_stored(client, make_account, db):
+    ann = make_account("ann")
+    root = make_account("root", admin=True)
+    kept = create(client, ann, title="kept")
+    before = row_counts(db)
+    for value in UNREADABLE_DATETIMES:
+        for name in ("scheduled_at", "scheduled_time"):
+            response = client.post(
+                f"{API}/tasks", json={"title": "t", name: value}, headers=ann.headers
+            )
+            assert_error(response, 400, name)
+        items = [{"title": "fine"}, {"title": "t", "scheduled_at": value}]
+        response = client.post(f"{API}/tasks/batch", json=items, headers=ann.headers)
+        assert_error(response, 400, "tasks.1.scheduled_at")
+    assert row_counts(db) == before
+    for path in ("", f"/{kept['id']}", f"/{kept['id']}/status", f"/{kept['id']}/history"):
+        assert client.get(f"{API}/tasks{path}", headers=ann.headers).status_code == 200
+    assert client.get(f"{API}/admin/tasks", headers=root.headers).status_code == 200
+
+
+def test_the_last_storable_datetimes_are_stored_and_read_back(client, make_account):
+    ann = make_account("ann")
+    root = make_account("root", admin=True)
+    edges = {
+        "0001-01-02T12:00:00+11:59": "0001-01-02T00:01:00+00:00",
+        "9999-12-30T12:00:00-11:59": "9999-12-30T23:59:00+00:00",
+    }
+    for value, utc in edges.items():
+        task = create(client, ann, scheduled_at=value)
+        assert task["scheduled_at"] == utc
+        for path in ("", "/status", "/history"):
+            response = client.get(f"{API}/tasks/{task['id']}{path}", headers=ann.headers)
+            assert response.status_code == 200, response.get_json()
+    batch = client.post(
+        f"{API}/tasks/batch",
+        json=[{"title": "b", "scheduled_at": v} for v in edges],
+        headers=ann.headers,
+    )
+    assert [t["scheduled_at"] for t in batch.get_json()["tasks"]] == list(edges.values())
+    assert client.get(f"{API}/tasks", headers=ann.headers).get_json()["count"] == 4
+    assert client.get(f"{API}/admin/tasks", headers=root.headers).get_json()["count"] == 4
 
 
 def test_list_filters(client, make_account, db):

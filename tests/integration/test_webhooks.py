@@ -71,8 +71,19 @@ def insert_task(db, url: str | None, events: list[str] | None = None, secret: st
     ).fetchone()
 
 
-def context(database_url: str, task_id: int = 0) -> TaskContext:
+def context(database_url: str, task_id: int) -> TaskContext:
     return TaskContext(task_id, 1, "webhooks", "deliver_webhook", "test-worker", database_url)
+
+
+def sender_context(db, database_url: str, delivery: dict) -> TaskContext:
+    """The context of the deliver_webhook task the trigger enqueued for ``delivery``, running
+    (as a worker claims it)."""
+    sender = db.execute(
+        "UPDATE tasks SET status = 'PROCESSING' WHERE id = (SELECT min(id) FROM tasks "
+        "WHERE task_type = 'deliver_webhook' AND payload->>'delivery_id' = %s) RETURNING id",
+        (str(delivery["id"]),),
+    ).fetchone()
+    return context(database_url, sender["id"])
 
 
 def test_a_subscribed_transition_enqueues_a_delivery_and_its_task(db):
@@ -99,6 +110,7 @@ def test_a_subscribed_transition_enqueues_a_delivery_and_its_task(db):
         "PENDING",
     )
     assert job["payload"] == {"delivery_id": deliveries[0]["id"]}
+    assert deliveries[0]["sender_task_id"] == job["id"]  # the one task that may send it
 
 
 def test_event_selection_and_the_revoked_alias(db):
@@ -127,7 +139,9 @@ def test_delivery_is_signed_twice_and_recorded(db, database_url, receiver, monke
     monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
     task = insert_task(db, receiver.url)
     delivery = delivery_for(db, task)
-    result = deliver_webhook({"delivery_id": delivery["id"]}, context(database_url))
+    result = deliver_webhook(
+        {"delivery_id": delivery["id"]}, sender_context(db, database_url, delivery)
+    )
     assert result["status_code"] == 200
     headers, body = receiver.requests[0]
     assert headers["X-Taskqueue-Signature"] == hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
@@ -144,7 +158,10 @@ def test_delivery_is_signed_twice_and_recorded(db, database_url, receiver, monke
     assert (row["status"], row["attempt"], row["status_code"]) == ("delivered", 1, 200)
     assert row["duration_ms"] > 0 and row["delivered_at"] is not None
     # Run again (a lost lease): already delivered, nothing is sent twice.
-    assert "skipped" in deliver_webhook({"delivery_id": delivery["id"]}, context(database_url))
+    again = deliver_webhook(
+        {"delivery_id": delivery["id"]}, sender_context(db, database_url, delivery)
+    )
+    assert again == {"skipped": "already delivered"}
     assert len(receiver.requests) == 1
 
 
@@ -154,9 +171,10 @@ def test_a_500_raises_for_a_retry_and_the_last_attempt_marks_it_failed(
     monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
     receiver.statuses = [500]
     delivery = delivery_for(db, insert_task(db, receiver.url))
+    ctx = sender_context(db, database_url, delivery)
     for attempt in (1, 2, 3):
         with pytest.raises(WebhookDeliveryError):
-            deliver_webhook({"delivery_id": delivery["id"]}, context(database_url))
+            deliver_webhook({"delivery_id": delivery["id"]}, ctx)
         row = db.execute(
             "SELECT * FROM webhook_deliveries WHERE id = %s", (delivery["id"],)
         ).fetchone()
@@ -168,11 +186,67 @@ def test_a_500_raises_for_a_retry_and_the_last_attempt_marks_it_failed(
 def test_private_addresses_are_refused_without_the_setting(db, database_url, receiver, monkeypatch):
     monkeypatch.delenv("TASKQ_ALLOW_PRIVATE_URLS", raising=False)
     delivery = delivery_for(db, insert_task(db, receiver.url))
-    result = deliver_webhook({"delivery_id": delivery["id"]}, context(database_url))
+    result = deliver_webhook(
+        {"delivery_id": delivery["id"]}, sender_context(db, database_url, delivery)
+    )
     assert result["error"].startswith("refused:")
     assert receiver.requests == []
     row = db.execute("SELECT * FROM webhook_deliveries WHERE id = %s", (delivery["id"],)).fetchone()
     assert (row["status"], row["attempt"]) == ("failed", 1)
+
+
+def stray_task(db, delivery_id: int) -> int:
+    """A deliver_webhook task made by hand in psql, running: not the delivery's sender."""
+    return db.execute(
+        "INSERT INTO tasks (title, task_type, payload, queue, status) "
+        "VALUES ('stray', 'deliver_webhook', %s, 'webhooks', 'PROCESSING') RETURNING id",
+        (Jsonb({"delivery_id": delivery_id}),),
+    ).fetchone()["id"]
+
+
+def test_the_sender_sends_only_a_due_delivery_and_only_its_own(
+    db, database_url, receiver, monkeypatch
+):
+    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
+    receiver.statuses = [500, 200]
+    delivery = delivery_for(db, insert_task(db, receiver.url))
+    sent = {"delivery_id": delivery["id"]}
+
+    def state() -> tuple[str, int]:
+        row = db.execute(
+            "SELECT status, attempt FROM webhook_deliveries WHERE id = %s", (delivery["id"],)
+        ).fetchone()
+        return row["status"], row["attempt"]
+
+    # Pending and due, but asked by a task that is not its sender: nothing sent or counted.
+    stray = context(database_url, stray_task(db, delivery["id"]))
+    assert "not its turn" in deliver_webhook(sent, stray)["skipped"]
+    assert (receiver.requests, state()) == ([], ("pending", 0))
+
+    sender = sender_context(db, database_url, delivery)
+    with pytest.raises(WebhookDeliveryError):  # the sender's first attempt: a 500
+        deliver_webhook(sent, sender)
+    # As the engine leaves it: the retry is due in an hour. Not its turn, for anyone.
+    db.execute(
+        "UPDATE tasks SET status = 'RETRYING', run_at = now() + interval '1 hour' WHERE id = %s",
+        (sender.task_id,),
+    )
+    for ctx in (stray, sender):
+        assert "not its turn" in deliver_webhook(sent, ctx)["skipped"]
+    assert (len(receiver.requests), state()) == (1, ("pending", 1))
+
+    # Its turn (the sender is claimed): delivered. Then a re-run or a stray resend nothing.
+    assert deliver_webhook(sent, sender_context(db, database_url, delivery))["status_code"] == 200
+    for ctx in (stray, sender_context(db, database_url, delivery)):
+        assert deliver_webhook(sent, ctx) == {"skipped": "already delivered"}
+    assert (len(receiver.requests), state()) == (2, ("delivered", 2))
+
+    # Attempts spent (a worker died after its last claim): even the sender sends nothing.
+    spent = delivery_for(db, insert_task(db, receiver.url))
+    db.execute("UPDATE webhook_deliveries SET attempt = max_attempts WHERE id = %s", (spent["id"],))
+    result = deliver_webhook({"delivery_id": spent["id"]}, sender_context(db, database_url, spent))
+    assert result == {"skipped": "its attempts are spent"}
+    assert len(receiver.requests) == 2
 
 
 # ---------------------------------------------------------------- the endpoints
@@ -213,6 +287,12 @@ def test_list_replay_and_trigger(client, make_account, db):
         replayed.get_json()["delivery_id"],
         triggered.get_json()["delivery_id"],
     }
+    # Replay and trigger make their delivery due properly: each has its own sender task.
+    senders = db.execute(
+        "SELECT w.id, s.payload FROM webhook_deliveries w JOIN tasks s ON s.id = w.sender_task_id"
+    ).fetchall()
+    assert sorted(r["payload"]["delivery_id"] for r in senders) == sorted(delivery_ids)
+    assert all(r["payload"]["delivery_id"] == r["id"] for r in senders)
 
     for response in (
         client.get(f"{base}/webhook-deliveries", headers=other.headers),
@@ -232,3 +312,19 @@ def test_trigger_without_a_callback_url_is_400(client, make_account, db):
     response = client.post(f"/api/v1/tasks/{task['id']}/trigger-webhook", headers=owner.headers)
     assert response.status_code == 400
     assert response.get_json()["field_errors"] == {"callback_url": ["Not set."]}
+
+
+def test_a_users_header_never_goes_out_beside_ours(db, database_url, receiver, monkeypatch):
+    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
+    task = insert_task(db, receiver.url)
+    spoofed = {"content-type": "text/plain", "x-taskqueue-event": "forged", "X-Custom": "yes"}
+    db.execute("UPDATE tasks SET callback_headers = %s WHERE id = %s", (Jsonb(spoofed), task["id"]))
+    delivery = delivery_for(db, task)
+    assert deliver_webhook(
+        {"delivery_id": delivery["id"]}, sender_context(db, database_url, delivery)
+    )
+    headers, _ = receiver.requests[0]
+    names = [name.lower() for name in headers]
+    assert names.count("content-type") == 1 and names.count("x-taskqueue-event") == 1
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Taskqueue-Event"] == "task.failed" and headers["X-Custom"] == "yes"

@@ -14,7 +14,13 @@ from marshmallow import ValidationError
 from taskq.settings import SettingError
 from taskq.urlguard import UnsafeURLError, fetch, is_public_address, literal_host_error
 from worker.builtins import parse_seconds
-from worker.registry import REGISTRY, TaskContext, get_task_type, load_task_modules
+from worker.registry import (
+    REGISTRY,
+    TaskContext,
+    get_task_type,
+    load_task_modules,
+    user_task_types,
+)
 
 CTX = TaskContext(task_id=1, attempt=1, queue="default", task_type="x", worker_id="test")
 
@@ -33,6 +39,12 @@ def test_every_spec_type_is_registered_with_a_description() -> None:
     registry = load_task_modules()
     assert names <= set(registry)
     assert all(REGISTRY[name].description for name in names)
+
+
+def test_the_systems_own_types_are_internal_and_not_offered_to_users() -> None:
+    internal = {name for name, t in load_task_modules().items() if t.internal}
+    assert internal == {"cleanup_old_tasks", "deliver_webhook"}
+    assert set(user_task_types()) == set(load_task_modules()) - internal
 
 
 @pytest.mark.parametrize(
