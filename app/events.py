@@ -60,6 +60,7 @@ from app import streamguard
 from app.db import fetch_one, get_conn
 from app.errors import ApiError
 from app.streamguard import Binding, binding_of, guarded, refuse_revoked
+from taskq.listen import ListenConnection
 from taskq.representation import json_value
 
 log = logging.getLogger(__name__)
@@ -300,49 +301,28 @@ class Notifier:
             sub.put(CLOSE)
 
     def _run(self) -> None:
-        backoff = 0.2
-        while not self._stopping.is_set():
-            try:
-                with psycopg.connect(
-                    self.database_url, autocommit=True, application_name="taskq-notifier"
-                ) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    self._end_unheard_streams()
-                    self._ready.set()
-                    backoff = 0.2
-                    self._listen(conn)
-            except Exception as exc:  # any failure: reconnect, and tell everyone who relies on us
-                log.warning("event listener lost its connection: %s", exc)
-            was_ready = self._ready.is_set()
-            self._ready.clear()
-            # Notifications may be lost from here on: the cursor can no longer know what waits.
-            self._leave_order()
-            if was_ready:
-                # Streams resume from history with Last-Event-ID; caches drop what they hold.
-                self.close_streams()
-                for hook in self._reset_hooks:
-                    self._call(hook)
-            self._stopping.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+        ListenConnection(
+            self.database_url, [CHANNEL], self._dispatch, on_ready=self._listening,
+            on_lost=self._lost, next_wakeup=lambda: self._recheck_at, on_wakeup=self._recheck,
+            application_name="taskq-notifier",
+        ).listen(self._stopping)  # fmt: skip
 
-    def _listen(self, conn: psycopg.Connection) -> None:
-        last_check = time.monotonic()
-        while not self._stopping.is_set():
-            # Short waits so stop() returns quickly; a query now and then so a silent network
-            # failure (no FIN from the server) is noticed too.
-            timeout = 0.25
-            if self._recheck_at is not None:
-                timeout = min(timeout, max(self._recheck_at - time.monotonic(), 0.0))
-            notes = list(conn.notifies(timeout=timeout, stop_after=1))
-            if notes:
-                notes.extend(conn.notifies(timeout=0))
-                self._dispatch(conn, notes)
-            elif self._recheck_at is not None and time.monotonic() >= self._recheck_at:
-                self._deliver_all(conn, [])
-                last_check = time.monotonic()
-            elif time.monotonic() - last_check > 5:
-                conn.execute("SELECT 1")
-                last_check = time.monotonic()
+    def _listening(self) -> None:
+        self._end_unheard_streams()
+        self._ready.set()
+
+    def _lost(self) -> None:
+        self._ready.clear()
+        # Notifications may be lost from here on: the cursor can no longer know what waits.
+        self._leave_order()
+        # Streams resume from history with Last-Event-ID; caches drop what they hold.
+        self.close_streams()
+        for hook in self._reset_hooks:
+            self._call(hook)
+
+    def _recheck(self, conn: psycopg.Connection) -> None:
+        """Look again at rows waiting behind an open transaction (no notification came)."""
+        self._deliver_all(conn, [])
 
     def _dispatch(self, conn: psycopg.Connection, notes: list[psycopg.Notify]) -> None:
         changes: list[Change] = []

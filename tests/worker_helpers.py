@@ -7,8 +7,39 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from tests.helpers import ROOT
+from worker.completer import Outcomes
+from worker.config import WorkerConfig
+from worker.exchange import Claim, Exchange
+
+
+@contextlib.contextmanager
+def claim_connection(
+    database_url: str, worker_id: str = "w", held: Callable[[], set[int]] = set, **settings: Any
+) -> Iterator[Exchange]:
+    """A worker child's claim connection (``Exchange``) as ``worker_id``, started and stopped."""
+    config = WorkerConfig(database_url=database_url, queues=("default",), **settings)
+    exchange = Exchange(config, worker_id, held=held)
+    exchange.start()
+    try:
+        yield exchange
+    finally:
+        exchange.stop()
+
+
+def claim(exchange: Exchange, limit: int) -> list[Claim]:
+    """Claim up to ``limit`` tasks through one exchange that writes nothing."""
+    exchange.send(Outcomes(), limit)
+    return exchange.receive().rows
+
+
+def write(exchange: Exchange, outcomes: Outcomes) -> dict[int, str]:
+    """Write ``outcomes`` through one exchange that claims nothing; the failed tasks' statuses."""
+    exchange.send(outcomes, 0)
+    return exchange.receive().failed
 
 
 def start_worker(database_url: str, *args: str, **env: str) -> subprocess.Popen:

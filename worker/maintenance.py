@@ -1,16 +1,19 @@
 """Maintenance on the elected leader only: the reaper and the periodic enqueuer.
 
-Leadership is a session advisory lock held on a dedicated connection: when
-the leader dies, or its connection does, Postgres releases the lock and the
-next worker to try takes over. The periodic enqueuer is safe even with two
-leaders: each tick's row in ``periodic_ticks`` has a primary key, and the
-task is inserted in the same transaction as the tick (clean-up of old
-finished tasks is itself a periodic task, ``cleanup_old_tasks``).
+It runs in a thread of the supervisor (start/stop), a round every tenth of
+a second; each round paces itself. Leadership is a session advisory lock
+held on a dedicated connection: when the leader dies, or its connection
+does, Postgres releases the lock and the next worker to try takes over. The
+periodic enqueuer is safe even with two leaders: each tick's row in
+``periodic_ticks`` has a primary key, and the task is inserted in the same
+transaction as the tick (clean-up of old finished tasks is itself a periodic
+task, ``cleanup_old_tasks``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -20,12 +23,31 @@ from psycopg.types.json import Jsonb
 
 from sql import queries
 from worker import metrics
-from worker.claim import connect, reap_expired_leases
+from worker.completer import NO_BACKOFF, Outcomes, write_outcomes
 from worker.config import PeriodicSchedule, WorkerConfig
+from worker.db import connect
 
 log = logging.getLogger("taskq.worker.maintenance")
 
 LEADER_LOCK_KEY = 0x7461736B71  # "taskq"
+ROUND = 0.1  # seconds between rounds
+
+
+def reap_expired_leases(conn: psycopg.Connection, limit: int = 1000) -> int:
+    """Return the tasks of dead workers to the queue, counting the attempt; how many.
+
+    A returned task is due again at once (no backoff: its worker died, the task
+    did not fail), or FAILED when that was its last attempt.
+    """
+    outcomes = Outcomes()
+    with conn.transaction():
+        rows = conn.execute(queries["expired_leases"], {"limit": limit}).fetchall()
+        for row in rows:
+            outcomes.fail(
+                row["id"], row["lease_token"], f"lease expired: worker {row['worker_id']} lost"
+            )
+        write_outcomes(conn, outcomes, NO_BACKOFF)
+    return len(outcomes)
 
 
 def enqueue_tick(
@@ -75,6 +97,32 @@ class Maintenance:
         self.next_attempt = 0.0
         self.next_reap = 0.0
         self.last_tick: dict[str, datetime] = {}
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Run rounds in a thread until ``stop``."""
+        self.stopping.clear()
+        self.thread = threading.Thread(target=self.run_rounds, name="taskq-maintenance",
+                                       daemon=True)  # fmt: skip
+        self.thread.start()
+
+    def stop(self) -> None:
+        """End the rounds; release leadership and connections."""
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(timeout=10)  # a round waits for Postgres at most that long
+        self.step_down()
+
+    def run_rounds(self) -> None:
+        """``step`` until stopped (the thread's body)."""
+        while not self.stopping.is_set():
+            try:
+                self.step()
+            except Exception:  # a bug must not end maintenance for this worker's lifetime
+                log.exception("maintenance round failed; stepping down")
+                self.step_down()
+            self.stopping.wait(ROUND)
 
     def step(self) -> None:
         """One round (call it often; it paces itself); never raises on a lost database."""
@@ -141,7 +189,3 @@ class Maintenance:
                         "periodic %s: tick %s enqueued as task %s", schedule.name, tick, task_id
                     )
             self.last_tick[schedule.name] = tick
-
-    def close(self) -> None:
-        """Release leadership and connections."""
-        self.step_down()

@@ -1,13 +1,14 @@
-"""The supervisor: N child processes, their heartbeat, hard time limits, maintenance, shutdown.
+"""The supervisor: starts N child processes and keeps their leases alive; nothing else.
 
 Each child claims for itself (its own connection and LISTEN), so a task
-reaches a process without a hop through the supervisor. The supervisor
-holds no task: it keeps the children's leases alive (one UPDATE per
-heartbeat for all of them), kills a child whose task passed its hard time
-limit, settles the tasks of a child that died (the running one counts as a
-failed attempt and is due again at once, the others go back), replaces it,
-and runs maintenance when elected. Children are started with ``spawn``: a
-clean interpreter, no inherited connections or threads.
+reaches a process without a hop through the supervisor. The supervisor holds
+no task: it keeps the children's leases alive (one UPDATE per heartbeat for
+all of them, also while they drain), kills a child whose task passed its
+hard time limit, has the tasks of a child that died settled (the running one
+counts as a failed attempt and is due again at once, the others go back),
+and replaces it. Maintenance runs beside it, in a thread, when this worker
+is elected. Children are started with ``spawn``: a clean interpreter, no
+inherited connections or threads.
 """
 
 from __future__ import annotations
@@ -25,12 +26,23 @@ from typing import Any
 import psycopg
 
 from sql import queries
-from worker import executor, metrics
-from worker.claim import NO_BACKOFF, connect, extend_leases, settle_worker_tasks
+from worker import child as child_process
+from worker import metrics
+from worker.completer import NO_BACKOFF, settle_worker_tasks
 from worker.config import WorkerConfig
+from worker.db import connect
 from worker.maintenance import Maintenance
+from worker.runner import SLOT_DEADLINE_MS, SLOT_DONE, SLOT_SIZE, SLOT_TASK
 
 log = logging.getLogger("taskq.worker.supervisor")
+
+
+def extend_leases(conn: psycopg.Connection, worker_ids: list[str], lease_seconds: float) -> None:
+    """Heartbeat: extend the leases of ``worker_ids``' tasks and mark them alive."""
+    with conn.transaction():
+        params = {"worker_ids": worker_ids, "lease_seconds": lease_seconds}
+        conn.execute(queries["extend_leases"], params)
+        conn.execute(queries["touch_workers"], params)
 
 
 @dataclass
@@ -45,14 +57,14 @@ class ChildProcess:
 
 
 class Supervisor:
-    """Start, watch, replace and stop the children."""
+    """Start the children, keep their leases alive, replace the ones that exit (start/stop)."""
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.mp = multiprocessing.get_context("spawn")
         self.children: dict[int, ChildProcess] = {}
         self.stopping = False
-        self.stop_deadline = 0.0
+        self.hurry = False  # a second signal: kill the children now
         self.stop_requested = 0.0
         self.conn: psycopg.Connection | None = None
         self.maintenance = Maintenance(config)
@@ -67,59 +79,71 @@ class Supervisor:
         """
         if self.stopping:
             if time.monotonic() - self.stop_requested > 1.0:
-                self.stop_deadline = 0.0
+                self.hurry = True
             return
         self.stop_requested = time.monotonic()
-        log.info("stopping: no new claims; running tasks get %.0fs", self.config.shutdown_grace)
         self.stopping = True
-        self.stop_deadline = time.monotonic() + self.config.shutdown_grace
-        for child in self.children.values():
-            if child.process.is_alive():
-                os.kill(child.process.pid, signal.SIGTERM)
 
-    def run(self) -> int:
-        """Supervise until stopped; the exit code."""
+    def start(self) -> None:
+        """Take the signals, start the children, maintenance and the metrics endpoint."""
         signal.signal(signal.SIGTERM, self.on_signal)
         signal.signal(signal.SIGINT, self.on_signal)
         if self.config.metrics_port:
             metrics.serve_metrics(self.config.metrics_port)
         for index in range(self.config.concurrency):
             self.spawn(index)
+        self.maintenance.start()
         log.info(
             "worker up: %d processes on queues %s",
             self.config.concurrency,
             ",".join(self.config.queues),
         )
+
+    def supervise(self) -> None:
+        """Until a signal asks to stop: replace children, enforce hard limits, heartbeat."""
+        while not self.stopping:
+            self.watch()
+            self.respawn()
+            self.enforce_time_limits()
+            self.heartbeat()
+
+    def stop(self) -> None:
+        """Drain: the children finish their running task within the grace period, then die.
+
+        The heartbeat goes on meanwhile: a task that runs into the grace
+        period is still this worker's, and must not be reaped and run twice.
+        """
+        self.stopping = True
+        log.info("stopping: no new claims; running tasks get %.0fs", self.config.shutdown_grace)
+        deadline = time.monotonic() + self.config.shutdown_grace
+        for child in self.children.values():
+            if child.process.is_alive():
+                os.kill(child.process.pid, signal.SIGTERM)
         try:
-            while self.children or not self.stopping:
+            while self.children:
                 self.watch()
-                if self.stopping:
-                    if time.monotonic() >= self.stop_deadline:
-                        self.kill_all("shutdown grace period over")
-                    continue
-                self.respawn()
-                self.enforce_time_limits()
-                self.heartbeat()
-                self.maintenance.step()
+                if self.hurry or time.monotonic() >= deadline:
+                    self.kill_all("shutdown grace period over")
+                else:
+                    self.heartbeat()
         finally:
-            self.maintenance.close()
+            self.maintenance.stop()
             if self.conn is not None:
                 self.conn.close()
         log.info("worker stopped")
-        return 0
 
     def spawn(self, index: int) -> None:
         """Start child ``index``."""
-        slot = self.mp.Array("q", executor.SLOT_SIZE, lock=False)
+        slot = self.mp.Array("q", SLOT_SIZE, lock=False)
         process = self.mp.Process(
-            target=executor.child_main,
+            target=child_process.child_main,
             args=(self.config.to_dict(), slot, os.getpid()),
             name=f"taskq-worker-{index}",
             daemon=False,
         )
         process.start()
         self.children[index] = ChildProcess(
-            index, process, slot, executor.worker_id_for(process.pid), time.monotonic()
+            index, process, slot, child_process.worker_id_for(process.pid), time.monotonic()
         )
 
     def watch(self) -> None:
@@ -134,7 +158,7 @@ class Supervisor:
         code = child.process.exitcode
         del self.children[child.index]
         metrics.mark_process_dead(child.process.pid)
-        task_id = int(child.slot[executor.SLOT_TASK])
+        task_id = int(child.slot[SLOT_TASK])
         if code != 0 or task_id:
             reason = error or f"worker process {child.worker_id} died (exit code {code})"
             log.warning("%s while running task %s", reason, task_id or "-")
@@ -145,7 +169,7 @@ class Supervisor:
             self.settle(child.worker_id, failed, delay)
         elif not self.stopping:
             log.info("worker process %s recycled after %d tasks", child.worker_id,
-                     child.slot[executor.SLOT_DONE])  # fmt: skip
+                     child.slot[SLOT_DONE])  # fmt: skip
         if not self.stopping:
             # A child that dies young waits a second before its replacement (crash loops).
             young = time.monotonic() - child.started < 1.0
@@ -167,7 +191,9 @@ class Supervisor:
         log.error("tasks of %s left to the reaper (lease expiry)", worker_id)
 
     def respawn(self) -> None:
-        """Replace children that exited."""
+        """Replace children that exited (not while stopping)."""
+        if self.stopping:
+            return
         now = time.monotonic()
         for index, when in list(self.restart_after.items()):
             if now >= when:
@@ -178,8 +204,8 @@ class Supervisor:
         """Kill a child whose task passed its hard limit; its task fails, the child is replaced."""
         now_ms = time.time() * 1000
         for child in list(self.children.values()):
-            deadline = child.slot[executor.SLOT_DEADLINE_MS]
-            task_id = child.slot[executor.SLOT_TASK]
+            deadline = child.slot[SLOT_DEADLINE_MS]
+            task_id = child.slot[SLOT_TASK]
             if deadline and task_id and now_ms > deadline:
                 log.warning(
                     "task %s passed its hard time limit; killing %s", task_id, child.worker_id
@@ -229,4 +255,10 @@ def run_worker(config: WorkerConfig) -> int:
     if config.metrics_port and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="taskq-metrics-")
         metrics.enable()
-    return Supervisor(config).run()
+    supervisor = Supervisor(config)
+    supervisor.start()
+    try:
+        supervisor.supervise()
+    finally:
+        supervisor.stop()
+    return 0

@@ -12,9 +12,9 @@ import pytest
 
 from sql import queries
 from tests.helpers import insert_tasks, status_counts, wait_for
-from tests.worker_helpers import kill_group, start_worker, stop_worker
+from tests.worker_helpers import claim_connection, kill_group, start_worker, stop_worker, write
 from tests.worker_tasks import LEDGER_DDL
-from worker.claim import Outcomes, connect, exchange
+from worker.completer import Outcomes
 
 pytestmark = pytest.mark.slow
 IMPORTS = {"TASKQ_IMPORTS": "tests.worker_tasks"}
@@ -67,11 +67,10 @@ def test_sigkill_mid_task_another_worker_finishes_and_the_late_write_is_refused(
     assert task["attempts"] == 2 and task["lease_token"] != stale
     phases = ledger_db.execute("SELECT attempt, phase FROM ledger ORDER BY id").fetchall()
     assert [(p["attempt"], p["phase"]) for p in phases] == [(1, "start"), (2, "start"), (2, "end")]
-    with connect(database_url) as conn:  # the dead worker's late result
+    with claim_connection(database_url, "x") as exchange:  # the dead worker's late result
         late = Outcomes()
         late.complete(task_id, stale, json.dumps("late"))
-        exchange(conn, late, worker_id="x", queues=["default"], limit=0, lease_seconds=1,
-                 max_retry_delay=1)  # fmt: skip
+        write(exchange, late)
     assert ledger_db.execute("SELECT result FROM tasks").fetchone() == {"result": task["result"]}
     history = ledger_db.execute(
         "SELECT to_status::text AS s, error FROM task_history ORDER BY id"
@@ -241,6 +240,27 @@ def test_sigterm_drains_and_hands_back(db: psycopg.Connection, database_url: str
     assert rows[short[0]]["status"] == "COMPLETED"  # finished within the grace period
     assert rows[long[0]] == {"id": long[0], "status": "PENDING", "attempts": 0}  # handed back
     assert all(rows[w]["status"] == "PENDING" for w in waiting)
+
+
+def test_a_draining_worker_keeps_its_running_task_leased(ledger_db, database_url: str) -> None:
+    insert_tasks(ledger_db, 1, task_type="ledger", payload={"sleep": 2.5})
+    worker = start_worker(database_url, "--concurrency", "1", TASKQ_LEASE_SECONDS="1",
+                          TASKQ_SHUTDOWN_GRACE="20", **IMPORTS)  # fmt: skip
+    leased: list[bool] = []
+    try:
+        wait_for(lambda: ledger_db.execute("SELECT 1 FROM ledger").fetchone(), 20, "start")
+        worker.send_signal(signal.SIGTERM)
+        # Sampled until the task ends: a lapsed lease would let a reaper run it twice.
+        while (row := ledger_db.execute(
+            "SELECT status::text AS s, lease_expires_at > now() AS leased FROM tasks"
+        ).fetchone())["s"] == "PROCESSING":  # fmt: skip
+            leased.append(row["leased"])
+            time.sleep(0.05)
+    finally:
+        code, out = stop_worker(worker)
+    assert code == 0, out
+    assert len(leased) > 20 and all(leased), leased  # about 2 s of draining, never unleased
+    assert status_counts(ledger_db) == {"COMPLETED": 1}
 
 
 def held_samples(db: psycopg.Connection, until, timeout: float, message: str) -> list[int]:

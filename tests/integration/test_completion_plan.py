@@ -16,22 +16,21 @@ import psycopg
 import pytest
 
 from tests.helpers import insert_tasks
-from worker.claim import Outcomes, claim_tasks, connect, exchange
+from tests.worker_helpers import claim, claim_connection, write
+from worker.completer import Outcomes
+from worker.exchange import Exchange
 
 PRIOR_BATCHES = 6  # more than the 5 custom plans after which Postgres may go generic
 BATCH = 1000
 
 
-def complete_held(conn: psycopg.Connection, db: psycopg.Connection) -> int:
+def complete_held(exchange: Exchange, db: psycopg.Connection) -> int:
     """Complete every held task through the worker's outcome path (no new claim); how many."""
     outcomes = Outcomes()
     held = db.execute("SELECT id, lease_token FROM tasks WHERE status = 'PROCESSING'").fetchall()
     for row in held:
         outcomes.complete(row["id"], row["lease_token"], None)
-    exchange(
-        conn, outcomes, worker_id="w", queues=["default"], limit=0, lease_seconds=30,
-        max_retry_delay=60,
-    )  # fmt: skip
+    write(exchange, outcomes)
     return len(held)
 
 
@@ -46,7 +45,6 @@ def test_1000_completions_after_six_batches_keep_a_batch_sized_plan(database_url
     except psycopg.errors.UndefinedFile:
         pytest.skip("this Postgres build ships no auto_explain (the embedded pgserver)")
     insert_tasks(db, PRIOR_BATCHES * 2 + BATCH)
-    conn = connect(database_url)  # the worker's connection: statements prepared on first use
     plans: list[dict] = []
 
     def keep_plan(diag: psycopg.errors.Diagnostic) -> None:
@@ -54,11 +52,13 @@ def test_1000_completions_after_six_batches_keep_a_batch_sized_plan(database_url
         if "plan:" in text:
             plans.append(json.loads(text.split("plan:", 1)[1]))
 
-    try:
+    # the worker's connection: statements prepared on first use
+    with claim_connection(database_url) as exchange:
+        conn = exchange.conn
         for _ in range(PRIOR_BATCHES):
-            claim_tasks(conn, worker_id="w", queues=["default"], limit=2)
-            assert complete_held(conn, db) == 2
-        assert len(claim_tasks(conn, worker_id="w", queues=["default"], limit=BATCH)) == BATCH
+            claim(exchange, 2)
+            assert complete_held(exchange, db) == 2
+        assert len(claim(exchange, BATCH)) == BATCH
         conn.add_notice_handler(keep_plan)
         for statement in (
             "LOAD 'auto_explain'",
@@ -69,10 +69,8 @@ def test_1000_completions_after_six_batches_keep_a_batch_sized_plan(database_url
             "SET auto_explain.log_level = notice",
         ):
             conn.execute(statement, prepare=False)
-        assert complete_held(conn, db) == BATCH
+        assert complete_held(exchange, db) == BATCH
         conn.execute("RESET auto_explain.log_min_duration", prepare=False)
-    finally:
-        conn.close()
 
     updates = [p["Plan"] for p in plans if "Store results and COMPLETED" in p.get("Query Text", "")]
     assert len(updates) == 1

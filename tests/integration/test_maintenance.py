@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 
 from tests.helpers import insert_tasks, wait_for
+from tests.worker_helpers import claim, claim_connection
 from worker.builtins import cleanup_old_tasks
-from worker.claim import claim_tasks, connect
 from worker.config import PeriodicSchedule, WorkerConfig, check_schedule
+from worker.db import connect
 from worker.maintenance import Maintenance, enqueue_tick, latest_tick
 from worker.registry import TaskContext
 
@@ -25,9 +26,9 @@ def config(url: str, **changes: object) -> WorkerConfig:
 def test_reaper_returns_expired_tasks_counting_the_attempt(db: psycopg.Connection, database_url):
     again, spent, alive = insert_tasks(db, 3, max_retries=1, retry_delay=0)
     db.execute("UPDATE tasks SET max_retries = 0 WHERE id = %s", [spent])
-    with connect(database_url) as conn:
-        claim_tasks(conn, worker_id="lost", queues=["default"], limit=2)
-        claim_tasks(conn, worker_id="alive", queues=["default"], limit=1)
+    for worker_id, count in (("lost", 2), ("alive", 1)):
+        with claim_connection(database_url, worker_id) as exchange:
+            claim(exchange, count)
     db.execute(
         "UPDATE tasks SET lease_expires_at = now() - interval '1 s' WHERE worker_id = 'lost'"
     )
@@ -37,13 +38,34 @@ def test_reaper_returns_expired_tasks_counting_the_attempt(db: psycopg.Connectio
         leader.step()
         assert leader.leader
     finally:
-        leader.close()
+        leader.stop()
     rows = db.execute("SELECT id, status::text, attempts, error FROM tasks ORDER BY id").fetchall()
     assert [(r["id"], r["status"], r["attempts"]) for r in rows] == [
         (again, "RETRYING", 1), (spent, "FAILED", 1), (alive, "PROCESSING", 1),
     ]  # fmt: skip
     assert rows[0]["error"] == "lease expired: worker lost lost"
     assert db.execute("SELECT task_id FROM dead_letters").fetchall() == [{"task_id": spent}]
+
+
+def test_maintenance_runs_its_rounds_in_a_thread_until_stopped(db, database_url) -> None:
+    insert_tasks(db, 1, max_retries=1, retry_delay=0)
+    with claim_connection(database_url, "lost") as exchange:
+        claim(exchange, 1)
+    maintenance = Maintenance(config(database_url))
+    maintenance.start()
+    try:
+        db.execute("UPDATE tasks SET lease_expires_at = now() - interval '1 s'")
+        wait_for(lambda: db.execute("SELECT status::text AS s FROM tasks").fetchone()["s"]
+                 == "RETRYING", 5, "the reaper's round")  # fmt: skip
+        assert maintenance.leader
+    finally:
+        maintenance.stop()
+    assert not maintenance.thread.is_alive() and not maintenance.leader
+    locks = db.execute(
+        "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+        "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
+    ).fetchone()
+    assert locks["n"] == 0  # leadership released
 
 
 def test_one_leader_and_takeover_when_it_dies(db: psycopg.Connection, database_url: str):
@@ -66,8 +88,8 @@ def test_one_leader_and_takeover_when_it_dies(db: psycopg.Connection, database_u
         first.step()
         assert not first.leader
     finally:
-        first.close()
-        second.close()
+        first.stop()
+        second.stop()
 
 
 def test_each_tick_is_enqueued_once_by_racing_leaders(db: psycopg.Connection, database_url):
@@ -99,7 +121,7 @@ def test_periodic_enqueuer_follows_the_cron(db: psycopg.Connection, database_url
         for step in range(4):  # four calls within two distinct seconds
             leader.enqueue_periodic(now + timedelta(seconds=step // 2, milliseconds=step))
     finally:
-        leader.close()
+        leader.stop()
     ticks = db.execute("SELECT tick_at FROM periodic_ticks ORDER BY 1").fetchall()
     assert [t["tick_at"].second for t in ticks] == [0, 1]
     assert latest_tick("0 0 * * *", now) == datetime(2030, 1, 1, tzinfo=UTC)
