@@ -37,9 +37,10 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
 
-from app import streamguard
+from app import schemas, streamguard
 from app.db import fetch_one, get_conn
 from app.errors import ApiError
+from app.openapi import doc
 from app.streamguard import Binding, binding_of, guarded, refuse_revoked
 from taskq.representation import json_value
 from taskq.settings import env_float, env_int
@@ -375,19 +376,14 @@ def stream_binding() -> Binding:
 
 
 def last_event_id() -> int:
-    """The client's resume point: Last-Event-ID header, or ``last_event_id`` query; 0 if none."""
-    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    if raw is None or raw.strip() == "":
-        return 0
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ApiError(
-            400, "Invalid Last-Event-ID.", {"Last-Event-ID": ["Must be a non-negative integer."]}
-        )
-    return value
+    """The client's resume point: Last-Event-ID header, else ``last_event_id`` query; 0 if none.
+
+    Each is checked when given (400), the one that does not count too.
+    """
+    raw = request.headers.get("Last-Event-ID")
+    header = schemas.LastEventIdSchema().load({} if raw is None else {"Last-Event-ID": raw})
+    query = schemas.load_query(schemas.EventsQuerySchema)
+    return header.get("last_event_id", query.get("last_event_id", 0))
 
 
 # ---- the streams ----
@@ -465,6 +461,16 @@ def open_notifier() -> Notifier:
 
 
 @bp.get("/tasks/<int:task_id>/events")
+@doc(
+    "Stream one task's transitions (server-sent events)",
+    tag="events",
+    query=schemas.EventsQuerySchema,
+    headers=schemas.LastEventIdSchema,
+    response=schemas.TaskEventSchema,
+    media_type="text/event-stream",
+    also={204: None},
+    stream_token=True,
+)
 def task_events(task_id: int):
     """Stream one task's transitions (its history first; closes once it is finished)."""
     binding = stream_binding()
@@ -503,6 +509,15 @@ def owned_task(
 
 
 @bp.get("/events")
+@doc(
+    "Stream every transition of the caller's tasks (server-sent events)",
+    tag="events",
+    query=schemas.EventsQuerySchema,
+    headers=schemas.LastEventIdSchema,
+    response=schemas.TaskEventSchema,
+    media_type="text/event-stream",
+    stream_token=True,
+)
 def user_events():
     """Stream every transition of the caller's tasks (replay only after a Last-Event-ID)."""
     binding = stream_binding()
@@ -523,6 +538,11 @@ def user_events():
 
 
 @bp.post("/events/token")
+@doc(
+    "A short-lived token for ?token= on the streams",
+    tag="events",
+    response=schemas.StreamTokenSchema,
+)
 def stream_token():
     """A stream token for ``?token=`` on the events endpoints (EventSource sends no headers)."""
     binding = bearer_binding()

@@ -329,7 +329,10 @@ BAD_LIST_QUERIES = [
     ("priority=urgent", "priority"),
     ("start_date=2020-13-01", "start_date"),
     ("end_date=9999-12-31T23:59:59", None),
-    ("end_date=9999-12-31", "end_date"),
+    ("end_date=9999-12-31", None),
+    ("start_date=2021-02-29", "start_date"),
+    ("status=PENDING%0A", "status"),
+    ("ordering=title%0A", "ordering"),
     ("search=%00", "search"),
 ]
 
