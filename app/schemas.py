@@ -451,7 +451,7 @@ class TaskCreateSchema(Schema):
     queue = Text(
         load_default="default",
         validate=FullMatch(NAME_PATTERN),
-        metadata={"description": "The reserved queue `webhooks` is refused (400)."},
+        metadata={"description": "A queue the system reserves for itself is refused (400)."},
     )
     priority = Priority(load_default=PRIORITY_NAMES["normal"])
     scheduled_at = fields.AwareDateTime(
