@@ -22,6 +22,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         admin,
         auth,
         cache,
+        dashboard,
         db,
         errors,
         events,
@@ -45,6 +46,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         cache,
         metrics,
         webhooks,
+        dashboard,
     ):
         module.init_app(app)
     limits.init_app(app)  # last: it limits the auth routes the blueprints above registered

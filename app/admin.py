@@ -1,4 +1,4 @@
-"""Admin-only endpoints: every user's tasks, queue statistics and live workers.
+"""Admin-only endpoints: every user's tasks, queue statistics, live workers and stuck tasks.
 
 Queue and worker figures come from the operator views of ``sql/views.sql``,
 the same ones psql users and ``taskq stats`` read.
@@ -6,7 +6,7 @@ the same ones psql users and ``taskq stats`` read.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, current_app
 
 from app import schemas
 from app.auth import admin_required
@@ -53,6 +53,21 @@ def admin_queues():
 def admin_workers():
     """Workers heard from in the last minute, with the tasks they run."""
     return {"workers": [row_to_json(row) for row in fetch_all("admin_live_workers")]}
+
+
+@bp.get("/stuck-tasks")
+@doc(
+    "Running tasks whose lease expired (admins only)",
+    tag="admin",
+    response=schemas.StuckTasksSchema,
+    errors=(403,),
+)
+@admin_required
+def admin_stuck_tasks():
+    """The stuck_tasks view: their worker is gone and the reaper will return them."""
+    limit = current_app.config["TASKQ_MAX_PAGE_SIZE"]
+    rows = fetch_all("admin_stuck_tasks", {"limit": limit})
+    return {"stuck_tasks": [row_to_json(row) for row in rows]}
 
 
 def init_app(app: Flask) -> None:

@@ -5,6 +5,13 @@ in microseconds): changing the password makes every older token fail the
 check in ``token_is_revoked``. Logout and refresh rotation put the token's jti
 on ``token_blocklist`` in Postgres, so revocation holds across processes and
 restarts, with or without Redis.
+
+Two ways to carry the tokens: API clients get them in the body and send
+``Authorization: Bearer``; the dashboard logs in with ``"cookies": true`` and
+gets them as HttpOnly, SameSite=Strict cookies it cannot read (flask-jwt-
+extended's cookie mode). A cookie request that changes state must repeat the
+readable ``csrf_access_token`` cookie in ``X-CSRF-TOKEN`` (double submit), so
+another site cannot make the browser act on its behalf.
 """
 
 from __future__ import annotations
@@ -18,22 +25,28 @@ from functools import wraps
 from typing import Any
 
 import psycopg
-from flask import Blueprint, Flask, g, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
     create_refresh_token,
     decode_token,
     get_jwt,
+    get_jwt_request_location,
     jwt_required,
+    set_access_cookies,
+    set_refresh_cookies,
+    unset_jwt_cookies,
+    verify_jwt_in_request,
 )
-from flask_jwt_extended.exceptions import JWTExtendedException
+from flask_jwt_extended.config import config as jwt_config
+from flask_jwt_extended.exceptions import CSRFError, JWTExtendedException
 from jwt.exceptions import PyJWTError
 from werkzeug.security import check_password_hash
 
 from app import schemas
 from app.db import fetch_one, get_conn
-from app.errors import ApiError, error_response, get_json_body
+from app.errors import ApiError, error_response, get_json_body, request_body
 from app.limits import release_login, reserve_login
 from app.openapi import doc
 from sql import queries
@@ -86,6 +99,25 @@ def issue_tokens(user: dict[str, Any]) -> dict[str, str]:
     }
 
 
+def auth_response(
+    user: dict[str, Any], message: str, cookies: bool, status: int = 200
+) -> tuple[Response, int]:
+    """``{user, tokens, message}`` with a fresh pair; with ``cookies`` the pair is set as
+    HttpOnly cookies (plus the readable CSRF cookies) and left out of the body."""
+    tokens = issue_tokens(user)
+    if not cookies:
+        return jsonify({"user": user_to_json(user), "tokens": tokens, "message": message}), status
+    response = jsonify({"user": user_to_json(user), "message": message})
+    set_access_cookies(response, tokens["access"])
+    set_refresh_cookies(response, tokens["refresh"])
+    return response, status
+
+
+def refresh_cookie() -> str | None:
+    """The refresh token of a cookie session, if the browser sent one."""
+    return request.cookies.get(jwt_config.refresh_cookie_name)
+
+
 def password_problems(password: str, **attributes: str) -> list[str]:
     """Why ``password`` is too weak (empty when it is fine).
 
@@ -120,13 +152,6 @@ def check_password_strength(field: str, password: str, **attributes: str) -> Non
     problems = password_problems(password, **attributes)
     if problems:
         raise ApiError(400, "Invalid input.", {field: problems})
-
-
-def optional_json_body() -> Any:
-    """The JSON body, or ``{}`` when the request has none."""
-    if not request.content_length and not request.data:
-        return {}
-    return get_json_body()
 
 
 def decode_user_token(token: str, field: str, expected_type: str | None = None) -> dict[str, Any]:
@@ -235,6 +260,7 @@ def register():
         errors["password"] = problems
     if errors:
         raise ApiError(400, "Invalid input.", errors)
+    cookies = data.pop("cookies")
     params = {**data, "password_hash": hash_password(data["password"])}
     try:
         user = fetch_one("insert_user", params)
@@ -242,12 +268,7 @@ def register():
         errors = taken_fields(data["username"], data["email"])
         raise ApiError(400, "Invalid input.", errors) from None
     assert user is not None
-    body = {
-        "user": user_to_json(user),
-        "tokens": issue_tokens(user),
-        "message": "User registered successfully",
-    }
-    return body, 201
+    return auth_response(user, "User registered successfully", cookies, 201)
 
 
 @bp.post("/login")
@@ -277,7 +298,7 @@ def login():
     if not check_password_hash(user["password_hash"], data["password"]):
         raise ApiError(401, "Invalid username or password.")
     release_login(attempt)  # only failures count against the account
-    return {"user": user_to_json(user), "tokens": issue_tokens(user), "message": "Login successful"}
+    return auth_response(user, "Login successful", data["cookies"])
 
 
 @bp.post("/token/refresh")
@@ -290,14 +311,23 @@ def login():
     errors=(401,),
 )
 def refresh():
-    """Rotate: revoke the refresh token and issue a new access and refresh token."""
-    data = schemas.RefreshSchema().load(get_json_body())
-    claims = decode_user_token(data["refresh"], "refresh", expected_type="refresh")
+    """Rotate: revoke the refresh token and issue a new access and refresh token.
+
+    A cookie session posts no body: its refresh cookie is used (with the CSRF
+    header of the refresh cookie) and the new pair comes back as cookies.
+    """
+    cookies = refresh_cookie() is not None and not request_body()
+    if cookies:
+        verify_jwt_in_request(refresh=True, locations=["cookies"])  # CSRF, expiry, blocklist
+        claims = get_jwt()
+    else:
+        data = schemas.RefreshSchema().load(get_json_body())
+        claims = decode_user_token(data["refresh"], "refresh", expected_type="refresh")
     with get_conn() as conn:
         if not revoke(conn, claims):  # a concurrent refresh with the same token won
             raise ApiError(401, "Token has been revoked.", {"refresh": ["Already used."]})
         user = conn.execute(queries["get_user"], {"user_id": int(claims["sub"])}).fetchone()
-    return {"user": user_to_json(user), "tokens": issue_tokens(user), "message": "Token refreshed"}
+    return auth_response(user, "Token refreshed", cookies)
 
 
 @bp.post("/token/verify")
@@ -331,8 +361,12 @@ def verify():
 )
 @jwt_required()
 def logout():
-    """Blocklist this access token and the refresh token of the body."""
-    data = schemas.LogoutSchema().load(optional_json_body())
+    """Blocklist this access token and the refresh token of the body (or of the cookie).
+
+    A cookie session's cookies are cleared as well; being on the blocklist, a
+    copy of them kept elsewhere is refused too.
+    """
+    data = schemas.LogoutSchema().load(get_json_body(optional=True))
     revoked = [get_jwt()]
     if data["refresh"]:
         try:
@@ -342,10 +376,25 @@ def logout():
         if refresh_claims.get("type") != "refresh" or refresh_claims.get("sub") != get_jwt()["sub"]:
             raise ApiError(400, "Invalid input.", {"refresh": ["Not your refresh token."]})
         revoked.append(refresh_claims)
+    cookie = refresh_cookie()
+    if cookie is not None:
+        try:
+            cookie_claims = decode_token(cookie, allow_expired=True)
+        except (PyJWTError, JWTExtendedException, ValueError):
+            cookie_claims = None  # not a token of ours: clearing the cookie is all there is to do
+        if (
+            cookie_claims is not None
+            and cookie_claims.get("type") == "refresh"
+            and cookie_claims.get("sub") == get_jwt()["sub"]
+        ):
+            revoked.append(cookie_claims)
     with get_conn() as conn:
         for claims in revoked:
             revoke(conn, claims)
-    return {"message": "Successfully logged out"}
+    response = jsonify({"message": "Successfully logged out"})
+    if get_jwt_request_location() == "cookies" or cookie is not None:
+        unset_jwt_cookies(response)
+    return response
 
 
 @bp.get("/profile")
@@ -407,11 +456,8 @@ def change_password():
     )
     params = {"user_id": user["id"], "password_hash": hash_password(data["new_password"])}
     user = fetch_one("set_password", params)
-    return {
-        "user": user_to_json(user),
-        "tokens": issue_tokens(user),
-        "message": "Password changed successfully",
-    }
+    cookies = get_jwt_request_location() == "cookies"  # a cookie session keeps being one
+    return auth_response(user, "Password changed successfully", cookies)
 
 
 # ------------------------------------------------------------------ set-up
@@ -472,4 +518,12 @@ def init_app(app: Flask) -> None:
     jwt.needs_fresh_token_loader(jwt_error("A fresh token is required."))
     jwt.user_lookup_error_loader(jwt_error("User not found."))
     jwt.token_verification_failed_loader(jwt_error("Token verification failed."))
+    # After JWTManager's own CSRFError handler, so this one answers.
+    app.register_error_handler(
+        CSRFError,
+        jwt_error(
+            "Missing or wrong CSRF token: send the csrf_access_token cookie's value "
+            "(csrf_refresh_token's to refresh) in X-CSRF-TOKEN."
+        ),
+    )
     app.register_blueprint(bp)

@@ -46,7 +46,15 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "JWT_REFRESH_TOKEN_EXPIRES": timedelta(
             seconds=env_int("TASKQ_REFRESH_TOKEN_SECONDS", 7 * 24 * 3600, minimum=60)
         ),
-        "JWT_TOKEN_LOCATION": ["headers"],
+        # Bearer headers for API clients; HttpOnly cookies for the dashboard, whose
+        # state-changing requests must repeat the CSRF cookie in X-CSRF-TOKEN.
+        "JWT_TOKEN_LOCATION": ["headers", "cookies"],
+        "JWT_COOKIE_CSRF_PROTECT": True,
+        "JWT_COOKIE_SAMESITE": "Strict",
+        "JWT_COOKIE_SECURE": env_bool(
+            "TASKQ_COOKIE_SECURE", environment not in {"development", "test"}
+        ),
+        "JWT_REFRESH_COOKIE_PATH": "/api/v1/auth/",
         "MAX_CONTENT_LENGTH": env_int("TASKQ_MAX_BODY_BYTES", 1024 * 1024, minimum=1024),
         "TASKQ_MAX_BATCH": env_int("TASKQ_MAX_BATCH", 1000, minimum=1),
         "TASKQ_PAGE_SIZE": env_int("TASKQ_PAGE_SIZE", 20, minimum=1),

@@ -7,11 +7,15 @@ sends produces a stack trace or a 500.
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+from itertools import accumulate
 from typing import Any
 
 import psycopg
-from flask import Flask, jsonify, request
+from flask import Flask, current_app, jsonify, request
+from flask.json.provider import DefaultJSONProvider
 from marshmallow import ValidationError
 from psycopg_pool import PoolTimeout
 from werkzeug.exceptions import HTTPException
@@ -31,6 +35,12 @@ MESSAGES = {
     429: "Too many requests.",
     503: "Service unavailable: the database cannot be reached.",
 }
+# Deepest JSON a request body may nest: far above what a schema accepts (stored JSON
+# stops at schemas.MAX_JSON_DEPTH), far below where Python's parser would recurse out.
+MAX_BODY_DEPTH = 64
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 
 
 class ApiError(Exception):
@@ -77,18 +87,66 @@ def flatten_field_errors(messages: Any, prefix: str = "") -> dict[str, list[str]
     return {prefix or "non_field_errors": [str(messages)]}
 
 
-def get_json_body() -> Any:
-    """The request's JSON body: 415 unless it is JSON, 400 when it does not parse."""
+def nests_deeper_than(text: str, limit: int) -> bool:
+    """Whether the arrays and objects of JSON ``text`` nest more than ``limit`` deep.
+
+    Linear and without recursion (brackets inside strings do not count), so it can
+    run before a parser that recurses.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets))) > limit
+
+
+class BodyJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, refusing a document nested deeper than MAX_BODY_DEPTH before parsing it.
+
+    Every request body is parsed here (``request.get_json``, the views and the rate
+    limiter alike): JSON nested 10,000 deep is a ValueError (a 400), not a
+    RecursionError (a 500).
+    """
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        if isinstance(s, bytes | bytearray):
+            s = s.decode(json.detect_encoding(s), "surrogatepass")  # as json.loads does
+        if nests_deeper_than(s, MAX_BODY_DEPTH):
+            raise ValueError(f"nested deeper than {MAX_BODY_DEPTH} levels")
+        return super().loads(s, **kwargs)
+
+
+def request_body() -> bytes:
+    """The raw request body; 413 when it is longer than MAX_CONTENT_LENGTH, chunked or not.
+
+    werkzeug refuses a Content-Length over the limit, but reads a chunked body
+    only up to the limit and hands back those bytes as if they were all; one
+    more byte left in the stream means the client sent too much.
+    """
+    data = request.get_data(cache=True)
+    limit = request.max_content_length
+    at_limit = request.content_length is None and limit is not None and len(data) >= limit
+    if at_limit and request.environ["wsgi.input"].read(1):
+        raise ApiError(413)
+    return data
+
+
+def get_json_body(optional: bool = False) -> Any:
+    """The request's JSON body: 415 unless it is JSON, 400 when it does not parse, 413
+    when too long. ``optional``: ``{}`` for a request without a body."""
+    raw = request_body()
+    if optional and not raw:
+        return {}
     if not request.is_json:
         raise ApiError(415)
-    data = request.get_json(silent=True)
-    if data is None:
-        raise ApiError(400, "Malformed JSON body.")
-    return data
+    try:
+        return current_app.json.loads(raw)
+    except ValueError as exc:
+        raise ApiError(400, f"Malformed JSON body: {exc}.") from None
 
 
 def init_app(app: Flask) -> None:
     """Register the handlers that give every error the contract's shape."""
+    app.json = BodyJSONProvider(app)
 
     @app.errorhandler(ApiError)
     def handle_api_error(exc: ApiError):

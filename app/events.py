@@ -8,11 +8,29 @@ fetches the events of the subscribed tasks in one query and hands the same
 pre-rendered bytes to every subscriber's queue. Clients never hold a database
 connection; a stream costs a queue and a greenlet (see ``taskq/serve.py``).
 
+A task's stream follows its history ids: a task's transitions are serialised
+by its row lock, so its ids grow in commit order.
+
+The all-tasks stream cannot follow ids: they are handed out before commit, and
+two writers commit them out of order. It follows the order ``(xact_id, id)``
+instead (migration 0008) and delivers a row only once its place is final,
+``xact_id < pg_snapshot_xmin(pg_current_snapshot())``: every transaction that
+could still write before it has ended. What is delivered only grows as a prefix
+of that order. The process keeps one cursor in it for all its all-tasks
+subscribers: on each notification batch one query returns the rows that became
+final after the cursor; a committed row still waiting behind an open
+transaction is looked at again on a short timer (that transaction may end
+without a notification: a rollback, or no transition). The event ``id`` is the
+place, ``<xact_id>-<history id>``.
+
+The admins' stream (``/admin/events``, the dashboard's admin views) is the
+all-tasks stream of every user: the same cursor and order, without the user
+filter.
+
 Resuming: a stream subscribes first, then replays ``task_history`` after the
-client's ``Last-Event-ID``, then drops live events whose id is not above the
-last replayed one, so the seam has neither a gap nor a duplicate. History
-ids of one task grow in commit order (its row lock serialises transitions),
-which is what makes the per-task resume exact.
+client's ``Last-Event-ID`` (the replay too stops at the final places), then
+drops live events not after the last one sent, so the seam has neither a gap
+nor a duplicate.
 """
 
 from __future__ import annotations
@@ -36,6 +54,7 @@ import psycopg
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
+from marshmallow import ValidationError
 
 from app import schemas, streamguard
 from app.db import fetch_one, get_conn
@@ -54,6 +73,12 @@ TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "DELETED"})
 REPLAY_PAGE = 1000
 STREAM_SCOPE = "stream"
 CLOSE = object()  # sentinel a subscriber's queue receives when its stream must end
+# A committed row waiting behind an open transaction is looked at again after RECHECK_FIRST
+# seconds, then less and less often up to RECHECK_MAX while nothing changes.
+RECHECK_FIRST = 0.05
+RECHECK_MAX = 1.0
+
+Position = tuple[int, int]  # (xact_id, history id): a place in the all-tasks order
 
 
 @dataclass(frozen=True)
@@ -68,12 +93,17 @@ class Change:
 
 @dataclass(frozen=True)
 class Event:
-    """A transition rendered once as SSE bytes, shared by every subscriber."""
+    """A transition rendered once as SSE bytes, shared by every subscriber.
+
+    ``order`` is what a stream compares to skip what it has sent: the history id in a
+    task's stream, the place in the all-tasks stream, None for a deletion.
+    """
 
     history_id: int | None
     task_id: int
     status: str
     text: bytes
+    order: int | Position | None = None
 
 
 def event_data(row: dict[str, Any]) -> dict[str, Any]:
@@ -97,12 +127,20 @@ def event_data(row: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def render_event(row: dict[str, Any]) -> Event:
-    """A history row as an SSE event: ``id`` is the history id, ``event`` the status."""
+def row_position(row: dict[str, Any]) -> Position:
+    """The place of a history row (with its ``xact_id``) in the all-tasks order."""
+    return int(row["xact_id"]), row["id"]
+
+
+def render_event(row: dict[str, Any], position: Position | None = None) -> Event:
+    """A history row as an SSE event: ``event`` is the status; ``id`` the history id, or the
+    place ``<xact_id>-<history id>`` when ``position`` is given (the all-tasks stream)."""
     status = row["to_status"]
     body = json.dumps(event_data(row), separators=(",", ":"))
-    text = f"id: {row['id']}\nevent: {status.lower()}\ndata: {body}\n\n"
-    return Event(row["id"], row["task_id"], status, text.encode())
+    event_id = row["id"] if position is None else f"{position[0]}-{position[1]}"
+    text = f"id: {event_id}\nevent: {status.lower()}\ndata: {body}\n\n"
+    order = row["id"] if position is None else position
+    return Event(row["id"], row["task_id"], status, text.encode(), order)
 
 
 def render_deleted(change: Change) -> Event:
@@ -113,11 +151,12 @@ def render_deleted(change: Change) -> Event:
 
 @dataclass(eq=False)
 class Subscription:
-    """One open stream's mailbox: events of a task, or of every task of a user."""
+    """One open stream's mailbox: events of a task, of every task of a user, or of all tasks."""
 
     task_id: int | None
     user_id: int | None
     maxsize: int
+    everything: bool = False
     mailbox: queue.Queue = field(init=False)
     overflowed: bool = False
 
@@ -147,6 +186,7 @@ class Notifier:
         self._lock = threading.Lock()
         self._by_task: dict[int, set[Subscription]] = {}
         self._by_user: dict[int, set[Subscription]] = {}
+        self._everything: set[Subscription] = set()  # admin streams: every user's tasks
         self._hooks: list[Callable[[list[Change]], None]] = []
         self._reset_hooks: list[Callable[[], None]] = []
         self._ready = threading.Event()
@@ -154,6 +194,15 @@ class Notifier:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self.batches = 0
+        # The all-tasks cursor: the place every all-tasks subscriber has been given up to
+        # (None while there is none), and the newest xact_id of a committed row known to
+        # wait behind an open transaction (None: none known). Held while it moves, so a new
+        # subscriber joins between two deliveries.
+        self._order_lock = threading.Lock()
+        self._cursor: Position | None = None
+        self._waiting_until: int | None = None
+        self._recheck_at: float | None = None
+        self._recheck_delay = RECHECK_FIRST
 
     @property
     def healthy(self) -> bool:
@@ -189,20 +238,48 @@ class Notifier:
             thread.join(timeout=5)
         self.close_streams()
 
-    def subscribe(self, task_id: int | None = None, user_id: int | None = None) -> Subscription:
-        """A new mailbox for a task's events, or (task_id None) all of a user's."""
+    def subscribe(
+        self, task_id: int | None = None, user_id: int | None = None, everything: bool = False
+    ) -> Subscription:
+        """A new mailbox for a task's events, (task_id None) all of a user's, or
+        (``everything``) all of every user's.
+
+        An all-tasks mailbox receives every event after the process's cursor; the first one
+        in the process places the cursor at the end of the final rows (one query).
+        """
         maxsize = int(current_app.config.get("TASKQ_SSE_QUEUE_SIZE", 1000))
-        sub = Subscription(task_id, user_id, maxsize)
-        with self._lock:
-            if task_id is not None:
+        sub = Subscription(task_id, user_id, maxsize, everything)
+        if task_id is not None:
+            with self._lock:
                 self._by_task.setdefault(task_id, set()).add(sub)
-            else:
-                self._by_user.setdefault(user_id or 0, set()).add(sub)
+            return sub
+        with self._order_lock:
+            if self._cursor is not None:
+                self._add_user_sub(sub)
+                return sub
+        with get_conn() as conn, self._order_lock:  # the connection first: never wait holding it
+            if self._cursor is None:
+                self._join_order(conn)
+            self._add_user_sub(sub)
         return sub
+
+    def _add_user_sub(self, sub: Subscription) -> None:
+        with self._lock:
+            if sub.everything:
+                self._everything.add(sub)
+            else:
+                self._by_user.setdefault(sub.user_id or 0, set()).add(sub)
+
+    def _all_tasks_subs(self) -> list[Subscription]:
+        """Every all-tasks mailbox, users' and admins' (hold ``_lock``)."""
+        return [*(sub for group in self._by_user.values() for sub in group), *self._everything]
 
     def unsubscribe(self, sub: Subscription) -> None:
         """Forget a mailbox (its stream ended)."""
         with self._lock:
+            if sub.everything:
+                self._everything.discard(sub)
+                return
             index, key = (
                 (self._by_task, sub.task_id)
                 if sub.task_id is not None
@@ -217,8 +294,8 @@ class Notifier:
     def close_streams(self) -> None:
         """End every open stream now (shutdown): clients resume elsewhere with Last-Event-ID."""
         with self._lock:
-            groups = [*self._by_task.values(), *self._by_user.values()]
-            subs = [sub for group in groups for sub in group]
+            subs = [*(sub for group in self._by_task.values() for sub in group)]
+            subs += self._all_tasks_subs()
         for sub in subs:
             sub.put(CLOSE)
 
@@ -230,6 +307,7 @@ class Notifier:
                     self.database_url, autocommit=True, application_name="taskq-notifier"
                 ) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._end_unheard_streams()
                     self._ready.set()
                     backoff = 0.2
                     self._listen(conn)
@@ -237,6 +315,8 @@ class Notifier:
                 log.warning("event listener lost its connection: %s", exc)
             was_ready = self._ready.is_set()
             self._ready.clear()
+            # Notifications may be lost from here on: the cursor can no longer know what waits.
+            self._leave_order()
             if was_ready:
                 # Streams resume from history with Last-Event-ID; caches drop what they hold.
                 self.close_streams()
@@ -250,18 +330,21 @@ class Notifier:
         while not self._stopping.is_set():
             # Short waits so stop() returns quickly; a query now and then so a silent network
             # failure (no FIN from the server) is noticed too.
-            notes = list(conn.notifies(timeout=0.25, stop_after=1))
-            if not notes:
-                if time.monotonic() - last_check > 5:
-                    conn.execute("SELECT 1")
-                    last_check = time.monotonic()
-                continue
-            notes.extend(conn.notifies(timeout=0))
-            self._dispatch(conn, notes)
+            timeout = 0.25
+            if self._recheck_at is not None:
+                timeout = min(timeout, max(self._recheck_at - time.monotonic(), 0.0))
+            notes = list(conn.notifies(timeout=timeout, stop_after=1))
+            if notes:
+                notes.extend(conn.notifies(timeout=0))
+                self._dispatch(conn, notes)
+            elif self._recheck_at is not None and time.monotonic() >= self._recheck_at:
+                self._deliver_all(conn, [])
+                last_check = time.monotonic()
+            elif time.monotonic() - last_check > 5:
+                conn.execute("SELECT 1")
+                last_check = time.monotonic()
 
     def _dispatch(self, conn: psycopg.Connection, notes: list[psycopg.Notify]) -> None:
-        from sql import queries
-
         changes: list[Change] = []
         for note in notes:
             try:
@@ -272,9 +355,24 @@ class Notifier:
         self.batches += 1
         for hook in self._hooks:
             self._call(hook, changes)
-        with self._lock:
-            tasks, users = self._by_task, self._by_user
-            wanted = [c for c in changes if c.task_id in tasks or c.user_id in users]
+        self._deliver_tasks(conn, changes)
+        self._deliver_all(conn, [c.history_id for c in changes if c.history_id is not None])
+        # A deleted task has no history left to place: its event goes out as it comes.
+        for change in changes:
+            if change.history_id is None:
+                with self._lock:
+                    subs = [*self._by_user.get(change.user_id, ()), *self._everything]
+                if subs:
+                    event = render_deleted(change)
+                    for sub in subs:
+                        sub.put(event)
+
+    def _deliver_tasks(self, conn: psycopg.Connection, changes: list[Change]) -> None:
+        """The task streams: each announced transition of a followed task, in one query."""
+        from sql import queries
+
+        tasks = self._by_task
+        wanted = [c for c in changes if c.task_id in tasks]
         if not wanted:
             return
         ids = [c.history_id for c in wanted if c.history_id is not None]
@@ -290,9 +388,92 @@ class Notifier:
             else:
                 continue  # the task was deleted since: its own DELETED event follows
             with self._lock:
-                subs = [*tasks.get(change.task_id, ()), *users.get(change.user_id, ())]
+                subs = [*tasks.get(change.task_id, ())]
             for sub in subs:
                 sub.put(event)
+
+    def _join_order(self, conn: psycopg.Connection) -> None:
+        """Place the cursor at the end of the final rows; note what waits behind it."""
+        from sql import queries
+
+        row = conn.execute(queries["events_start"]).fetchone()
+        self._cursor = (int(row["xact_id"]), row["id"])
+        self._waiting_until = None if row["waiting"] is None else int(row["waiting"])
+        self._recheck_delay = RECHECK_FIRST
+        self._recheck_at = None if self._waiting_until is None else time.monotonic()
+
+    def _end_unheard_streams(self) -> None:
+        """End all-tasks streams that joined while nobody listened (they may miss a wait)."""
+        with self._order_lock:
+            if self._cursor is None:
+                return
+            self._forget_order()
+            with self._lock:
+                subs = self._all_tasks_subs()
+        for sub in subs:
+            sub.put(CLOSE)
+
+    def _leave_order(self) -> None:
+        """Drop the cursor: the next all-tasks subscriber places it again."""
+        with self._order_lock:
+            self._forget_order()
+
+    def _forget_order(self) -> None:
+        self._cursor, self._waiting_until, self._recheck_at = None, None, None
+
+    def _deliver_all(self, conn: psycopg.Connection, announced: list[int]) -> None:
+        """The all-tasks streams: every row that became final after the cursor, in order.
+
+        Rows of ``announced`` (this batch's history ids) that are not final yet wait behind
+        an open transaction; while any does, look again on a timer, since that transaction
+        may end without a notification (a rollback, or no transition).
+        """
+        from sql import queries
+
+        with self._order_lock:
+            if self._cursor is None:
+                return
+            with self._lock:
+                user_ids, everyone = list(self._by_user), bool(self._everything)
+            if not user_ids and not everyone:
+                self._forget_order()
+                return
+            until, moved = self._waiting_until, False
+            while True:
+                params = {
+                    "xact_id": str(self._cursor[0]),
+                    "after": self._cursor[1],
+                    "user_ids": user_ids,
+                    "everyone": everyone,
+                    "announced": announced,
+                    "limit": REPLAY_PAGE,
+                }
+                with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+                    *events, end = cur.execute(queries["ready_events"], params).fetchall()
+                for row in sorted(events, key=row_position):
+                    event = render_event(row, row_position(row))
+                    with self._lock:
+                        subs = [*self._by_user.get(row["user_id"], ()), *self._everything]
+                    for sub in subs:
+                        sub.put(event)
+                if end["id"] is not None:
+                    self._cursor, moved = row_position(end), True
+                if end["waiting"] is not None:
+                    until = max(until or 0, int(end["waiting"]))
+                announced = []
+                if end["passed"] < REPLAY_PAGE:
+                    break
+            if until is not None and until < int(end["horizon"]):
+                until = None  # everything known to wait is final now, and delivered
+            self._waiting_until = until
+            if until is None:
+                self._recheck_at = None
+                return
+            if moved:
+                self._recheck_delay = RECHECK_FIRST
+            else:  # a long open transaction: look less often while it lasts
+                self._recheck_delay = min(self._recheck_delay * 2, RECHECK_MAX)
+            self._recheck_at = time.monotonic() + self._recheck_delay
 
     @staticmethod
     def _call(hook: Callable[..., None], *args: Any) -> None:
@@ -375,33 +556,61 @@ def stream_binding() -> Binding:
     return bearer_binding()
 
 
-def last_event_id() -> int:
-    """The client's resume point: Last-Event-ID header, else ``last_event_id`` query; 0 if none.
-
-    Each is checked when given (400), the one that does not count too.
-    """
+def last_event_id(places: bool = False) -> int | Position:
+    """The client's resume point: the Last-Event-ID header, else the ``last_event_id`` query
+    (each checked when given, the one that does not count too): a history id, 0 if none;
+    with ``places`` (the all-tasks streams), also a place ``<xact_id>-<history id>``."""
+    header_schema = schemas.AllEventsLastEventIdSchema if places else schemas.LastEventIdSchema
+    query_schema = schemas.AllEventsQuerySchema if places else schemas.EventsQuerySchema
     raw = request.headers.get("Last-Event-ID")
-    header = schemas.LastEventIdSchema().load({} if raw is None else {"Last-Event-ID": raw})
-    query = schemas.load_query(schemas.EventsQuerySchema)
-    return header.get("last_event_id", query.get("last_event_id", 0))
+    try:
+        header = header_schema().load({} if raw is None else {"Last-Event-ID": raw})
+        query = schemas.load_query(query_schema)
+    except ValidationError as exc:
+        [messages] = exc.messages.values()  # type: ignore[union-attr]
+        raise ApiError(400, "Invalid Last-Event-ID.", {"Last-Event-ID": messages}) from None
+    return header["last_event_id"] if raw else query.get("last_event_id", 0)
+
+
+def event_position(conn: psycopg.Connection, history_id: int) -> Position:
+    """The all-tasks place of a history id; 400 when its row is gone (its task was deleted)."""
+    from sql import queries
+
+    row = conn.execute(queries["event_position"], {"id": history_id}).fetchone()
+    if row is None:
+        raise ApiError(
+            400,
+            "Unknown Last-Event-ID.",
+            {
+                "Last-Event-ID": [
+                    "This history id is gone (its task was deleted), so its place is unknown: "
+                    "reconnect without it and re-read your tasks."
+                ]
+            },
+        )
+    return row_position(row)
 
 
 # ---- the streams ----
 
 
-def replay(conn: psycopg.Connection, query: str, params: dict[str, Any], after: int) -> list[Event]:
-    """History rows after ``after`` as events, page by page."""
+def replay(
+    conn: psycopg.Connection, query: str, params: dict[str, Any], after: int | Position
+) -> list[Event]:
+    """History rows after ``after`` (a history id, or a place in the all-tasks order) as
+    events, page by page."""
     from sql import queries
 
     events: list[Event] = []
     while True:
-        rows = conn.execute(
-            queries[query], {**params, "after": after, "limit": REPLAY_PAGE}
-        ).fetchall()
-        events.extend(render_event(r) for r in rows)
+        placed = isinstance(after, tuple)
+        cursor = {"xact_id": str(after[0]), "after": after[1]} if placed else {"after": after}
+        rows = conn.execute(queries[query], {**params, **cursor, "limit": REPLAY_PAGE}).fetchall()
+        page = [render_event(r, row_position(r) if placed else None) for r in rows]
+        events.extend(page)
         if len(rows) < REPLAY_PAGE:
             return events
-        after = rows[-1]["id"]
+        after = page[-1].order
 
 
 def sse_response(body: Iterator[bytes]) -> Response:
@@ -413,7 +622,11 @@ def sse_response(body: Iterator[bytes]) -> Response:
 
 
 def stream_body(
-    notifier: Notifier, sub: Subscription, replayed: list[Event], after: int, follow_task: bool
+    notifier: Notifier,
+    sub: Subscription,
+    replayed: list[Event],
+    after: int | Position | None,
+    follow_task: bool,
 ) -> Iterator[bytes]:
     """The bytes of one stream: retry, replay, then live events without duplicates."""
     from app.metrics import SSE_STREAMS_OPEN
@@ -428,7 +641,7 @@ def stream_body(
             last = after
             for event in replayed:
                 yield event.text
-                last = event.history_id or last
+                last = event.order
             if follow_task and replayed and replayed[-1].status in TERMINAL:
                 return
             while True:
@@ -439,10 +652,10 @@ def stream_body(
                     continue
                 if event is CLOSE:
                     return
-                if event.history_id is not None and event.history_id <= last:
+                if event.order is not None and last is not None and event.order <= last:
                     continue  # already sent by the replay
                 yield event.text
-                last = event.history_id or last
+                last = event.order if event.order is not None else last
                 if follow_task and event.status in TERMINAL:
                     return
         finally:
@@ -512,8 +725,8 @@ def owned_task(
 @doc(
     "Stream every transition of the caller's tasks (server-sent events)",
     tag="events",
-    query=schemas.EventsQuerySchema,
-    headers=schemas.LastEventIdSchema,
+    query=schemas.AllEventsQuerySchema,
+    headers=schemas.AllEventsLastEventIdSchema,
     response=schemas.TaskEventSchema,
     media_type="text/event-stream",
     stream_token=True,
@@ -522,14 +735,48 @@ def user_events():
     """Stream every transition of the caller's tasks (replay only after a Last-Event-ID)."""
     binding = stream_binding()
     user_id = binding.user_id
-    after = last_event_id()
+    resume = last_event_id(places=True)
     notifier = open_notifier()
-    sub = notifier.subscribe(user_id=user_id)
+    sub = notifier.subscribe(user_id=user_id)  # before the replay: nothing falls in between
     try:
-        replayed = []
-        if after:
+        replayed, after = [], None
+        if resume:
             with get_conn() as conn:
+                after = resume if isinstance(resume, tuple) else event_position(conn, resume)
                 replayed = replay(conn, "user_events_since", {"user_id": user_id}, after)
+    except BaseException:
+        notifier.unsubscribe(sub)
+        raise
+    body = stream_body(notifier, sub, replayed, after, follow_task=False)
+    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
+
+
+@bp.get("/admin/events")
+@doc(
+    "Stream every user's transitions (server-sent events; admins only)",
+    tag="admin",
+    query=schemas.AllEventsQuerySchema,
+    headers=schemas.AllEventsLastEventIdSchema,
+    response=schemas.TaskEventSchema,
+    media_type="text/event-stream",
+    stream_token=True,
+    errors=(403,),
+)
+def admin_events():
+    """Stream every user's transitions, for the dashboard's admin views (admins only)."""
+    binding = stream_binding()
+    user = fetch_one("get_user", {"user_id": binding.user_id})
+    if user is None or not user["is_admin"] or not user["is_active"]:
+        raise ApiError(403, "Admins only.")
+    resume = last_event_id(places=True)
+    notifier = open_notifier()
+    sub = notifier.subscribe(everything=True)  # before the replay: nothing falls in between
+    try:
+        replayed, after = [], None
+        if resume:
+            with get_conn() as conn:
+                after = resume if isinstance(resume, tuple) else event_position(conn, resume)
+                replayed = replay(conn, "all_events_since", {}, after)
     except BaseException:
         notifier.unsubscribe(sub)
         raise

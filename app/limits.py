@@ -126,12 +126,17 @@ def token_subject(secret: str, token: str) -> str:
 
 
 def token_user_key() -> str | None:
-    """``user:<id>`` from a well-signed bearer token (expired or revoked still identify)."""
+    """``user:<id>`` from a well-signed bearer token or access cookie (expired or revoked
+    still identify)."""
     header = request.headers.get("Authorization", "")
-    if not header.startswith("Bearer "):
+    if header.startswith("Bearer "):
+        token = header[7:].strip()
+    else:
+        token = request.cookies.get(current_app.config["JWT_ACCESS_COOKIE_NAME"], "")
+    if not token:
         return None
     try:
-        subject = token_subject(current_app.config["JWT_SECRET_KEY"], header[7:].strip())
+        subject = token_subject(current_app.config["JWT_SECRET_KEY"], token)
     except Exception:  # any undecodable token is just anonymous for limiting
         return None
     return f"user:{subject}"

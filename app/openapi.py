@@ -20,12 +20,20 @@ from flask import Blueprint, Flask, current_app, jsonify, render_template
 from marshmallow import Schema
 
 from app.errors import MESSAGES
-from app.schemas import MAX_JSON_DEPTH, ErrorSchema, TaskCreateSchema
+from app.schemas import BIGINT_MAX, MAX_JSON_DEPTH, ErrorSchema, TaskCreateSchema
 
 bp = Blueprint("openapi", __name__)
 
 PATH_ARGUMENT = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
-HIDDEN_ENDPOINTS = {"static", "openapi.openapi_json", "openapi.docs"}
+# Pages, not API operations.
+HIDDEN_ENDPOINTS = {
+    "static",
+    "openapi.openapi_json",
+    "openapi.docs",
+    "root",
+    "dashboard.index",
+    "dashboard.asset",
+}
 DESCRIPTION = (
     "A task queue and notification service on PostgreSQL alone. Authenticate with "
     "`Authorization: Bearer <access token>` (from /api/v1/auth/login). Every error body is "
@@ -217,7 +225,7 @@ def path_parameters(rule: str) -> list[dict[str, Any]]:
             "in": "path",
             "name": name,
             "required": True,
-            "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+            "schema": {"type": "integer", "minimum": 1, "maximum": BIGINT_MAX}
             if converter == "int"
             else {"type": "string"},
         }

@@ -27,6 +27,7 @@ from marshmallow import (
 )
 
 from app.errors import error_response
+from taskq.fields import HttpHeaders, OutboundUrl
 from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
 
 STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
@@ -65,6 +66,29 @@ def comma_list(item: str, most: int | None = None) -> str:
 
 STATUS_LIST_PATTERN = comma_list("|".join(any_case(s) for s in STATUSES))
 ORDERING_PATTERN = comma_list("-?(?:" + "|".join(ORDERING_FIELDS) + ")", MAX_ORDERING_TERMS)
+# int() also reads Arabic-Indic and fullwidth digits, "1_000" and " 7 " (and isdigit()
+# passes superscripts, which int() then refuses): a number a client writes is ASCII digits.
+ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
+# A stored timestamp is read back in the session's time zone (offsets up to 16 h): a day
+# inside Python's years 1-9999 on either side keeps every one readable, in UTC or not.
+EARLIEST_DATETIME = datetime(1, 1, 2, tzinfo=UTC)
+LATEST_DATETIME = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+BIGINT_MAX = 2**63 - 1
+# An event id: a history id, or a place <xact_id>-<history id> (ASCII digits, as above).
+HISTORY_ID = "[0-9]{1,19}"
+EVENT_ID = re.compile(rf"({HISTORY_ID})(?:-({HISTORY_ID}))?")
+
+
+def ascii_int(text: str) -> int | None:
+    """``text`` as an int when it is optionally signed ASCII digits, else None."""
+    if not ASCII_INTEGER.fullmatch(text):
+        return None
+    try:
+        return int(text)
+    except ValueError:  # more digits than int() converts
+        return None
 
 
 def check_text(value: str) -> None:
@@ -170,12 +194,81 @@ class Priority(fields.Field):
             name = value.strip().lower()
             if name in PRIORITY_NAMES:
                 return PRIORITY_NAMES[name]
-            if not name.isdigit():
-                raise ValidationError(self.MESSAGE)
-            value = int(name)
+            value = ascii_int(name)
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
             raise ValidationError(self.MESSAGE)
         return value
+
+
+class QueryInteger(fields.Integer):
+    """An integer in a query string: ASCII digits only."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str) and ascii_int(value) is None:
+            raise self.make_error("invalid")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
+class EventId(fields.String):
+    """Where an event stream resumes: a history id; with ``places`` (the all-tasks streams)
+    also a place ``<xact_id>-<history id>`` of their order. Blank means from now (0).
+
+    Loads as the history id (int) or the place (tuple); ASCII digits only, each at most
+    BIGINT_MAX. The pattern documents the shape; the bound is stated in words.
+    """
+
+    def __init__(self, places: bool = False, **kwargs: Any) -> None:
+        self.places = places
+        form = rf"{HISTORY_ID}(?:-{HISTORY_ID})?" if places else HISTORY_ID
+        self.expected = (
+            "an event id of this stream: <xact_id>-<history id>, or a history id"
+            if places
+            else "a non-negative integer"
+        )
+        rules = f"Must be {self.expected}, with no number above {BIGINT_MAX} (400 otherwise)"
+        if places:
+            rules += "; a history id is looked up, and one that is gone (its task deleted) is a 400"
+        metadata = kwargs.pop("metadata", {})
+        metadata = {
+            **metadata,
+            "pattern": rf"^\s*(?:{form})?\s*$",
+            "description": f"{metadata.get('description', '')} {rules}.".strip(),
+        }
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if text == "":
+            return 0
+        match = EVENT_ID.fullmatch(text)
+        values = [int(v) for v in match.groups() if v is not None] if match else []
+        if not values or max(values) > BIGINT_MAX or (len(values) == 2 and not self.places):
+            raise ValidationError(f"Must be {self.expected}.")
+        return (values[0], values[1]) if len(values) == 2 else values[0]
+
+
+class StoredDateTime(fields.AwareDateTime):
+    """An ISO 8601 datetime to store (UTC when no offset), as an aware UTC datetime.
+
+    Refused unless it lies between EARLIEST_DATETIME and LATEST_DATETIME: Postgres
+    would store ``9999-12-31T23:59:59-12:00`` (year 10000 in UTC), and then no read
+    of the row could turn it back into a Python datetime.
+    """
+
+    MESSAGE = "Must lie between 0001-01-02 and 9999-12-30 (UTC)."
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(default_timezone=UTC, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            moment = moment.astimezone(UTC)
+        except OverflowError:
+            raise ValidationError(self.MESSAGE) from None
+        if not EARLIEST_DATETIME <= moment <= LATEST_DATETIME:
+            raise ValidationError(self.MESSAGE)
+        return moment
 
 
 class DateBound(fields.Field):
@@ -272,6 +365,14 @@ class RegisterSchema(Schema):
     )
     first_name = Text(load_default="", validate=validate.Length(max=150))
     last_name = Text(load_default="", validate=validate.Length(max=150))
+    cookies = fields.Boolean(
+        load_default=False,
+        load_only=True,
+        metadata={
+            "description": "Set the tokens as HttpOnly cookies (the dashboard) instead of "
+            "returning them in the body."
+        },
+    )
 
     @pre_load
     def aliases(self, data: Any, **kwargs: Any) -> Any:
@@ -290,10 +391,18 @@ class LoginSchema(Schema):
 
     username = Text(required=True, metadata={"description": "Username or email."})
     password = Text(required=True, load_only=True)
+    cookies = fields.Boolean(
+        load_default=False,
+        load_only=True,
+        metadata={
+            "description": "Set the tokens as HttpOnly cookies (the dashboard) instead of "
+            "returning them in the body."
+        },
+    )
 
 
 class RefreshSchema(Schema):
-    """POST /auth/token/refresh."""
+    """POST /auth/token/refresh (a cookie session sends no body: the refresh cookie is used)."""
 
     refresh = Text(required=True, metadata={"description": "A refresh token."})
 
@@ -375,7 +484,9 @@ class AuthResponseSchema(Schema):
     """Register, login, refresh and change-password answers."""
 
     user = fields.Nested(UserSchema)
-    tokens = fields.Nested(TokensSchema)
+    tokens = fields.Nested(
+        TokensSchema, metadata={"description": "Absent for a cookie session (they are cookies)."}
+    )
     message = fields.String()
 
 
@@ -454,14 +565,12 @@ class TaskCreateSchema(Schema):
         metadata={"description": "A queue the system reserves for itself is refused (400)."},
     )
     priority = Priority(load_default=PRIORITY_NAMES["normal"])
-    scheduled_at = fields.AwareDateTime(
-        default_timezone=UTC,
+    scheduled_at = StoredDateTime(
         allow_none=True,
         load_default=None,
         metadata={"description": "Run no earlier than this (UTC when no offset)."},
     )
-    scheduled_time = fields.AwareDateTime(
-        default_timezone=UTC,
+    scheduled_time = StoredDateTime(
         allow_none=True,
         load_only=True,
         metadata={"description": "Alias of scheduled_at."},
@@ -486,9 +595,7 @@ class TaskCreateSchema(Schema):
         validate=validate.Length(max=50),
     )
     metadata = JsonObject(load_default=dict)
-    callback_url = fields.Url(
-        schemes={"http", "https"},
-        require_tld=False,
+    callback_url = OutboundUrl(
         allow_none=True,
         load_default=None,
         validate=validate.Length(max=2048),
@@ -503,9 +610,7 @@ class TaskCreateSchema(Schema):
         load_default=None,
         validate=validate.Length(min=1, max=len(CALLBACK_EVENTS)),
     )
-    callback_headers = fields.Dict(
-        keys=Text(validate=validate.Length(min=1, max=256)),
-        values=Text(validate=validate.Length(max=4096)),
+    callback_headers = HttpHeaders(
         allow_none=True,
         load_default=None,
         validate=validate.Length(max=50),
@@ -567,14 +672,14 @@ class IdempotencyHeaderSchema(Schema):
     )
 
 
-def page_field() -> fields.Integer:
+def page_field() -> QueryInteger:
     """The page number of a paginated list."""
-    return fields.Integer(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+    return QueryInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
 
 
-def page_size_field() -> fields.Integer:
+def page_size_field() -> QueryInteger:
     """The page size of a paginated list: up to TASKQ_MAX_PAGE_SIZE."""
-    return fields.Integer(
+    return QueryInteger(
         validate=SettingRange("TASKQ_MAX_PAGE_SIZE"),
         metadata={"description": "Results per page (default TASKQ_PAGE_SIZE)."},
     )
@@ -628,7 +733,7 @@ class TaskListQuerySchema(Schema):
 class AdminTaskListQuerySchema(TaskListQuerySchema):
     """Query string of GET /admin/tasks: the user filters as well."""
 
-    user_id = fields.Integer(validate=validate.Range(min=1, max=2**63 - 1))
+    user_id = QueryInteger(validate=validate.Range(min=1, max=BIGINT_MAX))
     username = Text()
 
 
@@ -834,6 +939,18 @@ class QueuesSchema(Schema):
     queues = fields.List(fields.Nested(QueueStatSchema))
 
 
+class RunningTaskSchema(Schema):
+    """A task a live worker runs now."""
+
+    id = fields.Integer()
+    user_id = fields.Integer(allow_none=True)
+    title = fields.String()
+    task_type = fields.String()
+    queue = fields.String()
+    attempts = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+
+
 class WorkerSchema(Schema):
     """One row of the live_workers view."""
 
@@ -846,6 +963,7 @@ class WorkerSchema(Schema):
     heartbeat_at = fields.DateTime()
     silent_for = fields.Float(metadata={"description": "Seconds since the last heartbeat."})
     running = fields.Integer()
+    running_tasks = fields.List(fields.Nested(RunningTaskSchema))
 
 
 class WorkersSchema(Schema):
@@ -917,31 +1035,53 @@ class WebhookTriggeredSchema(Schema):
 
 
 class LastEventIdSchema(Schema):
-    """Where an event stream resumes (the header wins over the query string)."""
+    """The Last-Event-ID header of a task's event stream (it wins over the query string)."""
 
-    last_event_id = fields.Integer(
+    last_event_id = EventId(
         data_key="Last-Event-ID",
-        validate=validate.Range(min=0, max=2**63 - 1),
         metadata={"description": "Resume after this event id (EventSource sends it)."},
     )
 
 
 class EventsQuerySchema(Schema):
-    """Query string of the event streams (``token``: see the streamToken security scheme)."""
+    """Query string of a task's event stream (``token``: see the streamToken security scheme)."""
 
     class Meta:
         unknown = EXCLUDE
 
-    last_event_id = fields.Integer(
-        validate=validate.Range(min=0, max=2**63 - 1),
-        metadata={"description": "Resume after this event id (when no Last-Event-ID header)."},
+    last_event_id = EventId(
+        metadata={"description": "Resume after this event id (when no Last-Event-ID header)."}
+    )
+
+
+class AllEventsLastEventIdSchema(LastEventIdSchema):
+    """The Last-Event-ID header of an all-tasks stream: a place, or a history id."""
+
+    last_event_id = EventId(
+        places=True,
+        data_key="Last-Event-ID",
+        metadata={"description": "Resume after this event (EventSource sends its id)."},
+    )
+
+
+class AllEventsQuerySchema(EventsQuerySchema):
+    """Query string of an all-tasks stream."""
+
+    last_event_id = EventId(
+        places=True,
+        metadata={"description": "Resume after this event (when no Last-Event-ID header)."},
     )
 
 
 class TaskEventSchema(Schema):
     """One server-sent event of a stream."""
 
-    id = fields.String(metadata={"description": "The history id (none on `deleted`)."})
+    id = fields.String(
+        metadata={
+            "description": "The history id; on an all-tasks stream the place "
+            "`<xact_id>-<history id>` (none on `deleted`)."
+        }
+    )
     event = fields.String(
         required=True,
         validate=validate.OneOf([s.lower() for s in (*STATUSES, "DELETED")]),
@@ -968,6 +1108,25 @@ class ReadySchema(Schema):
 
     status = fields.String(validate=validate.OneOf(["ready", "not ready"]))
     checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class StuckTaskSchema(Schema):
+    """One row of the stuck_tasks view: running, but its lease expired."""
+
+    id = fields.Integer()
+    queue = fields.String()
+    task_type = fields.String()
+    worker_id = fields.String(allow_none=True)
+    attempts = fields.Integer()
+    started_at = fields.DateTime(allow_none=True)
+    lease_expires_at = fields.DateTime()
+    overdue = fields.Float(metadata={"description": "Seconds since the lease expired."})
+
+
+class StuckTasksSchema(Schema):
+    """Answer of GET /admin/stuck-tasks."""
+
+    stuck_tasks = fields.List(fields.Nested(StuckTaskSchema))
 
 
 # ------------------------------------------------------------ request helpers

@@ -296,7 +296,8 @@ def create_tasks_batch():
     if isinstance(body, list):
         body = {"tasks": body}
     maximum = current_app.config["TASKQ_MAX_BATCH"]
-    if isinstance(body, dict) and len(body.get("tasks") or ()) > maximum:
+    items = body.get("tasks") if isinstance(body, dict) else None
+    if isinstance(items, list) and len(items) > maximum:
         raise ApiError(400, "Batch too large.", {"tasks": [f"At most {maximum} tasks."]})
     data = schemas.TaskBatchSchema().load(body)
     user_id = current_user_id()

@@ -11,9 +11,8 @@ from __future__ import annotations
 from flask import Blueprint, Flask, jsonify
 
 from app import schemas
-from app.auth import optional_json_body
 from app.db import fetch_all, fetch_one
-from app.errors import ApiError
+from app.errors import ApiError, get_json_body
 from app.events import bearer_user_id, owned_task
 from app.openapi import doc
 from taskq.representation import EVENT_FOR_STATUS, row_to_json
@@ -63,7 +62,7 @@ def replay_delivery(task_id: int, delivery_id: int):
 def trigger_webhook(task_id: int):
     """Enqueue a delivery of the task as it is now; ``{"event": ...}`` optional."""
     owned_task(task_id, bearer_user_id())
-    data = schemas.TriggerWebhookSchema().load(optional_json_body())
+    data = schemas.TriggerWebhookSchema().load(get_json_body(optional=True))
     task = fetch_one("task_callback", {"task_id": task_id})
     if task is None:
         raise ApiError(404, "Task not found.")

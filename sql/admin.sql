@@ -19,5 +19,18 @@ lower(u.username) = lower(%(username)s)
 SELECT * FROM queue_stats ORDER BY queue;
 
 -- name: admin_live_workers
--- Workers heard from in the last minute.
-SELECT * FROM live_workers ORDER BY id;
+-- Workers heard from in the last minute, each with the tasks it runs now.
+SELECT w.*,
+       coalesce((SELECT jsonb_agg(jsonb_build_object(
+                            'id', t.id, 'user_id', t.user_id, 'title', t.title,
+                            'task_type', t.task_type, 'queue', t.queue,
+                            'attempts', t.attempts, 'started_at', t.started_at)
+                        ORDER BY t.id)
+                   FROM tasks t
+                  WHERE t.status = 'PROCESSING' AND t.worker_id = w.id), '[]') AS running_tasks
+  FROM live_workers w
+ ORDER BY w.id;
+
+-- name: admin_stuck_tasks
+-- Running tasks whose lease expired (the stuck_tasks view), longest overdue first.
+SELECT * FROM stuck_tasks ORDER BY lease_expires_at, id LIMIT %(limit)s;

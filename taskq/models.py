@@ -27,7 +27,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import UserDefinedType
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -38,6 +40,18 @@ NAMING_CONVENTION = {
 }
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 TZ = TIMESTAMP(timezone=True)
+
+
+class Xid8(UserDefinedType):
+    """Postgres ``xid8``: a 64-bit transaction id (SQLAlchemy has no type for it)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:
+        return "xid8"
+
+
+ischema_names.setdefault("xid8", Xid8)  # so reflection (Alembic's comparison) knows it
 
 
 class TaskStatus(enum.StrEnum):
@@ -165,7 +179,11 @@ class TaskHistory(Base):
     worker_id: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.clock_timestamp())
-    __table_args__ = (Index("ix_task_history_task_id", "task_id", "id"),)
+    xact_id: Mapped[str] = mapped_column(Xid8, server_default=func.pg_current_xact_id())
+    __table_args__ = (
+        Index("ix_task_history_task_id", "task_id", "id"),
+        Index("ix_task_history_xact_id", "xact_id", "id"),
+    )
 
 
 class DeadLetter(Base):

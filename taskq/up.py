@@ -74,6 +74,8 @@ def child_environment() -> dict[str, str]:
     """
     environ = dict(os.environ)
     environ.setdefault("TASKQ_ENV", "development")
+    # The console's session cookies must work on plain http://127.0.0.1 (no TLS here).
+    environ.setdefault("TASKQ_COOKIE_SECURE", "0")
     explicit = env("JWT_SECRET_KEY")
     environ["JWT_SECRET_KEY"] = explicit or stored_secret(state_dir() / SECRET_FILE)
     return environ
@@ -100,7 +102,11 @@ def run_up(bind: str, api_workers: int, concurrency: int | None) -> int:
         worker += ["--concurrency", str(concurrency)]
     commands.append(worker)
     children = [subprocess.Popen(command, env=environ) for command in commands]
-    print(f"taskq: API on http://{bind}, worker started; Ctrl-C stops", flush=True)
+    print(
+        f"taskq: console on http://{bind}/dashboard/, API on http://{bind}/api/v1, "
+        "worker started; Ctrl-C stops",
+        flush=True,
+    )
 
     def stop(signum: int, frame: object) -> None:
         for child in children:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -19,6 +20,15 @@ from urllib.parse import urlsplit
 from taskq.settings import allow_private_urls
 
 MAX_BODY_BYTES = 1024 * 1024
+# RFC 9110: a header name is a token; a value is visible characters, spaces and tabs
+# (and obs-text, which http.client sends as latin-1), never CR, LF, NUL or other controls.
+HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+HEADER_VALUE = re.compile(r"[\t\x20-\x7e\xa0-\xff]*")
+# Headers http.client writes from the request itself: one given as well breaks the framing.
+FRAMING_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "te", "trailer", "upgrade"}
+)
+PRIVATE_REFUSED = "private and loopback addresses are not allowed"
 
 
 class UnsafeURLError(ValueError):
@@ -54,10 +64,28 @@ def split_url(url: str) -> tuple[str, str, int]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
+def literal_address(host: str) -> str | None:
+    """The IP address ``host`` spells without DNS, or None for a name.
+
+    Besides the usual forms, the shorthands the resolver takes as IPv4 addresses
+    (``127.1``, ``2130706433``, ``0x7f.0.0.1``) count as the address they name.
+    """
+    try:
+        return str(ipaddress.ip_address(host.split("%", 1)[0]))
+    except ValueError:
+        pass
+    try:
+        return socket.inet_ntoa(socket.inet_aton(host))
+    except (OSError, UnicodeError, ValueError):
+        return None
+
+
 def literal_host_error(url: str, allow_private: bool | None = None) -> str | None:
     """Why ``url`` is refused without a DNS lookup (bad shape, private IP literal), or None.
 
-    Cheap enough for request validation; the full check happens at connect time.
+    Cheap enough for request validation, and the one check of every URL a client
+    gives for outbound calls (``http_request``'s url, ``callback_url``); the full
+    check happens at connect time.
     """
     try:
         _, host, _ = split_url(url)
@@ -65,13 +93,28 @@ def literal_host_error(url: str, allow_private: bool | None = None) -> str | Non
         return str(exc)
     if allow_private_urls() if allow_private is None else allow_private:
         return None
-    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
-        return "private and loopback addresses are not allowed"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return PRIVATE_REFUSED
+    address = literal_address(name)
+    if address is None or is_public_address(address):
         return None
-    return None if is_public_address(host) else "private and loopback addresses are not allowed"
+    return PRIVATE_REFUSED
+
+
+def header_error(name: str, value: str) -> str | None:
+    """Why an outbound request header a client gives is refused, or None.
+
+    http.client refuses CR, LF and non-latin-1 text only when it sends, so a bad
+    header stored at create would fail every attempt; this refuses it up front.
+    """
+    if not HEADER_NAME.fullmatch(name):
+        return f"Header name {name[:64]!r} is not an HTTP token."
+    if name.lower() in FRAMING_HEADERS:
+        return f"Header {name!r} is set by the request itself."
+    if not HEADER_VALUE.fullmatch(value):
+        return f"Header {name!r}: a value is printable latin-1 text, no CR, LF or other controls."
+    return None
 
 
 def resolve_public(host: str, port: int, allow_private: bool | None = None) -> list[tuple]:

@@ -21,13 +21,13 @@ from marshmallow import (
     ValidationError,
     fields,
     validate,
-    validates,
     validates_schema,
 )
 
 from sql import queries
+from taskq.fields import HttpHeaders, OutboundUrl
 from taskq.settings import SettingError, env, env_int
-from taskq.urlguard import fetch, literal_host_error
+from taskq.urlguard import fetch
 from worker.registry import TaskContext, register
 
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
@@ -118,21 +118,15 @@ def sleep(payload: dict, ctx: TaskContext) -> dict:
 
 
 class HttpRequestSchema(Schema):
-    url = fields.Url(required=True, schemes={"http", "https"}, require_tld=False)
+    url = OutboundUrl(required=True)
     method = fields.String(
         load_default="GET",
         validate=validate.OneOf(HTTP_METHODS + tuple(m.lower() for m in HTTP_METHODS)),
     )
-    headers = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    headers = HttpHeaders(load_default=dict)
     body = fields.Raw(load_default=None, allow_none=True)
     timeout = fields.Float(load_default=10.0, validate=validate.Range(min=0.1, max=300))
     raise_for_status = fields.Boolean(load_default=True)
-
-    @validates("url")
-    def url_is_allowed(self, value: str, **kwargs: Any) -> None:
-        error = literal_host_error(value)
-        if error:
-            raise ValidationError(error)
 
 
 @register("http_request", payload=HttpRequestSchema)

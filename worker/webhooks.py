@@ -111,18 +111,20 @@ def verify_signature(
 
 def request_headers(delivery: dict[str, Any], body: bytes) -> dict[str, str]:
     """The user's callback headers, then ours (which the user cannot override)."""
-    headers = {str(k): str(v) for k, v in (delivery.get("callback_headers") or {}).items()}
-    headers.update(
-        {
-            "Content-Type": "application/json",
-            "User-Agent": "taskq-webhooks",
-            "X-Taskqueue-Event": delivery["event"],
-            "X-Taskqueue-Delivery": str(delivery["id"]),
-        }
-    )
+    ours = {
+        "Content-Type": "application/json",
+        "User-Agent": "taskq-webhooks",
+        "X-Taskqueue-Event": delivery["event"],
+        "X-Taskqueue-Delivery": str(delivery["id"]),
+    }
     if delivery.get("callback_secret"):
-        headers.update(sign(delivery["callback_secret"], body, int(time.time())))
-    return headers
+        ours.update(sign(delivery["callback_secret"], body, int(time.time())))
+    # Header names are case-insensitive: a user's "content-type" would otherwise go out
+    # beside ours, twice.
+    names = {name.lower() for name in ours}
+    user = delivery.get("callback_headers") or {}
+    headers = {str(k): str(v) for k, v in user.items() if str(k).lower() not in names}
+    return {**headers, **ours}
 
 
 def send(delivery: dict[str, Any]) -> tuple[int | None, float, str | None]:

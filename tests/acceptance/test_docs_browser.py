@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import threading
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from werkzeug.serving import make_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.helpers import chromium_browser
 
 pytestmark = pytest.mark.slow
 
@@ -38,16 +26,8 @@ def server_url(app):
 
 @pytest.fixture
 def browser():
-    if not CHROMIUM.exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI is set but /usr/bin/chromium is missing")
-        pytest.skip("/usr/bin/chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 def test_docs_page_works_offline_in_a_browser(server_url, browser):

@@ -87,6 +87,14 @@ def test_up_serves_runs_tasks_and_stops_cleanly_on_ctrl_c(tmp_path):
 
         task = wait_for(finished, timeout=30, message="the task to complete")
         assert task["result"]["result"] == 6
+        # The console: "/" leads there, and its cookie session works on plain http here.
+        console = requests.get(f"{base}/", timeout=10)
+        assert console.status_code == 200 and console.url == f"{base}/dashboard/"
+        browser = requests.Session()
+        login = {"username": "ann", "password": PASSWORD, "cookies": True}
+        assert browser.post(f"{base}/api/v1/auth/login", json=login, timeout=10).ok
+        assert [c.name for c in browser.cookies if c.secure] == []
+        assert browser.get(f"{base}/api/v1/auth/profile", timeout=10).status_code == 200
         # API and worker share one metrics directory: one scrape shows both.
         metrics = requests.get(f"{base}/metrics", timeout=5).text
         assert 'taskq_enqueued_tasks_total{queue="default",task_type="compute"} 1.0' in metrics

@@ -76,3 +76,52 @@ def test_workers_from_the_live_workers_view(client, make_account, db):
     assert [w["id"] for w in workers] == ["w-1"]
     assert workers[0]["queues"] == ["default"] and workers[0]["running"] == 0
     assert workers[0]["silent_for"] >= 0
+
+
+def test_workers_list_the_tasks_each_one_runs(client, make_account, db):
+    root = make_account("root", admin=True)
+    ann = make_account("ann")
+    db.execute(
+        "INSERT INTO workers (id, hostname, pid, queues, concurrency) "
+        "VALUES ('w-1', 'box', 42, '{default}', 4), ('w-2', 'box', 43, '{default}', 1)"
+    )
+    first, second = (create(client, ann, title=f"job {n}") for n in (1, 2))
+    idle = create(client, ann, title="waiting")
+    for task in (first, second):
+        set_status(db, task["id"], "PROCESSING", worker_id="w-1")
+    response = client.get(f"{API}/workers", headers=root.headers)
+    assert response.status_code == 200
+    workers = {w["id"]: w for w in response.get_json()["workers"]}
+    running = workers["w-1"]["running_tasks"]
+    assert [t["id"] for t in running] == [first["id"], second["id"]]
+    assert running[0]["title"] == "job 1" and running[0]["user_id"] == ann.id
+    assert running[0]["task_type"] == "echo" and running[0]["queue"] == "default"
+    assert workers["w-1"]["running"] == 2
+    assert workers["w-2"]["running_tasks"] == []
+    assert idle["id"] not in {t["id"] for w in workers.values() for t in w["running_tasks"]}
+
+
+def test_stuck_tasks_from_the_stuck_tasks_view(client, make_account, db):
+    root = make_account("root", admin=True)
+    ann = make_account("ann")
+    stuck, healthy = create(client, ann, title="stuck"), create(client, ann, title="fine")
+    set_status(db, stuck["id"], "PROCESSING", worker_id="gone")
+    db.execute(
+        "UPDATE tasks SET lease_expires_at = now() - interval '90 seconds' WHERE id = %s",
+        (stuck["id"],),
+    )
+    set_status(db, healthy["id"], "PROCESSING", worker_id="alive")
+    db.execute(
+        "UPDATE tasks SET lease_expires_at = now() + interval '30 seconds' WHERE id = %s",
+        (healthy["id"],),
+    )
+    response = client.get(f"{API}/stuck-tasks", headers=root.headers)
+    assert response.status_code == 200
+    rows = response.get_json()["stuck_tasks"]
+    assert [r["id"] for r in rows] == [stuck["id"]]
+    assert rows[0]["worker_id"] == "gone" and rows[0]["queue"] == "default"
+    assert rows[0]["overdue"] >= 90
+    assert "lease_expires_at" in rows[0] and "started_at" in rows[0]
+    body = assert_error(client.get(f"{API}/stuck-tasks", headers=ann.headers), 403)
+    assert body["error"] == "Admins only."
+    assert_error(client.get(f"{API}/stuck-tasks"), 401)

@@ -184,7 +184,7 @@ def test_batch_response_is_what_get_shows(client, make_account):
             "payload": {"operation": "sum", "numbers": [1, 2.5]},
             "priority": "low",
             "scheduled_at": "2001-01-01T00:00:00Z",
-            "callback_url": "http://localhost:9/x",
+            "callback_url": "http://hooks.example.org:9/x",
             "callback_events": ["task.started"],
             "timeout": 5,
         },

@@ -59,6 +59,11 @@ FUZZ = [
     ("post", "/tasks/batch", {"tasks": "many"}),
     ("post", "/tasks/batch", {"tasks": [None]}),
     ("post", "/tasks/batch", 42),
+    ("post", "/tasks/batch", {"tasks": 5}),
+    ("post", "/tasks/batch", {"tasks": True}),
+    ("post", "/tasks", {"title": "t", "priority": "\u00b2"}),
+    ("post", "/tasks", {"title": "t", "priority": "1" * 5000}),
+    ("get", "/tasks?priority=\u00b2", None),
     ("post", "/auth/register", ["a", "b"]),
     ("post", "/auth/register", {"username": 5, "email": [], "password": None}),
     ("post", "/auth/login", {"username": {"$gt": ""}, "password": "x"}),
@@ -127,3 +132,191 @@ def test_api_recovers_when_its_connections_are_killed(client, make_account, data
     assert response.status_code == 200
     with psycopg.connect(database_url) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+DEEP_JSON = "[" * 10_000 + "]" * 10_000
+# Every route that reads a JSON body; the rest must ignore one (never a 500 either way).
+JSON_BODY_ROUTES = {
+    ("POST", "/auth/register"),
+    ("POST", "/auth/login"),
+    ("POST", "/auth/token"),
+    ("POST", "/auth/token/refresh"),
+    ("POST", "/auth/token/verify"),
+    ("POST", "/auth/logout"),
+    ("PATCH", "/auth/profile"),
+    ("POST", "/auth/change-password"),
+    ("POST", "/tasks"),
+    ("POST", "/tasks/batch"),
+    ("POST", "/tasks/{id}/trigger-webhook"),
+}
+ANONYMOUS_JSON_ROUTES = [
+    "/auth/login",
+    "/auth/register",
+    "/auth/token/refresh",
+    "/auth/token/verify",
+]
+
+
+def test_json_nested_10000_deep_is_400_on_every_route(app, client, make_account, db):
+    ann = make_account("ann")
+    task = create(client, ann)
+    json_type = {"Content-Type": "application/json"}
+    for path in ANONYMOUS_JSON_ROUTES:
+        body = assert_error(client.post(f"{API}{path}", data=DEEP_JSON, headers=json_type), 400)
+        assert "nested deeper than" in body["error"], path
+    seen = set()
+    for rule in app.url_map.iter_rules():
+        route = rule.rule.removeprefix(API)
+        for name in rule.arguments:
+            route = route.replace(f"<int:{name}>", "{id}").replace(f"<{name}>", "default")
+        for method in sorted(rule.methods & {"POST", "PUT", "PATCH"}):
+            path = API + route.format(id=task["id"])
+            headers = {**ann.headers, **json_type}
+            response = client.open(path, method=method, data=DEEP_JSON, headers=headers)
+            assert response.status_code < 500, (method, path)
+            if (method, route) in JSON_BODY_ROUTES:
+                seen.add((method, route))
+                assert_error(response, 400)
+    assert seen == JSON_BODY_ROUTES
+    assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 1
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting(client, make_account):
+    ann = make_account("ann")
+    text = '[{\\"' * 2000
+    body = '{"title": "t", "description": "' + text + '", "payload": {"a": [[["x]]]"]]]}}'
+    headers = {**ann.headers, "Content-Type": "application/json"}
+    response = client.post(f"{API}/tasks", data=body, headers=headers)
+    assert response.status_code == 201, response.get_json()
+    assert response.get_json()["task"]["description"] == text.replace("\\", "")
+
+
+NON_ASCII_DIGITS = ["\u00b2", "\u0663", "\uff11"]  # superscript 2, Arabic-Indic 3, fullwidth 1
+
+
+def test_non_ascii_digits_are_not_numbers(client, make_account, db):
+    ann = make_account("ann")
+    for digit in NON_ASCII_DIGITS:
+        created = client.post(
+            f"{API}/tasks", json={"title": "t", "priority": digit}, headers=ann.headers
+        )
+        assert_error(created, 400, "priority")
+        for query, field in [
+            ("priority", "priority"),
+            ("page", "page"),
+            ("page_size", "page_size"),
+        ]:
+            response = client.get(f"{API}/tasks", query_string={query: digit}, headers=ann.headers)
+            assert_error(response, 400, field)
+        letters = client.get(
+            f"{API}/dead-letters", query_string={"page": digit}, headers=ann.headers
+        )
+        assert_error(letters, 400, "page")
+        stream = client.get(
+            f"{API}/events",
+            query_string={"last_event_id": digit},
+            headers=ann.headers,
+            buffered=False,
+        )
+        try:
+            assert_error(stream, 400, "Last-Event-ID")
+        finally:
+            stream.close()
+    assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 0
+    assert create(client, ann, priority="7")["priority"] == 7
+    assert client.get(f"{API}/tasks?page=1&page_size=5", headers=ann.headers).status_code == 200
+
+
+UNSENDABLE_HEADERS = [
+    {"X-Token": "a\r\nX-Injected: 1"},
+    {"X-Token": "line\nbreak"},
+    {"X-Token": "del\x7f"},
+    {"X-Token": "\u20ac not latin-1"},
+    {"X-Token\r\nX-Injected": "1"},
+    {"Bad Name": "v"},
+    {"X:Colon": "v"},
+    {"\u00e9t\u00e9": "v"},
+    {"Host": "internal.example"},
+    {"Content-Length": "1"},
+    {"Transfer-Encoding": "chunked"},
+]
+
+
+def test_headers_a_request_could_not_send_are_refused_at_create(client, make_account, db):
+    ann = make_account("ann")
+    for headers in UNSENDABLE_HEADERS:
+        hooked = {
+            "title": "t",
+            "callback_url": "https://example.com/h",
+            "callback_headers": headers,
+        }
+        assert_error(
+            client.post(f"{API}/tasks", json=hooked, headers=ann.headers), 400, "callback_headers"
+        )
+        request = {
+            "title": "t",
+            "task_type": "http_request",
+            "payload": {"url": "https://example.com/", "headers": headers},
+        }
+        assert_error(
+            client.post(f"{API}/tasks", json=request, headers=ann.headers), 400, "payload.headers"
+        )
+    assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 0
+    fine = {"X-Token": "t", "Authorization": "Bearer x.y", "X-Tab": "a\tb", "X-Latin": "caf\u00e9"}
+    task = create(client, ann, callback_url="https://example.com/h", callback_headers=fine)
+    row = db.execute("SELECT callback_headers FROM tasks WHERE id = %s", (task["id"],)).fetchone()
+    assert row["callback_headers"] == fine
+
+
+PRIVATE_URLS = [
+    "http://127.0.0.1/hook",
+    "http://localhost:8000/x",
+    "http://localhost./x",
+    "http://10.0.0.1/",
+    "http://192.168.1.10:8080/",
+    "http://[::1]/",
+    "http://[::ffff:127.0.0.1]/",
+    "http://169.254.169.254/latest/meta-data",
+    "http://127.1/",
+    "http://0x7f.0.0.1/",
+]
+
+
+def test_private_callback_urls_are_refused_at_create_like_http_request(
+    client, make_account, db, monkeypatch
+):
+    ann = make_account("ann")
+    monkeypatch.delenv("TASKQ_ALLOW_PRIVATE_URLS", raising=False)
+
+    def create_both(url: str, expected: int):
+        hooked = client.post(
+            f"{API}/tasks", json={"title": "t", "callback_url": url}, headers=ann.headers
+        )
+        request = client.post(
+            f"{API}/tasks",
+            json={"title": "t", "task_type": "http_request", "payload": {"url": url}},
+            headers=ann.headers,
+        )
+        assert (hooked.status_code, request.status_code) == (expected, expected), url
+        return hooked.get_json(), request.get_json()
+
+    for url in PRIVATE_URLS:
+        hooked, request = create_both(url, 400)
+        # One guard: the same refusal, word for word.
+        assert hooked["field_errors"]["callback_url"] == request["field_errors"]["payload.url"]
+    assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 0
+    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
+    for url in PRIVATE_URLS[:2]:
+        create_both(url, 201)
+    assert db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"] == 4
+
+
+def test_trigger_webhook_refuses_an_event_that_is_not_a_name(client, make_account):
+    ann = make_account("ann")
+    task = create(client, ann, callback_url="https://example.com/hook")
+    path = f"{API}/tasks/{task['id']}/trigger-webhook"
+    for event in ({}, [], ["task.failed"], 5, ""):
+        response = client.post(path, json={"event": event}, headers=ann.headers)
+        assert_error(response, 400, "event")
+    assert_error(client.post(path, json=["task.failed"], headers=ann.headers), 400)
+    assert client.post(path, json={"event": "task.failed"}, headers=ann.headers).status_code == 202

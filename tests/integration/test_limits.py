@@ -191,6 +191,33 @@ def test_login_is_limited_per_ip_across_usernames(app_with_limits):
     assert login(client, "user10", "192.0.2.8").status_code == 401
 
 
+def test_the_dashboards_cookie_login_spends_the_same_login_budget(app_with_limits, database_url):
+    """The sign-in form posts to /auth/login with ``cookies: true``: same endpoint, same limits;
+    and a cookie session is limited per user, like a bearer client."""
+    client = app_with_limits.test_client()
+    account(app_with_limits, database_url, "ann")
+    account(app_with_limits, database_url, "bob")
+    body = {"username": "ann", "password": "Sturdy-Lamp-42", "cookies": True}
+    for _ in range(3):
+        assert client.post("/api/v1/auth/login", json=body).status_code == 200
+    assert_429(client.post("/api/v1/auth/login", json=body))  # the address's budget
+    # Failed guesses lock the account for the form as well.
+    for n in range(3):
+        assert login(client, "bob", f"10.0.3.{n}").status_code == 401
+    elsewhere = {"X-Forwarded-For": "10.0.3.9"}
+    bob = {**body, "username": "bob"}
+    assert_locked(client.post("/api/v1/auth/login", json=bob, headers=elsewhere))
+    # The cookies of the logins that passed identify ann for the default, per-user limit:
+    # anonymous calls from the same address spend the address's budget, not hers.
+    anonymous = app_with_limits.test_client()
+    for _ in range(5):
+        assert anonymous.get("/api/v1/tasks").status_code == 401
+    assert_429(anonymous.get("/api/v1/tasks"))
+    for _ in range(5):
+        assert client.get("/api/v1/tasks").status_code == 200
+    assert_429(client.get("/api/v1/tasks"))
+
+
 @pytest.fixture
 def private_redis() -> Iterator[tuple[str, subprocess.Popen]]:
     """A redis-server of this test alone, so the test may kill it (never the shared one)."""

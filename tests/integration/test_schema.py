@@ -299,3 +299,22 @@ def test_every_table_and_column_is_commented(db):
               AND c.relname <> 'alembic_version' AND obj_description(c.oid) IS NULL"""
     ).fetchall()
     assert missing == []
+
+
+def test_0008_places_old_history_first_without_rewriting_the_table(database_url, db):
+    downgrade(database_url, "0007")
+    user = make_user(db)
+    old = db.execute(
+        "INSERT INTO tasks (user_id, title) VALUES (%s, 't') RETURNING id", (user,)
+    ).fetchone()["id"]
+    filenode = db.execute("SELECT pg_relation_filenode('task_history') AS f").fetchone()["f"]
+    upgrade(database_url)
+    assert (
+        db.execute("SELECT pg_relation_filenode('task_history') AS f").fetchone()["f"] == filenode
+    )
+    db.execute("UPDATE tasks SET status = 'PROCESSING' WHERE id = %s", (old,))
+    rows = db.execute(
+        "SELECT xact_id::text AS xact_id FROM task_history WHERE task_id = %s ORDER BY id", (old,)
+    ).fetchall()
+    assert rows[0]["xact_id"] == "0"  # written before 0008: the oldest place
+    assert int(rows[1]["xact_id"]) > 0

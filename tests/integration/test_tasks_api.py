@@ -257,6 +257,64 @@ def test_batch_refuses_bad_items_and_big_batches(app, client, make_account, db):
     assert_error(client.post(f"{API}/tasks/batch", json=three, headers=ann.headers), 400, "tasks")
 
 
+def row_counts(db) -> dict[str, int]:
+    """Rows of every table a create writes."""
+    return db.execute(
+        "SELECT (SELECT count(*) FROM tasks) AS tasks, "
+        "(SELECT count(*) FROM task_history) AS history, "
+        "(SELECT count(*) FROM webhook_deliveries) AS deliveries"
+    ).fetchone()
+
+
+# Postgres stores these (year 10000 and 1 BC in UTC), but no read could turn them back
+# into a Python datetime: the owner's list, detail, status, history and every admin's
+# list answered 400 from then on.
+UNREADABLE_DATETIMES = ["9999-12-31T23:59:59-12:00", "0001-01-01T00:00:00+14:00"]
+
+
+def test_a_datetime_no_read_could_render_is_refused_and_not_stored(client, make_account, db):
+    ann = make_account("ann")
+    root = make_account("root", admin=True)
+    kept = create(client, ann, title="kept")
+    before = row_counts(db)
+    for value in UNREADABLE_DATETIMES:
+        for name in ("scheduled_at", "scheduled_time"):
+            response = client.post(
+                f"{API}/tasks", json={"title": "t", name: value}, headers=ann.headers
+            )
+            assert_error(response, 400, name)
+        items = [{"title": "fine"}, {"title": "t", "scheduled_at": value}]
+        response = client.post(f"{API}/tasks/batch", json=items, headers=ann.headers)
+        assert_error(response, 400, "tasks.1.scheduled_at")
+    assert row_counts(db) == before
+    for path in ("", f"/{kept['id']}", f"/{kept['id']}/status", f"/{kept['id']}/history"):
+        assert client.get(f"{API}/tasks{path}", headers=ann.headers).status_code == 200
+    assert client.get(f"{API}/admin/tasks", headers=root.headers).status_code == 200
+
+
+def test_the_last_storable_datetimes_are_stored_and_read_back(client, make_account):
+    ann = make_account("ann")
+    root = make_account("root", admin=True)
+    edges = {
+        "0001-01-02T12:00:00+11:59": "0001-01-02T00:01:00+00:00",
+        "9999-12-30T12:00:00-11:59": "9999-12-30T23:59:00+00:00",
+    }
+    for value, utc in edges.items():
+        task = create(client, ann, scheduled_at=value)
+        assert task["scheduled_at"] == utc
+        for path in ("", "/status", "/history"):
+            response = client.get(f"{API}/tasks/{task['id']}{path}", headers=ann.headers)
+            assert response.status_code == 200, response.get_json()
+    batch = client.post(
+        f"{API}/tasks/batch",
+        json=[{"title": "b", "scheduled_at": v} for v in edges],
+        headers=ann.headers,
+    )
+    assert [t["scheduled_at"] for t in batch.get_json()["tasks"]] == list(edges.values())
+    assert client.get(f"{API}/tasks", headers=ann.headers).get_json()["count"] == 4
+    assert client.get(f"{API}/admin/tasks", headers=root.headers).get_json()["count"] == 4
+
+
 def test_list_filters(client, make_account, db):
     ann = make_account("ann")
     bob = make_account("bob")

@@ -312,3 +312,19 @@ def test_trigger_without_a_callback_url_is_400(client, make_account, db):
     response = client.post(f"/api/v1/tasks/{task['id']}/trigger-webhook", headers=owner.headers)
     assert response.status_code == 400
     assert response.get_json()["field_errors"] == {"callback_url": ["Not set."]}
+
+
+def test_a_users_header_never_goes_out_beside_ours(db, database_url, receiver, monkeypatch):
+    monkeypatch.setenv("TASKQ_ALLOW_PRIVATE_URLS", "1")
+    task = insert_task(db, receiver.url)
+    spoofed = {"content-type": "text/plain", "x-taskqueue-event": "forged", "X-Custom": "yes"}
+    db.execute("UPDATE tasks SET callback_headers = %s WHERE id = %s", (Jsonb(spoofed), task["id"]))
+    delivery = delivery_for(db, task)
+    assert deliver_webhook(
+        {"delivery_id": delivery["id"]}, sender_context(db, database_url, delivery)
+    )
+    headers, _ = receiver.requests[0]
+    names = [name.lower() for name in headers]
+    assert names.count("content-type") == 1 and names.count("x-taskqueue-event") == 1
+    assert headers["Content-Type"] == "application/json"
+    assert headers["X-Taskqueue-Event"] == "task.failed" and headers["X-Custom"] == "yes"

@@ -1,0 +1,630 @@
+"""The console in a real Chromium, against ``taskq api`` (gunicorn) and a real worker.
+
+The page is driven the way assistive technology drives it: by labels and roles.
+Every wait is Playwright's auto-waiting ``expect`` (or the shared ``wait_for``
+on the database), never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+import requests
+
+from bench.sse_latency import start_api
+from taskq.admin import create_admin_user
+from tests.conftest import admin_execute, with_database
+from tests.helpers import chromium_browser
+from tests.integration.test_webhooks import Receiver
+from tests.worker_helpers import start_worker, stop_worker, wait_for
+
+pytestmark = pytest.mark.slow
+
+SECRET = "dashboard-acceptance-secret-0123456789abcdef"
+PASSWORD = "Sturdy-Lamp-42"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@dataclass
+class Console:
+    """The running API (and worker) and a way to reach them around the browser."""
+
+    url: str
+    database_url: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def sql(self, statement: str, params=()) -> list[tuple]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            cursor = conn.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def status(self, task_id: int) -> str:
+        return self.sql("SELECT status::text FROM tasks WHERE id = %s", (task_id,))[0][0]
+
+    def token(self, username: str) -> str:
+        """A bearer token of ``username`` (one login per user: each costs a password hash)."""
+        if username not in self.tokens:
+            response = requests.post(
+                f"{self.url}/api/v1/auth/login",
+                json={"username": username, "password": PASSWORD},
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+            self.tokens[username] = response.json()["tokens"]["access"]
+        return self.tokens[username]
+
+    def act(self, username: str, task_id: int, action: str) -> None:
+        """POST /tasks/{id}/{action} as ``username``."""
+        requests.post(
+            f"{self.url}/api/v1/tasks/{task_id}/{action}",
+            headers={"Authorization": f"Bearer {self.token(username)}"},
+            timeout=10,
+        ).raise_for_status()
+
+    def create(self, username: str, **task) -> dict:
+        task.setdefault("task_type", "echo")
+        response = requests.post(
+            f"{self.url}/api/v1/tasks",
+            json=task,
+            headers={"Authorization": f"Bearer {self.token(username)}"},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["task"]
+
+
+@pytest.fixture(scope="module")
+def console(pg_server_url: str, template_database: str) -> Iterator[Console]:
+    name = f"taskq_dash_{uuid.uuid4().hex[:10]}"
+    admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    database_url = with_database(pg_server_url, name)
+    local = {"TASKQ_ALLOW_PRIVATE_URLS": "1"}  # the webhook receiver is on 127.0.0.1
+    url, api = start_api(
+        database_url, SECRET, workers=1, TASKQ_COOKIE_SECURE="0", TASKQ_SSE_KEEPALIVE="1", **local
+    )
+    worker = start_worker(database_url, "--concurrency", "2", **local)
+    try:
+        for username in ("ann", "bob"):
+            body = {
+                "username": username,
+                "email": f"{username}@example.com",
+                "password": PASSWORD,
+                "password2": PASSWORD,
+            }
+            assert requests.post(f"{url}/api/v1/auth/register", json=body, timeout=10).ok
+        create_admin_user(database_url, "root", None, PASSWORD)
+        yield Console(url, database_url)
+    finally:
+        stop_worker(worker)
+        api.terminate()
+        api.wait(timeout=20)
+        admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium_browser() as chromium:
+        yield chromium
+
+
+@pytest.fixture(scope="module")
+def sessions(browser, console):
+    """``sessions(username)``: the cookies of one sign-in per user, shared by the tests that
+    are not about signing in (each sign-in costs the server a password hash)."""
+    states = {}
+
+    def state(username: str) -> dict:
+        if username not in states:
+            context = browser.new_context(base_url=console.url)
+            body = {"username": username, "password": PASSWORD, "cookies": True}
+            assert context.request.post("/api/v1/auth/login", data=body).ok
+            states[username] = context.storage_state()
+            context.close()
+        return states[username]
+
+    return state
+
+
+@pytest.fixture
+def contexts(browser, console):
+    """``contexts(storage_state=None)``: a browser profile at desktop size; page errors fail."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=15_000)
+    opened, errors = [], []
+
+    def open_page(storage_state=None):
+        context = browser.new_context(
+            viewport=DESKTOP, base_url=console.url, storage_state=storage_state
+        )
+        opened.append(context)
+        tab = context.new_page()
+        tab.on("pageerror", lambda exc: errors.append(str(exc)))
+        return tab
+
+    yield open_page
+    for context in opened:
+        context.close()
+    assert errors == []
+
+
+@pytest.fixture
+def page(contexts):
+    """A fresh profile: no cookies, nobody signed in."""
+    return contexts()
+
+
+@pytest.fixture
+def as_user(contexts, sessions):
+    """``as_user("ann")``: a page of the console, signed in as ann, live."""
+    from playwright.sync_api import expect
+
+    def open_as(username: str):
+        tab = contexts(sessions(username))
+        tab.goto("/dashboard/")
+        expect(tab.get_by_role("heading", name="Overview")).to_be_visible()
+        expect(tab.get_by_role("status").filter(has_text="Live")).to_be_visible()
+        return tab
+
+    return open_as
+
+
+def sign_in(page, username: str) -> None:
+    """Open the console and sign in through the form."""
+    from playwright.sync_api import expect
+
+    page.goto("/dashboard/")
+    page.get_by_label("Username or email").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    expect(page.get_by_role("status").filter(has_text="Live")).to_be_visible()
+
+
+def nav(page, name: str):
+    return page.get_by_role("navigation", name="Main").get_by_role("link", name=name, exact=True)
+
+
+def current_status(page):
+    return page.get_by_role("status", name="Current status")
+
+
+def task_id_of(page) -> int:
+    found = re.search(r"#/tasks/(\d+)$", page.url)
+    assert found, page.url
+    return int(found.group(1))
+
+
+def test_sign_in_then_create_a_task_and_watch_it_finish_without_a_reload(console, page):
+    from playwright.sync_api import expect
+
+    page.goto("/")  # the root redirects to the console
+    assert page.url.endswith("/dashboard/")
+    expect(page.get_by_label("Username or email")).to_be_focused()
+    # Keyboard only: the username field has the focus, Tab moves on, Enter submits.
+    page.keyboard.type("ann")
+    page.keyboard.press("Tab")
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    # The session is in HttpOnly cookies: nothing in storage, nothing script-readable.
+    cookies = {c["name"]: c for c in page.context.cookies()}
+    assert cookies["access_token_cookie"]["httpOnly"] is True
+    assert cookies["access_token_cookie"]["sameSite"] == "Strict"
+    assert "access_token_cookie" not in page.evaluate("document.cookie")
+    assert page.evaluate("localStorage.length + sessionStorage.length") == 0
+
+    nav(page, "Create task").click()
+    page.get_by_label("Title").fill("Add numbers")
+    page.get_by_label("Task type").select_option("compute")
+    page.get_by_label("Operation").select_option("sum")
+    page.get_by_label("Numbers").fill("1, 2, x")
+    page.get_by_role("button", name="Create task").click()
+    # The API's field error is shown next to the field it names, and the field says so.
+    numbers = page.get_by_label("Numbers")
+    expect(numbers).to_have_attribute("aria-invalid", "true")
+    expect(numbers).to_have_accessible_description(re.compile("item 3: Not a valid number"))
+    numbers.fill("1, 2, 3")
+    page.get_by_role("button", name="Create task").click()
+    expect(current_status(page)).to_contain_text("Completed")
+    expect(page.get_by_role("region", name="Result")).to_contain_text('"result": 6')
+
+    # A task that takes a moment: the page shows each step as the worker commits it.
+    page.evaluate("window.__sameDocument = true")
+    nav(page, "Create task").click()
+    page.get_by_label("Title").fill("Nap")
+    page.get_by_label("Task type").select_option("sleep")
+    page.get_by_label("Duration").fill("1.5")
+    page.get_by_role("button", name="Create task").click()
+    expect(current_status(page)).to_contain_text("Processing")
+    expect(current_status(page)).to_contain_text("Completed")
+    history = page.get_by_role("list", name="History")
+    expect(history.get_by_role("listitem")).to_have_count(3)
+    assert page.evaluate("window.__sameDocument") is True  # no reload happened
+    assert console.status(task_id_of(page)) == "COMPLETED"
+
+
+def test_filter_search_order_and_page_through_tasks(console, as_user):
+    from playwright.sync_api import expect
+
+    # Queues no worker serves, so these stay as made.
+    made = [
+        console.create("ann", title="invoice march", queue="held-a", tags=["vip"]),
+        console.create("ann", title="invoice april", queue="held-a", priority="critical"),
+        console.create("ann", title="report q1", queue="held-b", task_type="noop"),
+    ]
+    cancelled = console.create("ann", title="invoice void", queue="held-b")
+    console.act("ann", cancelled["id"], "cancel")
+    page = as_user("ann")
+    nav(page, "Tasks").click()
+    results = page.get_by_role("table")
+    title_links = results.get_by_role("link")
+
+    defaults = {
+        "Search": "",
+        "Task type": "",
+        "Queue": "",
+        "Priority": "",
+        "Tag": "",
+        "Created from": "",
+        "Created until": "",
+        "Order by": "created_at",
+        "Direction": "desc",
+        "Per page": "20",
+        "Cancelled": False,
+    }
+
+    shown = dict(defaults)
+
+    def apply(**fields):
+        """Set the given filters, the others back to their defaults, and apply."""
+        wanted = {**defaults, **fields}
+        for label, value in wanted.items():
+            if shown[label] == value:
+                continue  # the new form shows what the URL says: only changes are typed
+            control = page.get_by_label(label, exact=True)
+            if isinstance(value, bool):
+                control.set_checked(value)
+            elif label in {"Task type", "Priority", "Order by", "Direction", "Per page"}:
+                control.select_option(value)
+            else:
+                control.fill(value)
+        shown.update(wanted)
+        page.get_by_role("button", name="Apply filters").click()
+
+    apply(Search="invoice")
+    expect(title_links).to_have_text(["invoice void", "invoice april", "invoice march"])
+    apply(Cancelled=True)
+    expect(title_links).to_have_text(["invoice void"])
+    apply(**{"Task type": "noop"})
+    expect(title_links).to_have_text(["report q1"])
+    apply(Queue="held-a", Priority="critical")
+    expect(title_links).to_have_text(["invoice april"])
+    apply(Tag="vip")
+    expect(title_links).to_have_text(["invoice march"])
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    apply(**{"Created from": tomorrow})
+    expect(page.get_by_text("No tasks match these filters.")).to_be_visible()
+    apply(Search="invoice", **{"Order by": "title", "Direction": "asc", "Per page": "10"})
+    expect(title_links).to_have_text(["invoice april", "invoice march", "invoice void"])
+    # Paging: the page size from the URL, and the pager's links.
+    page.goto("/dashboard/#/tasks?search=invoice&ordering=title&page_size=2")
+    expect(page.get_by_text("Page 1 of 2")).to_be_visible()
+    expect(title_links).to_have_text(["invoice april", "invoice march"])
+    page.get_by_role("link", name="Next page").click()
+    expect(page.get_by_text("Page 2 of 2")).to_be_visible()
+    expect(title_links).to_have_text(["invoice void"])
+    assert {t["id"] for t in made} <= {row[0] for row in console.sql("SELECT id FROM tasks")}
+
+
+def test_select_many_tasks_then_cancel_retry_and_delete_them(console, as_user):
+    from playwright.sync_api import expect
+
+    first = console.create("ann", title="bulk one", queue="held-bulk")
+    second = console.create("ann", title="bulk two", queue="held-bulk")
+    page = as_user("ann")
+    page.goto("/dashboard/#/tasks?queue=held-bulk")
+    rows = page.get_by_role("table").get_by_role("row")
+    expect(rows).to_have_count(3)  # header + 2
+    page.get_by_label("Select All tasks on this page").check()
+    expect(page.get_by_text("2 selected")).to_be_visible()
+    page.get_by_role("button", name="Cancel selected").click()
+    cancelled = page.get_by_role("status").filter(has_text="2 tasks cancelled.")
+    expect(cancelled.first).to_be_visible()
+    expect(page.get_by_role("table").get_by_text("Cancelled")).to_have_count(2)
+    assert {console.status(first["id"]), console.status(second["id"])} == {"CANCELLED"}
+    page.get_by_label(f"Select task #{first['id']}").check()
+    page.get_by_role("button", name="Retry selected").click()
+    retried = page.get_by_role("status").filter(has_text="1 task queued for retry.")
+    expect(retried.first).to_be_visible()
+    assert console.status(first["id"]) == "PENDING"
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_label("Select All tasks on this page").check()
+    page.get_by_role("button", name="Delete selected").click()
+    expect(page.get_by_text("No tasks match these filters.")).to_be_visible()
+    assert console.sql("SELECT id FROM tasks WHERE queue = 'held-bulk'") == []
+
+
+def test_a_failed_task_appears_in_dead_letters_live_and_is_reprocessed(console, as_user):
+    from playwright.sync_api import expect
+
+    task = console.create("ann", title="doomed", queue="held-dead")
+    page = as_user("ann")
+    nav(page, "Dead letters").click()
+    expect(page.get_by_role("heading", name="Dead letters")).to_be_visible()
+    # An operator fails it in psql: the page hears the event and shows the new letter.
+    console.sql("UPDATE tasks SET status = 'FAILED', error = 'boom' WHERE id = %s", (task["id"],))
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=f"#{task['id']}"))
+    expect(row).to_contain_text("boom")
+    row.get_by_role("button", name=re.compile("^Reprocess")).click()
+    requeued = page.get_by_role("status").filter(has_text=f"Task {task['id']} requeued")
+    expect(requeued.first).to_be_visible()
+    assert console.status(task["id"]) == "PENDING"
+
+
+def test_cancel_a_running_task_from_its_page(console, as_user):
+    from playwright.sync_api import expect
+
+    task = console.create("ann", title="long nap", task_type="sleep", payload={"duration": 60})
+    page = as_user("ann")
+    page.goto(f"/dashboard/#/tasks/{task['id']}")
+    expect(current_status(page)).to_contain_text("Processing")
+    page.get_by_role("button", name="Cancel task").click()
+    expect(current_status(page)).to_contain_text("Cancelled")
+    expect(page.get_by_role("list", name="History")).to_contain_text("from processing")
+    assert console.status(task["id"]) == "CANCELLED"
+    expect(page.get_by_role("button", name="Retry task")).to_be_enabled()
+
+
+def test_a_task_page_lists_its_webhook_deliveries_and_replays_one(console, as_user):
+    from playwright.sync_api import expect
+
+    receiver = Receiver([200])
+    try:
+        task = console.create("ann", title="hooked", callback_url=receiver.url)
+        page = as_user("ann")
+        page.goto(f"/dashboard/#/tasks/{task['id']}")
+        expect(current_status(page)).to_contain_text("Completed")
+        deliveries = page.get_by_role("region", name="Webhook deliveries")
+        # The delivery is sent by the worker after the transition: it shows once it is there.
+        delivered = (
+            "SELECT count(*) FROM webhook_deliveries WHERE task_id = %s AND status = 'delivered'"
+        )
+        wait_for(lambda: console.sql(delivered, (task["id"],))[0][0] == 1, 30, "the webhook")
+        deliveries.get_by_role("button", name="Refresh deliveries").click()
+        rows = deliveries.get_by_role("row")
+        expect(rows.filter(has_text="task.succeeded")).to_have_count(1)
+        status_cell = page.get_by_role("cell", name="delivered", exact=True)
+        expect(rows.filter(has=status_cell)).to_have_count(1)
+        first = deliveries.get_by_role("button", name=re.compile(r"^Replay delivery #\d+$"))
+        first.click()
+        replayed = page.get_by_role("status").filter(has_text=re.compile("replayed as delivery"))
+        expect(replayed.first).to_be_visible()
+        expect(rows.filter(has_text="task.succeeded")).to_have_count(2)  # the copy is listed
+        wait_for(lambda: len(receiver.requests) == 2, 30, "the replayed webhook")
+        first_body, second_body = (json.loads(body) for _, body in receiver.requests)
+        assert second_body["task"] == first_body["task"]  # the same snapshot, sent again
+        assert second_body["event"] == "task.succeeded"
+    finally:
+        receiver.close()
+
+
+def test_a_dropped_connection_resumes_without_missing_a_transition(console, as_user):
+    """Both streams resume after the last event seen: the task page's and the user's
+    (whose overview counts would drift if a transition were lost or seen twice)."""
+    from playwright.sync_api import expect
+
+    task = console.create("ann", title="offline", queue="held-offline")
+    page = as_user("ann")
+    overview = page.context.new_page()
+    overview.goto("/dashboard/#/")
+    live = overview.get_by_role("status").filter(has_text="Live")
+    expect(live).to_be_visible()
+    expect(overview.get_by_role("log", name="Recent activity")).to_contain_text("offline")
+
+    def count(status: str) -> int:
+        card = overview.get_by_role("link", name=re.compile(rf"^\d+ {status}$"))
+        return int(card.inner_text().split()[0])
+
+    def shows(status: str, number: int):
+        return overview.get_by_role("link", name=f"{number} {status}")
+
+    before = {status: count(status) for status in ("Pending", "Processing", "Retrying")}
+    page.goto(f"/dashboard/#/tasks/{task['id']}")
+    history = page.get_by_role("list", name="History")
+    expect(history.get_by_role("listitem")).to_have_count(1)
+    set_status = "UPDATE tasks SET status = %s WHERE id = %s"
+    console.sql(set_status, ("PROCESSING", task["id"]))  # seen live: both pages have an id
+    expect(history.get_by_role("listitem")).to_have_count(2)
+    expect(shows("Processing", before["Processing"] + 1)).to_be_visible()
+    # Cut the pages off, then end their streams: the API's LISTEN connection is
+    # terminated, so the API closes every stream.
+    page.context.set_offline(True)
+    console.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'taskq-notifier' AND datname = current_database()"
+    )
+    expect(page.get_by_role("status").filter(has_text="Reconnecting")).to_be_visible()
+    expect(overview.get_by_role("status").filter(has_text="Reconnecting")).to_be_visible()
+    for status in ("RETRYING", "PROCESSING", "RETRYING"):  # while nobody listens
+        console.sql(set_status, (status, task["id"]))
+    page.context.set_offline(False)
+    expect(history.get_by_role("listitem")).to_have_count(5)
+    expect(current_status(page)).to_contain_text("Retrying")
+    expect(live).to_be_visible()
+    expect(shows("Retrying", before["Retrying"] + 1)).to_be_visible()
+    assert (count("Pending"), count("Processing")) == (before["Pending"] - 1, before["Processing"])
+    console.sql(set_status, ("CANCELLED", task["id"]))  # and live again afterwards
+    expect(history.get_by_role("listitem")).to_have_count(6)
+    expect(shows("Retrying", before["Retrying"])).to_be_visible()
+    steps = history.get_by_role("listitem").all_inner_texts()
+    assert [step.split()[0] for step in steps] == [
+        "Pending",
+        "Processing",
+        "Retrying",
+        "Processing",
+        "Retrying",
+        "Cancelled",
+    ]
+
+
+def test_a_stream_that_drops_before_its_first_event_reads_its_snapshot_again(console, as_user):
+    """No event seen means no id to resume from: the overview reads its counts again."""
+    from playwright.sync_api import expect
+
+    task = console.create("ann", title="quiet", queue="held-quiet")
+    overview = as_user("ann")
+    expect(overview.get_by_role("log", name="Recent activity")).to_contain_text("quiet")
+    cancelled = overview.get_by_role("link", name=re.compile(r"^\d+ Cancelled$"))
+    before = int(cancelled.inner_text().split()[0])
+    overview.context.set_offline(True)
+    console.sql(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        "WHERE application_name = 'taskq-notifier' AND datname = current_database()"
+    )
+    expect(overview.get_by_role("status").filter(has_text="Reconnecting")).to_be_visible()
+    console.sql("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", (task["id"],))
+    overview.context.set_offline(False)
+    expect(overview.get_by_role("link", name=f"{before + 1} Cancelled")).to_be_visible()
+
+
+def test_an_admin_sees_every_users_tasks_queues_workers_and_stuck_tasks(console, as_user):
+    from playwright.sync_api import expect
+
+    page = as_user("root")
+    nav(page, "Workers").click()
+    workers = page.get_by_role("table")
+    expect(workers.get_by_role("row")).not_to_have_count(1)  # at least one worker row
+    # A task starts: the workers view shows it under its worker, live.
+    task = console.create("ann", title="admin watch", task_type="sleep", payload={"duration": 30})
+    expect(workers.get_by_role("link", name=f"#{task['id']} admin watch")).to_be_visible()
+    nav(page, "Queues").click()
+    queues = page.get_by_role("table")
+    default = queues.get_by_role("row").filter(has=page.get_by_role("rowheader", name="default"))
+    expect(default).to_be_visible()
+    expect(default.get_by_role("cell").nth(2)).to_have_text("1")  # running: the sleep task
+    expect(page.get_by_role("img", name=re.compile("Tasks finished per second"))).to_be_visible()
+    nav(page, "All tasks").click()
+    expect(page.get_by_role("heading", name="All tasks")).to_be_visible()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name="admin watch"))
+    expect(row).to_contain_text("ann")
+    nav(page, "Stuck tasks").click()
+    expect(page.get_by_role("heading", name="Stuck tasks")).to_be_visible()
+    expect(page.get_by_role("table")).to_be_visible()
+    console.act("ann", task["id"], "cancel")  # free the worker's slot
+
+
+def test_a_user_sees_no_admin_view_and_never_another_users_task(console, as_user):
+    from playwright.sync_api import expect
+
+    secret = console.create("ann", title="ann's secret", queue="held-private")
+    page = as_user("bob")
+    assert nav(page, "Queues").count() == 0
+    page.goto("/dashboard/#/admin/queues")
+    expect(page.get_by_role("heading", name="Admins only")).to_be_visible()
+    page.goto(f"/dashboard/#/tasks/{secret['id']}")
+    expect(page.get_by_role("heading", name="Task not found")).to_be_visible()
+    page.goto("/dashboard/#/")
+    feed = page.get_by_role("log", name="Recent activity")
+    expect(feed).to_contain_text("No tasks yet")
+    # Ann's transitions never reach Bob's page; Bob's own do (and come after them).
+    console.sql("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", (secret["id"],))
+    own = console.create("bob", title="bob's own", queue="held-private")
+    expect(feed.get_by_role("link", name=f"#{own['id']}")).to_be_visible()
+    expect(feed.get_by_role("link", name=f"#{secret['id']}")).to_have_count(0)
+    nav(page, "Tasks").click()
+    expect(page.get_by_role("table").get_by_role("link")).to_have_text(["bob's own"])
+
+
+def test_sign_out_ends_the_session_and_its_cookies_are_refused(console, page):
+    from playwright.sync_api import expect
+
+    sign_in(page, "ann")
+    nav(page, "Tasks").click()
+    kept = {c["name"]: c["value"] for c in page.context.cookies()}
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to taskq")).to_be_visible()
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in to taskq")).to_be_visible()
+    page.go_back()
+    expect(page.get_by_role("heading", name="Sign in to taskq")).to_be_visible()
+    # A copy of the old cookies is worthless: both tokens are on the blocklist.
+    profile = requests.get(
+        f"{console.url}/api/v1/auth/profile",
+        cookies={"access_token_cookie": kept["access_token_cookie"]},
+        timeout=10,
+    )
+    assert profile.status_code == 401 and profile.json()["error"] == "Token has been revoked."
+    refresh = requests.post(
+        f"{console.url}/api/v1/auth/token/refresh",
+        cookies={"refresh_token_cookie": kept["refresh_token_cookie"]},
+        headers={"X-CSRF-TOKEN": kept["csrf_refresh_token"]},
+        timeout=10,
+    )
+    assert refresh.status_code == 401 and refresh.json()["error"] == "Token has been revoked."
+
+
+def expired_access_token(console: Console, username: str) -> str:
+    """An access token of ``username`` that expired a minute ago (signed with the API's key)."""
+    from flask_jwt_extended import create_access_token
+
+    from app import create_app
+    from app.auth import password_version
+
+    with psycopg.connect(console.database_url) as conn:
+        user_id, changed_at = conn.execute(
+            "SELECT id, password_changed_at FROM users WHERE username = %s", (username,)
+        ).fetchone()
+    app = create_app({"DATABASE_URL": console.database_url, "JWT_SECRET_KEY": SECRET})
+    with app.app_context():
+        return create_access_token(
+            str(user_id),
+            additional_claims={"pv": password_version(changed_at)},
+            expires_delta=timedelta(minutes=-1),
+        )
+
+
+def test_an_expired_access_cookie_is_refreshed_on_the_fly(console, page):
+    from playwright.sync_api import expect
+
+    sign_in(page, "ann")
+    before = {c["name"]: c for c in page.context.cookies()}
+    expired = expired_access_token(console, "ann")
+    refused = requests.get(
+        f"{console.url}/api/v1/auth/profile", cookies={"access_token_cookie": expired}, timeout=10
+    )
+    assert refused.status_code == 401 and refused.json()["error"] == "Token has expired."
+    page.context.add_cookies([dict(before["access_token_cookie"], value=expired)])
+    # The next read meets the 401, trades the refresh cookie for new ones and carries on.
+    nav(page, "Tasks").click()
+    expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
+    expect(page.get_by_role("status").filter(has_text=re.compile(r"^\d+ tasks?"))).to_be_visible()
+    after = {c["name"]: c["value"] for c in page.context.cookies()}
+    assert after["access_token_cookie"] not in {expired, before["access_token_cookie"]["value"]}
+    assert after["refresh_token_cookie"] != before["refresh_token_cookie"]["value"]  # rotated
+
+
+def test_the_console_works_at_phone_width(console, as_user):
+    from playwright.sync_api import expect
+
+    page = as_user("ann")
+    page.set_viewport_size(PHONE)
+    menu = page.get_by_role("button", name="Menu")
+    expect(menu).to_be_visible()
+    expect(nav(page, "Tasks")).to_be_hidden()
+    menu.click()
+    expect(menu).to_have_attribute("aria-expanded", "true")
+    nav(page, "Tasks").click()
+    expect(page.get_by_role("heading", name="Tasks")).to_be_visible()
+    expect(page.get_by_role("table")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    page.locator("summary", has_text="Filters").click()  # folded away on a phone
+    expect(page.get_by_label("Search")).to_be_visible()
