@@ -145,8 +145,11 @@ def password_problems(password: str, **attributes: str) -> list[str]:
     UserAttributeSimilarityValidator does.
     """
     problems = []
-    if len(password) < 8:
-        problems.append("This password is too short. It must contain at least 8 characters.")
+    if len(password) < schemas.MIN_PASSWORD_LENGTH:
+        problems.append(
+            "This password is too short. It must contain at least "
+            f"{schemas.MIN_PASSWORD_LENGTH} characters."
+        )
     if password.isdigit():
         problems.append("This password is entirely numeric.")
     if password.lower() in COMMON_PASSWORDS:
@@ -295,6 +298,7 @@ def register():
     body=schemas.LoginSchema,
     response=schemas.AuthResponseSchema,
     auth=False,
+    errors=(401,),
 )
 def login():
     """Check the password and return a fresh token pair.
@@ -323,6 +327,7 @@ def login():
     body=schemas.RefreshSchema,
     response=schemas.AuthResponseSchema,
     auth=False,
+    errors=(401,),
 )
 def refresh():
     """Rotate: revoke the refresh token and issue a new access and refresh token.
@@ -351,6 +356,7 @@ def refresh():
     body=schemas.VerifySchema,
     response=schemas.VerifyResponseSchema,
     auth=False,
+    errors=(401,),
 )
 def verify():
     """200 with the token's type, owner and expiry, or 401."""
@@ -369,6 +375,7 @@ def verify():
     "Revoke the access token and, when given, the refresh token",
     tag="auth",
     body=schemas.LogoutSchema,
+    body_required=False,
     response=schemas.MessageSchema,
 )
 @jwt_required()

@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import queue
-import re
 import threading
 import time
 import uuid
@@ -55,10 +54,12 @@ import psycopg
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from flask_jwt_extended import get_jwt, verify_jwt_in_request
 from flask_jwt_extended.exceptions import JWTExtendedException
+from marshmallow import ValidationError
 
-from app import streamguard
+from app import schemas, streamguard
 from app.db import fetch_one, get_conn
 from app.errors import ApiError
+from app.openapi import doc
 from app.streamguard import Binding, binding_of, guarded, refuse_revoked
 from taskq.listen import ListenConnection
 from taskq.representation import json_value
@@ -76,8 +77,6 @@ CLOSE = object()  # sentinel a subscriber's queue receives when its stream must 
 # seconds, then less and less often up to RECHECK_MAX while nothing changes.
 RECHECK_FIRST = 0.05
 RECHECK_MAX = 1.0
-BIGINT_MAX = 2**63 - 1
-EVENT_ID = re.compile(r"([0-9]{1,19})(?:-([0-9]{1,19}))?")
 
 Position = tuple[int, int]  # (xact_id, history id): a place in the all-tasks order
 
@@ -537,21 +536,19 @@ def stream_binding() -> Binding:
 
 
 def last_event_id(places: bool = False) -> int | Position:
-    """The client's resume point (Last-Event-ID header, or ``last_event_id`` query): a history
-    id, 0 if none; with ``places``, also a place ``<xact_id>-<history id>``."""
-    raw = request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
-    if raw is None or raw.strip() == "":
-        return 0
-    match = EVENT_ID.fullmatch(raw.strip())
-    values = [int(v) for v in match.groups() if v is not None] if match else []
-    if not values or max(values) > BIGINT_MAX or (len(values) == 2 and not places):
-        expected = (
-            "an event id of this stream: <xact_id>-<history id>, or a history id"
-            if places
-            else "a non-negative integer"
-        )
-        raise ApiError(400, "Invalid Last-Event-ID.", {"Last-Event-ID": [f"Must be {expected}."]})
-    return (values[0], values[1]) if len(values) == 2 else values[0]
+    """The client's resume point: the Last-Event-ID header, else the ``last_event_id`` query
+    (each checked when given, the one that does not count too): a history id, 0 if none;
+    with ``places`` (the all-tasks streams), also a place ``<xact_id>-<history id>``."""
+    header_schema = schemas.AllEventsLastEventIdSchema if places else schemas.LastEventIdSchema
+    query_schema = schemas.AllEventsQuerySchema if places else schemas.EventsQuerySchema
+    raw = request.headers.get("Last-Event-ID")
+    try:
+        header = header_schema().load({} if raw is None else {"Last-Event-ID": raw})
+        query = schemas.load_query(query_schema)
+    except ValidationError as exc:
+        [messages] = exc.messages.values()  # type: ignore[union-attr]
+        raise ApiError(400, "Invalid Last-Event-ID.", {"Last-Event-ID": messages}) from None
+    return header["last_event_id"] if raw else query.get("last_event_id", 0)
 
 
 def event_position(conn: psycopg.Connection, history_id: int) -> Position:
@@ -656,6 +653,16 @@ def open_notifier() -> Notifier:
 
 
 @bp.get("/tasks/<int:task_id>/events")
+@doc(
+    "Stream one task's transitions (server-sent events)",
+    tag="events",
+    query=schemas.EventsQuerySchema,
+    headers=schemas.LastEventIdSchema,
+    response=schemas.TaskEventSchema,
+    media_type="text/event-stream",
+    also={204: None},
+    stream_token=True,
+)
 def task_events(task_id: int):
     """Stream one task's transitions (its history first; closes once it is finished)."""
     binding = stream_binding()
@@ -694,6 +701,15 @@ def owned_task(
 
 
 @bp.get("/events")
+@doc(
+    "Stream every transition of the caller's tasks (server-sent events)",
+    tag="events",
+    query=schemas.AllEventsQuerySchema,
+    headers=schemas.AllEventsLastEventIdSchema,
+    response=schemas.TaskEventSchema,
+    media_type="text/event-stream",
+    stream_token=True,
+)
 def user_events():
     """Stream every transition of the caller's tasks (replay only after a Last-Event-ID)."""
     binding = stream_binding()
@@ -715,6 +731,16 @@ def user_events():
 
 
 @bp.get("/admin/events")
+@doc(
+    "Stream every user's transitions (server-sent events; admins only)",
+    tag="admin",
+    query=schemas.AllEventsQuerySchema,
+    headers=schemas.AllEventsLastEventIdSchema,
+    response=schemas.TaskEventSchema,
+    media_type="text/event-stream",
+    stream_token=True,
+    errors=(403,),
+)
 def admin_events():
     """Stream every user's transitions, for the dashboard's admin views (admins only)."""
     binding = stream_binding()
@@ -738,6 +764,11 @@ def admin_events():
 
 
 @bp.post("/events/token")
+@doc(
+    "A short-lived token for ?token= on the streams",
+    tag="events",
+    response=schemas.StreamTokenSchema,
+)
 def stream_token():
     """A stream token for ``?token=`` on the events endpoints (EventSource sends no headers)."""
     binding = bearer_binding()

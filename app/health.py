@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, current_app, jsonify
 
+from app import schemas
 from app.db import get_conn
+from app.openapi import doc
 
 bp = Blueprint("health", __name__)
 
@@ -24,12 +26,21 @@ def migration_head() -> str:
 
 
 @bp.get("/healthz")
+@doc("Liveness", tag="service", response=schemas.HealthSchema, auth=False, database=False)
 def healthz():
     """The process is up and serving."""
     return jsonify({"status": "ok"})
 
 
 @bp.get("/readyz")
+@doc(
+    "Readiness: Postgres answers and is migrated; Redis is reported",
+    tag="service",
+    response=schemas.ReadySchema,
+    also={503: schemas.ReadySchema},
+    auth=False,
+    database=False,
+)
 def readyz():
     """Ready when Postgres answers and is migrated to head; Redis is reported when configured."""
     checks: dict[str, str] = {}

@@ -27,6 +27,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from app.db import fetch_all
 from app.errors import ApiError
+from app.openapi import doc
 
 bp = Blueprint("metrics", __name__)
 
@@ -106,6 +107,14 @@ class _Forward:
 
 
 @bp.get("/metrics")
+@doc(
+    "Prometheus metrics",
+    tag="service",
+    response={"type": "string"},
+    media_type=CONTENT_TYPE_LATEST.split(";")[0],
+    scheme="metricsToken",
+    auth_setting="TASKQ_METRICS_TOKEN",
+)
 def metrics():
     """Prometheus text exposition (``TASKQ_METRICS_TOKEN`` set: a bearer token is required)."""
     token = current_app.config.get("TASKQ_METRICS_TOKEN")

@@ -11,10 +11,10 @@ from __future__ import annotations
 import math
 import re
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
-from flask import current_app, request
+from flask import current_app, has_app_context, request
 from marshmallow import (
     EXCLUDE,
     Schema,
@@ -34,6 +34,39 @@ from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
 STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
 MAX_JSON_DEPTH = 32
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
+MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 128
+ORDERING_FIELDS = (
+    "id",
+    "created_at",
+    "updated_at",
+    "scheduled_at",
+    "run_at",
+    "started_at",
+    "completed_at",
+    "priority",
+    "status",
+    "title",
+    "task_type",
+    "queue",
+    "attempts",
+)
+MAX_ORDERING_TERMS = 5
+
+
+def any_case(word: str) -> str:
+    """A regex matching ``word`` in any letter case (JSON schema patterns have no flags)."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+def comma_list(item: str, most: int | None = None) -> str:
+    """A regex of 1 (to ``most``) comma-separated ``item``s, spaces allowed around each."""
+    repeat = "*" if most is None else f"{{0,{most - 1}}}"
+    return f"^ *(?:{item}) *(?:, *(?:{item}) *){repeat}$"
+
+
+STATUS_LIST_PATTERN = comma_list("|".join(any_case(s) for s in STATUSES))
+ORDERING_PATTERN = comma_list("-?(?:" + "|".join(ORDERING_FIELDS) + ")", MAX_ORDERING_TERMS)
 # int() also reads Arabic-Indic and fullwidth digits, "1_000" and " 7 " (and isdigit()
 # passes superscripts, which int() then refuses): a number a client writes is ASCII digits.
 ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -41,6 +74,12 @@ ASCII_INTEGER = re.compile(r"[+-]?[0-9]+")
 # inside Python's years 1-9999 on either side keeps every one readable, in UTC or not.
 EARLIEST_DATETIME = datetime(1, 1, 2, tzinfo=UTC)
 LATEST_DATETIME = datetime(9999, 12, 30, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+BIGINT_MAX = 2**63 - 1
+# An event id: a history id, or a place <xact_id>-<history id> (ASCII digits, as above).
+HISTORY_ID = "[0-9]{1,19}"
+EVENT_ID = re.compile(rf"({HISTORY_ID})(?:-({HISTORY_ID}))?")
 
 
 def ascii_int(text: str) -> int | None:
@@ -78,6 +117,43 @@ def check_json(value: Any, depth: int = 0) -> None:
     elif isinstance(value, list):
         for item in value:
             check_json(item, depth + 1)
+
+
+class FullMatch(validate.Regexp):
+    """A regex the whole value must match, as a JSON schema ``pattern`` anchored with ^ and $
+    means (``re.match`` would let ``$`` match before a final newline)."""
+
+    def __call__(self, value: str) -> str:
+        if self.regex.fullmatch(value) is None:
+            raise ValidationError(self._format_error(value))
+        return value
+
+
+class SettingRange(validate.Range):
+    """``min`` up to the app setting ``setting``, read when validating and when documenting."""
+
+    def __init__(self, setting: str, minimum: int = 1) -> None:
+        self.setting = setting
+        super().__init__(min=minimum)
+
+    @property
+    def max(self) -> int | None:  # type: ignore[override]
+        """The setting of the current app (None outside one: no upper bound known)."""
+        return current_app.config[self.setting] if has_app_context() else None
+
+    @max.setter
+    def max(self, value: Any) -> None:
+        """Range.__init__ assigns max; the setting decides it."""
+
+
+class SettingLength(validate.Length):
+    """A length from ``min`` up to the app setting ``setting`` (see SettingRange)."""
+
+    def __init__(self, setting: str, minimum: int = 1) -> None:
+        self.setting = setting
+        super().__init__(min=minimum)
+
+    max = SettingRange.max
 
 
 class Text(fields.String):
@@ -134,6 +210,44 @@ class QueryInteger(fields.Integer):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+class EventId(fields.String):
+    """Where an event stream resumes: a history id; with ``places`` (the all-tasks streams)
+    also a place ``<xact_id>-<history id>`` of their order. Blank means from now (0).
+
+    Loads as the history id (int) or the place (tuple); ASCII digits only, each at most
+    BIGINT_MAX. The pattern documents the shape; the bound is stated in words.
+    """
+
+    def __init__(self, places: bool = False, **kwargs: Any) -> None:
+        self.places = places
+        form = rf"{HISTORY_ID}(?:-{HISTORY_ID})?" if places else HISTORY_ID
+        self.expected = (
+            "an event id of this stream: <xact_id>-<history id>, or a history id"
+            if places
+            else "a non-negative integer"
+        )
+        rules = f"Must be {self.expected}, with no number above {BIGINT_MAX} (400 otherwise)"
+        if places:
+            rules += "; a history id is looked up, and one that is gone (its task deleted) is a 400"
+        metadata = kwargs.pop("metadata", {})
+        metadata = {
+            **metadata,
+            "pattern": rf"^\s*(?:{form})?\s*$",
+            "description": f"{metadata.get('description', '')} {rules}.".strip(),
+        }
+        super().__init__(metadata=metadata, **kwargs)
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs).strip()
+        if text == "":
+            return 0
+        match = EVENT_ID.fullmatch(text)
+        values = [int(v) for v in match.groups() if v is not None] if match else []
+        if not values or max(values) > BIGINT_MAX or (len(values) == 2 and not self.places):
+            raise ValidationError(f"Must be {self.expected}.")
+        return (values[0], values[1]) if len(values) == 2 else values[0]
+
+
 class StoredDateTime(fields.AwareDateTime):
     """An ISO 8601 datetime to store (UTC when no offset), as an aware UTC datetime.
 
@@ -162,18 +276,31 @@ class DateBound(fields.Field):
     """A date (whole day) or an ISO 8601 datetime, as an aware UTC datetime.
 
     ``end=True`` makes the bound exclusive: the day after a date, a microsecond
-    after a datetime, so ``created_at < bound`` keeps the index usable.
+    after a datetime, so ``created_at < bound`` keeps the index usable (past the
+    last day Python knows, 9999-12-31, the bound is that day's end).
     """
 
+    PATTERN = (
+        "^(?!0000)[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+        "(?:[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:[.][0-9]{1,6})?)?"
+        "(?:Z|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?)?$"
+    )
+    MESSAGE = "Not a valid date: use YYYY-MM-DD or an ISO 8601 datetime."
+
     def __init__(self, end: bool = False, **kwargs: Any) -> None:
-        metadata = {"description": "YYYY-MM-DD or an ISO 8601 datetime (UTC when no offset)."}
+        metadata = {
+            "type": "string",
+            "pattern": self.PATTERN,
+            "description": "YYYY-MM-DD or an ISO 8601 datetime (UTC when no offset); a day the "
+            "calendar has (400 otherwise).",
+        }
         metadata.update(kwargs.pop("metadata", {}))
         super().__init__(metadata=metadata, **kwargs)
         self.end = end
 
     def _deserialize(self, value, attr, data, **kwargs):
-        if not isinstance(value, str):
-            raise ValidationError("Not a valid date.")
+        if not isinstance(value, str) or re.fullmatch(self.PATTERN, value) is None:
+            raise ValidationError(self.MESSAGE)
         try:
             if len(value) == 10:
                 day = date.fromisoformat(value)
@@ -184,9 +311,14 @@ class DateBound(fields.Field):
                 if bound.tzinfo is None:
                     bound = bound.replace(tzinfo=UTC)
                 step = timedelta(microseconds=1)
-            return bound + step if self.end else bound
-        except (ValueError, OverflowError):
-            raise ValidationError("Not a valid date: use YYYY-MM-DD or ISO 8601.") from None
+        except ValueError:  # a day the calendar lacks
+            raise ValidationError(self.MESSAGE) from None
+        if not self.end:
+            return bound
+        try:
+            return bound + step
+        except OverflowError:
+            return datetime.max.replace(tzinfo=UTC)
 
 
 def rename_alias(data: Any, alias: str, name: str) -> Any:
@@ -200,6 +332,15 @@ def rename_alias(data: Any, alias: str, name: str) -> Any:
 
 # --------------------------------------------------------------------------- auth
 
+# The strength rules of app.auth.password_problems, as far as a JSON schema can say them.
+PASSWORD_METADATA = {
+    "minLength": MIN_PASSWORD_LENGTH,
+    "description": (
+        f"{MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters, not entirely numeric, not a "
+        "common password and not too similar to the username, email or names (400 otherwise)."
+    ),
+}
+
 
 class RegisterSchema(Schema):
     """POST /auth/register."""
@@ -208,15 +349,20 @@ class RegisterSchema(Schema):
         required=True,
         validate=[
             validate.Length(min=3, max=150),
-            validate.Regexp(r"^[\w.@+-]+$", error="Letters, digits and @ . + - _ only."),
+            FullMatch(r"^[\w.@+-]+$", error="Letters, digits and @ . + - _ only."),
         ],
     )
     email = fields.Email(required=True, validate=validate.Length(max=254))
-    password = Text(required=True, load_only=True, validate=validate.Length(max=128))
+    password = Text(
+        required=True,
+        load_only=True,
+        validate=validate.Length(max=MAX_PASSWORD_LENGTH),
+        metadata=PASSWORD_METADATA,
+    )
     password2 = Text(
         required=True,
         load_only=True,
-        metadata={"description": "Repeat of password (alias password_confirm)."},
+        metadata={"description": "Repeat of password (alias password_confirm): 400 unless equal."},
     )
     first_name = Text(load_default="", validate=validate.Length(max=150))
     last_name = Text(load_default="", validate=validate.Length(max=150))
@@ -269,9 +415,13 @@ class VerifySchema(Schema):
 
 
 class LogoutSchema(Schema):
-    """POST /auth/logout: the refresh token to revoke with the access token."""
+    """POST /auth/logout (body optional): the refresh token to revoke with the access token."""
 
-    refresh = Text(load_default=None, allow_none=True)
+    refresh = Text(
+        load_default=None,
+        allow_none=True,
+        metadata={"description": "A refresh token of the caller (400 when it is not)."},
+    )
 
 
 class ProfileUpdateSchema(Schema):
@@ -286,11 +436,18 @@ class ChangePasswordSchema(Schema):
     """POST /auth/change-password."""
 
     old_password = Text(required=True, load_only=True)
-    new_password = Text(required=True, load_only=True, validate=validate.Length(max=128))
+    new_password = Text(
+        required=True,
+        load_only=True,
+        validate=validate.Length(max=MAX_PASSWORD_LENGTH),
+        metadata=PASSWORD_METADATA,
+    )
     new_password2 = Text(
         required=True,
         load_only=True,
-        metadata={"description": "Repeat of new_password (alias new_password_confirm)."},
+        metadata={
+            "description": "Repeat of new_password (alias new_password_confirm): 400 unless equal."
+        },
     )
 
     @pre_load
@@ -359,8 +516,13 @@ class MessageSchema(Schema):
 class ErrorSchema(Schema):
     """Every error body."""
 
-    error = fields.String()
-    field_errors = fields.Dict(keys=fields.String(), values=fields.List(fields.String()))
+    error = fields.String(required=True)
+    field_errors = fields.Dict(
+        keys=fields.String(),
+        values=fields.List(fields.String()),
+        required=True,
+        metadata={"description": "Messages per field (`tasks.3.title` in a batch); may be empty."},
+    )
 
 
 # -------------------------------------------------------------------------- tasks
@@ -374,6 +536,11 @@ class TaskCreateSchema(Schema):
     create, and so are the system's queues.
     """
 
+    # For /openapi.json: what the fields cannot say (title, or its alias name, is required).
+    OPENAPI_EXTRA: ClassVar[dict[str, Any]] = {
+        "anyOf": [{"required": ["title"]}, {"required": ["name"]}]
+    }
+
     title = Text(validate=validate.Length(min=1, max=255))
     name = Text(
         load_only=True,
@@ -381,9 +548,23 @@ class TaskCreateSchema(Schema):
         metadata={"description": "Alias of title."},
     )
     description = Text(load_default="", validate=validate.Length(max=10_000))
-    task_type = Text(load_default="process", validate=validate.Length(min=1, max=100))
-    payload = JsonObject(load_default=dict)
-    queue = Text(load_default="default", validate=validate.Regexp(NAME_PATTERN))
+    task_type = Text(
+        load_default="process",
+        validate=validate.Length(min=1, max=100),
+        metadata={
+            "description": "A type GET /api/v1/task-types lists (400 for any other, internal "
+            "types included)."
+        },
+    )
+    payload = JsonObject(
+        load_default=dict,
+        metadata={"description": "Must fit the task type's payload_schema (400 otherwise)."},
+    )
+    queue = Text(
+        load_default="default",
+        validate=FullMatch(NAME_PATTERN),
+        metadata={"description": "A queue the system reserves for itself is refused (400)."},
+    )
     priority = Priority(load_default=PRIORITY_NAMES["normal"])
     scheduled_at = StoredDateTime(
         allow_none=True,
@@ -419,7 +600,10 @@ class TaskCreateSchema(Schema):
         allow_none=True,
         load_default=None,
         validate=validate.Length(max=2048),
-        metadata={"description": "Private and loopback addresses are refused."},
+        metadata={
+            "description": "http(s) URL told of the task's events; private and loopback "
+            "addresses are refused (400) unless TASKQ_ALLOW_PRIVATE_URLS."
+        },
     )
     callback_events = fields.List(
         fields.String(validate=validate.OneOf(CALLBACK_EVENTS)),
@@ -470,7 +654,33 @@ class TaskBatchSchema(Schema):
     """POST /tasks/batch: up to TASKQ_MAX_BATCH tasks, created in one transaction."""
 
     tasks = fields.List(
-        fields.Nested(TaskCreateSchema), required=True, validate=validate.Length(min=1)
+        fields.Nested(TaskCreateSchema), required=True, validate=SettingLength("TASKQ_MAX_BATCH")
+    )
+
+
+class IdempotencyHeaderSchema(Schema):
+    """The Idempotency-Key header of POST /tasks."""
+
+    key = Text(
+        data_key="Idempotency-Key",
+        validate=validate.Length(min=1, max=255, error="Give 1 to 255 characters."),
+        metadata={
+            "description": "Makes retries safe: the same key and body again answer 200 with the "
+            "first task; the same key with another body answers 422."
+        },
+    )
+
+
+def page_field() -> QueryInteger:
+    """The page number of a paginated list."""
+    return QueryInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
+
+
+def page_size_field() -> QueryInteger:
+    """The page size of a paginated list: up to TASKQ_MAX_PAGE_SIZE."""
+    return QueryInteger(
+        validate=SettingRange("TASKQ_MAX_PAGE_SIZE"),
+        metadata={"description": "Results per page (default TASKQ_PAGE_SIZE)."},
     )
 
 
@@ -481,7 +691,10 @@ class TaskListQuerySchema(Schema):
         unknown = EXCLUDE
 
     status = Text(
-        metadata={"description": "One status or several, comma-separated (case-insensitive)."}
+        validate=FullMatch(
+            STATUS_LIST_PATTERN, error=f"Must be among {', '.join(STATUSES)} (comma-separated)."
+        ),
+        metadata={"description": "One status or several, comma-separated (case-insensitive)."},
     )
     task_type = Text()
     queue = Text()
@@ -493,9 +706,16 @@ class TaskListQuerySchema(Schema):
         validate=validate.Length(max=200),
         metadata={"description": "Case-insensitive text in title or description."},
     )
-    ordering = Text(metadata={"description": "Fields, comma-separated; '-' for descending."})
-    page = QueryInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
-    page_size = QueryInteger(validate=validate.Range(min=1))
+    ordering = Text(
+        validate=FullMatch(
+            ORDERING_PATTERN,
+            error=f"Give 1 to {MAX_ORDERING_TERMS} of {', '.join(ORDERING_FIELDS)}, "
+            "comma-separated ('-' for descending).",
+        ),
+        metadata={"description": "Fields, comma-separated; '-' for descending."},
+    )
+    page = page_field()
+    page_size = page_size_field()
 
     @post_load
     def split_status(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -512,7 +732,7 @@ class TaskListQuerySchema(Schema):
 class AdminTaskListQuerySchema(TaskListQuerySchema):
     """Query string of GET /admin/tasks: the user filters as well."""
 
-    user_id = QueryInteger(validate=validate.Range(min=1, max=2**63 - 1))
+    user_id = QueryInteger(validate=validate.Range(min=1, max=BIGINT_MAX))
     username = Text()
 
 
@@ -522,16 +742,16 @@ class PageQuerySchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    page = QueryInteger(load_default=1, validate=validate.Range(min=1, max=1_000_000))
-    page_size = QueryInteger(validate=validate.Range(min=1))
+    page = page_field()
+    page_size = page_size_field()
 
 
 class OwnerSchema(Schema):
-    """The owner of a task, in the admin list."""
+    """The owner of a task, in the admin list (all null for the system's own tasks)."""
 
-    id = fields.Integer()
-    username = fields.String()
-    email = fields.String()
+    id = fields.Integer(allow_none=True)
+    username = fields.String(allow_none=True)
+    email = fields.String(allow_none=True)
 
 
 class TaskSchema(Schema):
@@ -756,6 +976,144 @@ class WorkersSchema(Schema):
     """Answer of GET /admin/workers."""
 
     workers = fields.List(fields.Nested(WorkerSchema))
+
+
+class TriggerWebhookSchema(Schema):
+    """POST /tasks/{id}/trigger-webhook (the body is optional)."""
+
+    event = fields.String(
+        load_default=None,
+        allow_none=True,
+        validate=validate.OneOf(CALLBACK_EVENTS),
+        metadata={"description": "Default: the event of the task's current status."},
+    )
+
+
+class WebhookAttemptSchema(Schema):
+    """One attempt of a webhook delivery."""
+
+    attempt = fields.Integer()
+    at = fields.DateTime()
+    status_code = fields.Integer(allow_none=True)
+    duration_ms = fields.Float(allow_none=True)
+    error = fields.String(allow_none=True)
+
+
+class WebhookDeliverySchema(Schema):
+    """One webhook delivery and its attempt log."""
+
+    id = fields.Integer()
+    task_id = fields.Integer()
+    event = fields.String()
+    url = fields.String()
+    attempt = fields.Integer()
+    max_attempts = fields.Integer()
+    status = fields.String()
+    status_code = fields.Integer(allow_none=True)
+    duration_ms = fields.Float(allow_none=True)
+    error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    delivered_at = fields.DateTime(allow_none=True)
+    attempt_log = fields.List(fields.Nested(WebhookAttemptSchema))
+
+
+class WebhookDeliveriesSchema(Schema):
+    """Answer of GET /tasks/{id}/webhook-deliveries."""
+
+    count = fields.Integer()
+    results = fields.List(fields.Nested(WebhookDeliverySchema))
+
+
+class WebhookReplayedSchema(Schema):
+    """Answer of a replay."""
+
+    delivery_id = fields.Integer()
+    replay_of = fields.Integer()
+    message = fields.String()
+
+
+class WebhookTriggeredSchema(Schema):
+    """Answer of trigger-webhook."""
+
+    delivery_id = fields.Integer()
+    event = fields.String()
+    message = fields.String()
+
+
+class LastEventIdSchema(Schema):
+    """The Last-Event-ID header of a task's event stream (it wins over the query string)."""
+
+    last_event_id = EventId(
+        data_key="Last-Event-ID",
+        metadata={"description": "Resume after this event id (EventSource sends it)."},
+    )
+
+
+class EventsQuerySchema(Schema):
+    """Query string of a task's event stream (``token``: see the streamToken security scheme)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    last_event_id = EventId(
+        metadata={"description": "Resume after this event id (when no Last-Event-ID header)."}
+    )
+
+
+class AllEventsLastEventIdSchema(LastEventIdSchema):
+    """The Last-Event-ID header of an all-tasks stream: a place, or a history id."""
+
+    last_event_id = EventId(
+        places=True,
+        data_key="Last-Event-ID",
+        metadata={"description": "Resume after this event (EventSource sends its id)."},
+    )
+
+
+class AllEventsQuerySchema(EventsQuerySchema):
+    """Query string of an all-tasks stream."""
+
+    last_event_id = EventId(
+        places=True,
+        metadata={"description": "Resume after this event (when no Last-Event-ID header)."},
+    )
+
+
+class TaskEventSchema(Schema):
+    """One server-sent event of a stream."""
+
+    id = fields.String(
+        metadata={
+            "description": "The history id; on an all-tasks stream the place "
+            "`<xact_id>-<history id>` (none on `deleted`)."
+        }
+    )
+    event = fields.String(
+        required=True,
+        validate=validate.OneOf([s.lower() for s in (*STATUSES, "DELETED")]),
+        metadata={"description": "The task's new status, lower case."},
+    )
+    data = fields.String(required=True, metadata={"description": "The transition as JSON."})
+
+
+class StreamTokenSchema(Schema):
+    """Answer of POST /events/token."""
+
+    token = fields.String()
+    expires_in = fields.Integer(metadata={"description": "Seconds."})
+
+
+class HealthSchema(Schema):
+    """Answer of /healthz."""
+
+    status = fields.String()
+
+
+class ReadySchema(Schema):
+    """Answer of /readyz: ready, or why not."""
+
+    status = fields.String(validate=validate.OneOf(["ready", "not ready"]))
+    checks = fields.Dict(keys=fields.String(), values=fields.String())
 
 
 class StuckTaskSchema(Schema):

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 from flask import Blueprint, Flask, jsonify
 
+from app import schemas
 from app.db import fetch_all, fetch_one
 from app.errors import ApiError, get_json_body
 from app.events import bearer_user_id, owned_task
-from taskq.representation import CALLBACK_EVENTS, EVENT_FOR_STATUS, row_to_json
+from app.openapi import doc
+from taskq.representation import EVENT_FOR_STATUS, row_to_json
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/tasks")
 
-KNOWN_EVENTS = frozenset(CALLBACK_EVENTS)
-
 
 @bp.get("/<int:task_id>/webhook-deliveries")
+@doc("A task's webhook deliveries", tag="webhooks", response=schemas.WebhookDeliveriesSchema)
 def list_deliveries(task_id: int):
     """A task's webhook deliveries, newest first, each with its attempt log."""
     owned_task(task_id, bearer_user_id())
@@ -29,6 +30,12 @@ def list_deliveries(task_id: int):
 
 
 @bp.post("/<int:task_id>/webhook-deliveries/<int:delivery_id>/replay")
+@doc(
+    "Send a webhook delivery again",
+    tag="webhooks",
+    response=schemas.WebhookReplayedSchema,
+    status=202,
+)
 def replay_delivery(task_id: int, delivery_id: int):
     """Send a delivery again: a new delivery with the same event and task snapshot."""
     owned_task(task_id, bearer_user_id())
@@ -44,23 +51,24 @@ def replay_delivery(task_id: int, delivery_id: int):
 
 
 @bp.post("/<int:task_id>/trigger-webhook")
+@doc(
+    "Enqueue a webhook delivery of the task as it is now",
+    tag="webhooks",
+    body=schemas.TriggerWebhookSchema,
+    body_required=False,
+    response=schemas.WebhookTriggeredSchema,
+    status=202,
+)
 def trigger_webhook(task_id: int):
     """Enqueue a delivery of the task as it is now; ``{"event": ...}`` optional."""
     owned_task(task_id, bearer_user_id())
-    data = get_json_body(optional=True)
-    if not isinstance(data, dict):
-        raise ApiError(400, "Invalid input.", {"non_field_errors": ["Send a JSON object."]})
+    data = schemas.TriggerWebhookSchema().load(get_json_body(optional=True))
     task = fetch_one("task_callback", {"task_id": task_id})
     if task is None:
         raise ApiError(404, "Task not found.")
     if not task["callback_url"]:
         raise ApiError(400, "The task has no callback_url.", {"callback_url": ["Not set."]})
-    event = data.get("event")
-    if event is None:
-        event = EVENT_FOR_STATUS.get(task["status"], "task.queued")
-    if not isinstance(event, str) or event not in KNOWN_EVENTS:
-        choices = ", ".join(sorted(KNOWN_EVENTS))
-        raise ApiError(400, "Invalid input.", {"event": [f"Must be one of: {choices}."]})
+    event = data["event"] or EVENT_FOR_STATUS.get(task["status"], "task.queued")
     row = fetch_one("trigger_webhook", {"task_id": task_id, "event": event})
     if row is None:  # the task was deleted or lost its callback in between
         raise ApiError(404, "Task not found.")

@@ -232,6 +232,19 @@ def test_a_bad_last_event_id_is_a_400(stream_app, client, make_account, database
             assert "Last-Event-ID" in response.get_json()["field_errors"]
 
 
+def test_the_resume_point_that_does_not_count_is_checked_too(stream_app, client, make_account):
+    # The header wins, but a bad query beside it is refused, as the document says of both.
+    ann = make_account("ann")
+    for value in ("\u0661", "5-6-7", "99999999999999999999"):
+        response = client.get(
+            f"{API}/events",
+            headers={**ann.headers, "Last-Event-ID": "0-0"},
+            query_string={"last_event_id": value},
+        )
+        assert response.status_code == 400, value
+        assert set(response.get_json()["field_errors"]) == {"Last-Event-ID"}, value
+
+
 @pytest.mark.parametrize(
     ("name", "params"),
     [

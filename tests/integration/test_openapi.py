@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 from app import schemas
+from app.openapi import HIDDEN_ENDPOINTS
 
 
 def test_openapi_lists_every_route_with_its_schemas(app, client):
@@ -28,9 +31,31 @@ def test_openapi_lists_every_route_with_its_schemas(app, client):
     assert "403" in spec["paths"]["/api/v1/admin/tasks"]["get"]["responses"]
     assert "409" in spec["paths"]["/api/v1/tasks/{task_id}/cancel"]["post"]["responses"]
     params = spec["paths"]["/api/v1/tasks/{task_id}"]["parameters"]
-    assert params == [
-        {"in": "path", "name": "task_id", "required": True, "schema": {"type": "integer"}}
+    bigint = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
+    assert params == [{"in": "path", "name": "task_id", "required": True, "schema": bigint}]
+
+
+def test_every_operation_is_described_with_its_errors_shared(app, client):
+    spec = client.get("/openapi.json").get_json()
+    operations = [
+        (f"{method.upper()} {path}", op)
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if method != "parameters"
     ]
+    # Left out: the pages (the console, /docs, the document itself, static files).
+    documented = {r.rule for r in app.url_map.iter_rules() if r.endpoint not in HIDDEN_ENDPOINTS}
+    assert len(documented) == len(spec["paths"])
+    assert {"/api/v1/admin/stuck-tasks", "/api/v1/admin/events"} <= set(spec["paths"])
+    error = {"$ref": "#/components/schemas/Error"}
+    for name, answer in spec["components"]["responses"].items():
+        assert answer["content"] == {"application/json": {"schema": error}}, name
+    for label, op in operations:
+        assert op.get("operationId"), f"{label} has no @doc"
+        for status, answer in op["responses"].items():
+            # gunicorn's 414 is HTML; /readyz says why it is not ready in its own body
+            if status[0] in "45" and status != "414" and label != "GET /readyz":
+                assert answer["$ref"].startswith("#/components/responses/"), (label, status)
 
 
 def test_components_are_the_validating_schemas(client):
@@ -60,3 +85,22 @@ def test_openapi_unknown_method_is_json_405(client):
     response = client.post("/openapi.json", json={})
     assert response.status_code == 405
     assert set(response.get_json()) == {"error", "field_errors"}
+
+
+def test_each_stream_documents_its_resume_points(client):
+    # The all-tasks streams resume from a place <xact_id>-<history id> or a history id; a
+    # task's stream from a history id only. ASCII digits only; blank is no resume point.
+    paths = client.get("/openapi.json").get_json()["paths"]
+
+    def patterns(path: str) -> list[re.Pattern[str]]:
+        parameters = paths[path]["get"]["parameters"]
+        found = [p["schema"]["pattern"] for p in parameters if p["name"].lower().startswith("last")]
+        assert len(found) == 2, path  # the header and the query parameter
+        return [re.compile(pattern) for pattern in found]
+
+    for path in ("/api/v1/events", "/api/v1/admin/events", "/api/v1/tasks/{task_id}/events"):
+        for pattern in patterns(path):
+            assert pattern.search("42") and pattern.search("")
+            for bad in ("abc", "-5", "\u0661\u0662", "1-2-3", "1" * 20):
+                assert not pattern.search(bad), (path, bad)
+            assert bool(pattern.search("7315-42")) == (path != "/api/v1/tasks/{task_id}/events")
