@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.conftest import admin_execute, close_app, register_account, with_database
+from tests.helpers import admin_execute, close_app, register_account, with_database
 
 pytestmark = pytest.mark.slow
 
