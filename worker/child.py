@@ -89,7 +89,7 @@ class Child:
 
     def start(self) -> None:
         """Load the task modules and start every service."""
-        load_task_modules(self.config.imports)
+        load_task_modules(self.runner.config.imports)
         # Imported modules live as long as the process: keep them out of every
         # full collection (a batch of 1,000 rows otherwise triggers one that
         # walks them all, ~50 ms).
