@@ -700,6 +700,27 @@ def owned_task(
     return task
 
 
+def all_tasks_stream(
+    binding: Binding, query: str, params: dict[str, Any], **subscription: Any
+) -> Response:
+    """A stream in the all-tasks order: subscribe, replay ``query`` after the resume place, go
+    live. ``subscription``: ``user_id=`` (one user's tasks) or ``everything=True``."""
+    resume = last_event_id(places=True)
+    notifier = open_notifier()
+    sub = notifier.subscribe(**subscription)  # before the replay: nothing falls in between
+    try:
+        replayed, after = [], None
+        if resume:
+            with get_conn() as conn:
+                after = resume if isinstance(resume, tuple) else event_position(conn, resume)
+                replayed = replay(conn, query, params, after)
+    except BaseException:
+        notifier.unsubscribe(sub)
+        raise
+    body = stream_body(notifier, sub, replayed, after, follow_task=False)
+    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
+
+
 @bp.get("/events")
 @doc(
     "Stream every transition of the caller's tasks (server-sent events)",
@@ -714,20 +735,7 @@ def user_events():
     """Stream every transition of the caller's tasks (replay only after a Last-Event-ID)."""
     binding = stream_binding()
     user_id = binding.user_id
-    resume = last_event_id(places=True)
-    notifier = open_notifier()
-    sub = notifier.subscribe(user_id=user_id)  # before the replay: nothing falls in between
-    try:
-        replayed, after = [], None
-        if resume:
-            with get_conn() as conn:
-                after = resume if isinstance(resume, tuple) else event_position(conn, resume)
-                replayed = replay(conn, "user_events_since", {"user_id": user_id}, after)
-    except BaseException:
-        notifier.unsubscribe(sub)
-        raise
-    body = stream_body(notifier, sub, replayed, after, follow_task=False)
-    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
+    return all_tasks_stream(binding, "user_events_since", {"user_id": user_id}, user_id=user_id)
 
 
 @bp.get("/admin/events")
@@ -747,20 +755,7 @@ def admin_events():
     user = fetch_one("get_user", {"user_id": binding.user_id})
     if user is None or not user["is_admin"] or not user["is_active"]:
         raise ApiError(403, "Admins only.")
-    resume = last_event_id(places=True)
-    notifier = open_notifier()
-    sub = notifier.subscribe(everything=True)  # before the replay: nothing falls in between
-    try:
-        replayed, after = [], None
-        if resume:
-            with get_conn() as conn:
-                after = resume if isinstance(resume, tuple) else event_position(conn, resume)
-                replayed = replay(conn, "all_events_since", {}, after)
-    except BaseException:
-        notifier.unsubscribe(sub)
-        raise
-    body = stream_body(notifier, sub, replayed, after, follow_task=False)
-    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
+    return all_tasks_stream(binding, "all_events_since", {}, everything=True)
 
 
 @bp.post("/events/token")

@@ -133,6 +133,35 @@ def admin_execute(server_url: str, statement: str) -> None:
         conn.execute(statement)
 
 
+@contextmanager
+def template_copy(server_url: str, template: str, prefix: str) -> Iterator[str]:
+    """A database copied from ``template`` for a module's servers; its URL, dropped after."""
+    import uuid
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin_execute(server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    try:
+        yield with_database(server_url, name)
+    finally:
+        admin_execute(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def api_server(
+    server_url: str, template: str, prefix: str, secret: str, workers: int, **env: str
+) -> Iterator[tuple[str, str]]:
+    """``(url, database_url)`` of a real ``taskq api`` on a template copy of its own."""
+    from bench.sse_latency import start_api
+
+    with template_copy(server_url, template, prefix) as database_url:
+        url, proc = start_api(database_url, secret, workers=workers, **env)
+        try:
+            yield url, database_url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=20)
+
+
 def make_user(db: psycopg.Connection, name: str = "ann") -> int:
     """A user row made in SQL; its id."""
     return db.execute(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -19,8 +18,7 @@ import pytest
 import requests
 
 from app.auth import create_admin_user
-from bench.sse_latency import start_api
-from tests.helpers import Receiver, admin_execute, chromium_browser, wait_for, with_database
+from tests.helpers import Receiver, api_server, chromium_browser, wait_for
 from tests.worker_helpers import start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
@@ -81,13 +79,16 @@ class Console:
 
 @pytest.fixture(scope="module")
 def console(pg_server_url: str, template_database: str) -> Iterator[Console]:
-    name = f"taskq_dash_{uuid.uuid4().hex[:10]}"
-    admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    database_url = with_database(pg_server_url, name)
     local = {"TASKQ_ALLOW_PRIVATE_URLS": "1"}  # the webhook receiver is on 127.0.0.1
-    url, api = start_api(
-        database_url, SECRET, workers=1, TASKQ_COOKIE_SECURE="0", TASKQ_SSE_KEEPALIVE="1", **local
-    )
+    with api_server(
+        pg_server_url, template_database, "taskq_dash", SECRET, 1,
+        TASKQ_COOKIE_SECURE="0", TASKQ_SSE_KEEPALIVE="1", **local,
+    ) as (url, database_url):  # fmt: skip
+        yield from console_on(url, database_url, local)
+
+
+def console_on(url: str, database_url: str, local: dict[str, str]) -> Iterator[Console]:
+    """The console's users and worker on a running API."""
     worker = start_worker(database_url, "--concurrency", "2", **local)
     try:
         for username in ("ann", "bob"):
@@ -102,9 +103,6 @@ def console(pg_server_url: str, template_database: str) -> Iterator[Console]:
         yield Console(url, database_url)
     finally:
         stop_worker(worker)
-        api.terminate()
-        api.wait(timeout=20)
-        admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

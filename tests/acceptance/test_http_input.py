@@ -3,15 +3,13 @@ client cannot show, because it always sends a Content-Length."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 import requests
 
-from bench.sse_latency import start_api
-from tests.helpers import API, admin_execute, with_database
+from tests.helpers import API, api_server
 
 pytestmark = pytest.mark.slow
 
@@ -22,16 +20,10 @@ LIMIT = 64 * 1024
 @pytest.fixture(scope="module")
 def server(pg_server_url: str, template_database: str) -> Iterator[tuple[str, str]]:
     """(API URL, database URL) of ``taskq api`` with a 64 KiB body limit."""
-    name = f"taskq_body_{uuid.uuid4().hex[:10]}"
-    admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    database_url = with_database(pg_server_url, name)
-    url, proc = start_api(database_url, SECRET, workers=1, TASKQ_MAX_BODY_BYTES=str(LIMIT))
-    try:
-        yield url, database_url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with api_server(
+        pg_server_url, template_database, "taskq_body", SECRET, 1, TASKQ_MAX_BODY_BYTES=str(LIMIT)
+    ) as running:
+        yield running
 
 
 def chunked(body: bytes, size: int = 4096) -> Iterator[bytes]:

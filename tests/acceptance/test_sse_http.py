@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -13,8 +12,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.sse_latency import StreamSet, local_token_factory, start_api
-from tests.helpers import admin_execute, commit_transition, held_transition, wait_for, with_database
+from bench.sse_latency import StreamSet, local_token_factory
+from tests.helpers import api_server, commit_transition, held_transition, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -43,16 +42,10 @@ class Server:
 
 def running_server(pg_server_url: str, template_database: str, workers: int) -> Iterator[Server]:
     """``taskq api`` with ``workers`` processes on a database of its own."""
-    name = f"taskq_sse_{uuid.uuid4().hex[:10]}"
-    admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    database_url = with_database(pg_server_url, name)
-    url, proc = start_api(database_url, SECRET, workers=workers, TASKQ_SSE_KEEPALIVE="0.5")
-    try:
+    with api_server(
+        pg_server_url, template_database, "taskq_sse", SECRET, workers, TASKQ_SSE_KEEPALIVE="0.5"
+    ) as (url, database_url):
         yield Server(url, database_url)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="module")

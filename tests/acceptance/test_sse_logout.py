@@ -8,7 +8,6 @@ revocation in Postgres.
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -16,8 +15,7 @@ import psycopg
 import pytest
 import requests
 
-from bench.sse_latency import start_api
-from tests.helpers import admin_execute, wait_for, with_database
+from tests.helpers import api_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,16 +26,10 @@ PASSWORD = "Sturdy-Lamp-42"
 @pytest.fixture(scope="module")
 def api(pg_server_url: str, template_database: str) -> Iterator[tuple[str, str]]:
     """``(url, database_url)`` of a 2-process ``taskq api`` on a database of its own."""
-    name = f"taskq_sse_logout_{uuid.uuid4().hex[:10]}"
-    admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    database_url = with_database(pg_server_url, name)
-    url, proc = start_api(database_url, SECRET, workers=2, TASKQ_SSE_KEEPALIVE="0.5")
-    try:
-        yield url, database_url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with api_server(
+        pg_server_url, template_database, "taskq_sse_logout", SECRET, 2, TASKQ_SSE_KEEPALIVE="0.5"
+    ) as running:
+        yield running
 
 
 @dataclass

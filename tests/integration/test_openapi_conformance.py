@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import traceback
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.helpers import admin_execute, close_app, register_account, with_database
+from tests.helpers import close_app, register_account, template_copy
 
 pytestmark = pytest.mark.slow
 
@@ -151,12 +150,15 @@ class Api:
 @pytest.fixture(scope="module")
 def api(pg_server_url: str, template_database: str) -> Iterator[Api]:
     """The API on a database of its own, with a user who owns a few tasks, and an admin."""
+    with template_copy(pg_server_url, template_database, "taskq_conf") as database_url:
+        yield from conformance_api(database_url)
+
+
+def conformance_api(database_url: str) -> Iterator[Api]:
+    """The app on ``database_url`` with its seeded user, tasks and admin."""
     from app import create_app
     from app.auth import create_admin_user
 
-    name = f"taskq_conf_{uuid.uuid4().hex[:10]}"
-    admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    database_url = with_database(pg_server_url, name)
     application = create_app(
         {
             "DATABASE_URL": database_url,
@@ -187,7 +189,6 @@ def api(pg_server_url: str, template_database: str) -> Iterator[Api]:
         yield Api(application, {"admin" if row["is_admin"] else "user": row for row in rows})
     finally:
         close_app(application)
-        admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
