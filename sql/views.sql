@@ -10,39 +10,56 @@ SELECT queue,
        count(*)                                  AS tasks,
        max(now() - created_at)                   AS oldest_age,
        count(*) FILTER (WHERE run_at <= now())   AS due
-  FROM tasks
- WHERE status IN ('PENDING', 'RETRYING', 'PROCESSING')
+  FROM (SELECT queue, status, created_at, run_at
+          FROM tasks WHERE status IN ('PENDING', 'RETRYING')
+        UNION ALL
+        SELECT queue, status, created_at, run_at
+          FROM tasks WHERE status = 'PROCESSING') live
  GROUP BY queue, status;
 COMMENT ON VIEW queue_depth IS 'Unfinished tasks per queue and status, with the age of the oldest.';
 
 CREATE OR REPLACE VIEW queue_stats AS
-WITH live AS (
+WITH counted AS (
     SELECT queue,
-           count(*) FILTER (WHERE status IN ('PENDING', 'RETRYING')) AS waiting,
-           count(*) FILTER (WHERE status IN ('PENDING', 'RETRYING') AND run_at <= now()) AS due,
-           count(*) FILTER (WHERE status = 'PROCESSING')               AS running,
-           max(now() - run_at) FILTER (WHERE status IN ('PENDING', 'RETRYING')
-                                         AND run_at <= now())          AS oldest_due_age
+           coalesce(sum(tasks) FILTER (WHERE status IN ('PENDING', 'RETRYING')), 0)::bigint
+               AS waiting,
+           coalesce(sum(tasks) FILTER (WHERE status = 'PROCESSING'), 0)::bigint AS running
+      FROM (SELECT queue, status, tasks FROM queue_counts
+             WHERE status IN ('PENDING', 'RETRYING', 'PROCESSING')
+            UNION ALL
+            SELECT queue, status, tasks FROM task_count_deltas
+             WHERE status IN ('PENDING', 'RETRYING', 'PROCESSING')) c
+     GROUP BY queue
+    HAVING sum(tasks) > 0
+), due AS (
+    SELECT queue, count(*) AS due, max(now() - run_at) AS oldest_due_age
       FROM tasks
-     WHERE status IN ('PENDING', 'RETRYING', 'PROCESSING')
+     WHERE status IN ('PENDING', 'RETRYING') AND run_at <= now()
      GROUP BY queue
 ), recent AS (
-    SELECT t.queue,
-           count(*) FILTER (WHERE h.to_status = 'COMPLETED') AS completed_last_minute,
-           count(*) FILTER (WHERE h.to_status = 'FAILED')    AS failed_last_minute
-      FROM task_history h JOIN tasks t ON t.id = h.task_id
-     WHERE h.created_at > now() - interval '1 minute'
-       AND h.to_status IN ('COMPLETED', 'FAILED')
-     GROUP BY t.queue
+    SELECT queue,
+           coalesce(sum(entered) FILTER (WHERE status = 'COMPLETED'), 0)::bigint
+               AS completed_last_minute,
+           coalesce(sum(entered) FILTER (WHERE status = 'FAILED'), 0)::bigint
+               AS failed_last_minute
+      FROM (SELECT queue, status, entered FROM status_entries
+             WHERE at > now() - interval '1 minute' AND status IN ('COMPLETED', 'FAILED')
+            UNION ALL
+            SELECT queue, status, entered FROM task_count_deltas
+             WHERE at > now() - interval '1 minute' AND status IN ('COMPLETED', 'FAILED')
+               AND entered > 0) r
+     GROUP BY queue
 )
 SELECT coalesce(l.queue, r.queue)               AS queue,
        coalesce(l.waiting, 0)                   AS waiting,
-       coalesce(l.due, 0)                       AS due,
+       coalesce(d.due, 0)                       AS due,
        coalesce(l.running, 0)                   AS running,
-       l.oldest_due_age,
+       d.oldest_due_age,
        coalesce(r.completed_last_minute, 0)     AS completed_last_minute,
        coalesce(r.failed_last_minute, 0)        AS failed_last_minute
-  FROM live l FULL JOIN recent r ON r.queue = l.queue;
+  FROM counted l
+  FULL JOIN recent r ON r.queue = l.queue
+  LEFT JOIN due d ON d.queue = l.queue;
 COMMENT ON VIEW queue_stats IS 'Per queue: waiting, due and running tasks, oldest due age, completions in the last minute.';
 
 CREATE OR REPLACE VIEW stuck_tasks AS

@@ -26,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, TSVECTOR
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
@@ -238,3 +238,48 @@ class PeriodicTick(Base):
     tick_at: Mapped[datetime] = mapped_column(TZ, primary_key=True)
     task_id: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = now_default()
+
+
+class TaskCountDelta(Base):
+    __tablename__ = "task_count_deltas"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    queue: Mapped[str] = mapped_column(Text)
+    task_type: Mapped[str] = mapped_column(Text)
+    status: Mapped[TaskStatus] = mapped_column(task_status)
+    tasks: Mapped[int] = mapped_column(BigInteger)
+    entered: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime] = mapped_column(TZ, server_default=func.clock_timestamp())
+
+
+class TaskCount(Base):
+    __tablename__ = "task_counts"
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    queue: Mapped[str] = mapped_column(Text, primary_key=True)
+    task_type: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[TaskStatus] = mapped_column(task_status, primary_key=True)
+    tasks: Mapped[int] = mapped_column(BigInteger)
+
+
+class QueueCount(Base):
+    __tablename__ = "queue_counts"
+    queue: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[TaskStatus] = mapped_column(task_status, primary_key=True)
+    tasks: Mapped[int] = mapped_column(BigInteger)
+
+
+class StatusEntry(Base):
+    __tablename__ = "status_entries"
+    queue: Mapped[str] = mapped_column(Text, primary_key=True)
+    status: Mapped[TaskStatus] = mapped_column(task_status, primary_key=True)
+    at: Mapped[datetime] = mapped_column(TZ, primary_key=True)
+    entered: Mapped[int] = mapped_column(BigInteger)
+
+
+class TaskSearch(Base):
+    __tablename__ = "task_search"
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    document: Mapped[str] = mapped_column(TSVECTOR)
+    __table_args__ = (
+        Index("ix_task_search_document", "document", postgresql_using="gin"),
+    )

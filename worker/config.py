@@ -55,6 +55,7 @@ class WorkerConfig:
     flush_ms: float = 50.0
     cancel_grace: float = 1.0
     reaper_interval: float = 5.0
+    counts_interval: float = 1.0
     periodic_catchup: float = 300.0
     periodic: tuple[PeriodicSchedule, ...] = ()
     metrics_port: int | None = None
@@ -169,6 +170,7 @@ def load_config(**options: Any) -> WorkerConfig:
         flush_ms=env_float("TASKQ_FLUSH_MS", 50.0, minimum=0),
         cancel_grace=env_float("TASKQ_CANCEL_GRACE", 1.0, minimum=0.05),
         reaper_interval=env_float("TASKQ_REAPER_INTERVAL", min(5.0, lease / 2), minimum=0.05),
+        counts_interval=env_float("TASKQ_COUNTS_INTERVAL", 1.0, minimum=0.05),
         periodic_catchup=env_float("TASKQ_PERIODIC_CATCHUP", 300.0, minimum=0),
         periodic=periodic_schedules(imports),
         metrics_port=env_int("TASKQ_METRICS_PORT", 0, minimum=0) or None,

@@ -1,4 +1,5 @@
-"""Maintenance on the elected leader only: the reaper and the periodic enqueuer.
+"""Maintenance on the elected leader only: the reaper, the periodic enqueuer and the
+roll-up of the task counters (``taskq.counters``).
 
 It runs in a thread of the supervisor (start/stop), a round every tenth of
 a second; each round paces itself. Leadership is a session advisory lock
@@ -22,6 +23,7 @@ from croniter import croniter
 from psycopg.types.json import Jsonb
 
 from sql import queries
+from taskq.counters import forget_empty_task_counts, roll_up_task_counts
 from worker import metrics
 from worker.completer import NO_BACKOFF, Outcomes, write_outcomes
 from worker.config import PeriodicSchedule, WorkerConfig
@@ -31,6 +33,7 @@ log = logging.getLogger("taskq.worker.maintenance")
 
 LEADER_LOCK_KEY = 0x7461736B71  # "taskq"
 ROUND = 0.1  # seconds between rounds
+FORGET_EMPTY_COUNTS = 3600.0  # seconds between sweeps of counters at zero
 
 
 def reap_expired_leases(conn: psycopg.Connection, limit: int = 1000) -> int:
@@ -96,6 +99,8 @@ class Maintenance:
         self.leader = False
         self.next_attempt = 0.0
         self.next_reap = 0.0
+        self.next_roll_up = 0.0
+        self.next_forget = 0.0
         self.last_tick: dict[str, datetime] = {}
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -142,6 +147,7 @@ class Maintenance:
                 if count:
                     log.info("reaper returned %d tasks with expired leases", count)
             self.enqueue_periodic(datetime.now(UTC))
+            self.roll_up_counts(now)
         except psycopg.Error as exc:
             log.warning("maintenance: database error (%s); stepping down", exc)
             self.step_down()
@@ -175,6 +181,16 @@ class Maintenance:
             if conn is not None:
                 conn.close()
         self.lock_conn = self.conn = None
+
+    def roll_up_counts(self, now: float) -> None:
+        """Fold the pending counter deltas every TASKQ_COUNTS_INTERVAL; sweep zeros hourly."""
+        if now < self.next_roll_up:
+            return
+        self.next_roll_up = now + self.config.counts_interval
+        roll_up_task_counts(self.db())
+        if now >= self.next_forget:
+            self.next_forget = now + FORGET_EMPTY_COUNTS
+            forget_empty_task_counts(self.db())
 
     def enqueue_periodic(self, now: datetime) -> None:
         """Enqueue each schedule's latest tick, if recent and not enqueued yet."""
