@@ -34,7 +34,7 @@ schemas.reject_bad_data(bp)
 def admin_tasks():
     """The filters of GET /tasks, plus user_id and username; each task with its owner."""
     query = schemas.load_query(schemas.AdminTaskListQuerySchema)
-    return list_tasks_page("admin_list_tasks", "admin_count_tasks", query, {})
+    return list_tasks_page("admin_list_tasks", query, {}, admin=True)
 
 
 @bp.get("/tasks/<int:task_id>")

@@ -684,6 +684,47 @@ def page_size_field() -> QueryInteger:
     )
 
 
+def cursor_field() -> Text:
+    """The keyset cursor of a paginated list: a ``next_cursor`` this list gave."""
+    return Text(
+        validate=validate.Length(min=1, max=4000),
+        metadata={
+            "description": "The next_cursor of the previous page: the rows after its last row, "
+            "in that page's order (the cursor's order wins over ordering, and page is ignored). "
+            "Only a cursor this list gave is accepted (400 otherwise)."
+        },
+    )
+
+
+def page_fields(item: type[Schema], paged: bool = True) -> dict[str, fields.Field]:
+    """The fields of a page of ``item``: count, links, next_cursor and the results."""
+    body: dict[str, fields.Field] = {
+        "count": fields.Integer(
+            metadata={
+                "description": "Rows matching the filters: exact when count_exact, else a lower "
+                "bound (the count stopped at TASKQ_COUNT_LIMIT)."
+            }
+        ),
+        "count_exact": fields.Boolean(
+            metadata={
+                "description": "Whether count is exact: always for the filters the counters "
+                "answer (owner, status, task_type, queue), else when below TASKQ_COUNT_LIMIT."
+            }
+        ),
+        "next_cursor": fields.String(
+            allow_none=True,
+            metadata={"description": "Pass as cursor for the next page; null on the last page."},
+        ),
+        "results": fields.List(fields.Nested(item)),
+    }
+    if paged:
+        body["next"] = fields.String(allow_none=True)
+        body["previous"] = fields.String(
+            allow_none=True, metadata={"description": "Null when the page was asked by cursor."}
+        )
+    return body
+
+
 class TaskListQuerySchema(Schema):
     """Query string of GET /tasks and GET /admin/tasks."""
 
@@ -716,6 +757,7 @@ class TaskListQuerySchema(Schema):
     )
     page = page_field()
     page_size = page_size_field()
+    cursor = cursor_field()
 
     @post_load
     def split_status(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -737,13 +779,24 @@ class AdminTaskListQuerySchema(TaskListQuerySchema):
 
 
 class PageQuerySchema(Schema):
-    """page/page_size of the other paginated lists."""
+    """page/page_size (or cursor) of the other paginated lists."""
 
     class Meta:
         unknown = EXCLUDE
 
     page = page_field()
     page_size = page_size_field()
+    cursor = cursor_field()
+
+
+class CursorQuerySchema(Schema):
+    """page_size and cursor of a list that pages by cursor only."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    page_size = page_size_field()
+    cursor = cursor_field()
 
 
 class OwnerSchema(Schema):
@@ -804,13 +857,8 @@ class TaskBatchCreatedSchema(Schema):
     message = fields.String()
 
 
-class TaskPageSchema(Schema):
-    """A page of tasks."""
-
-    count = fields.Integer()
-    next = fields.String(allow_none=True)
-    previous = fields.String(allow_none=True)
-    results = fields.List(fields.Nested(TaskSchema))
+TaskPageSchema = Schema.from_dict(page_fields(TaskSchema), name="TaskPageSchema")
+TaskPageSchema.__doc__ = "A page of tasks."
 
 
 class TaskDetailSchema(Schema):
@@ -912,13 +960,8 @@ class DeadLetterSchema(Schema):
     task_status = fields.String(allow_none=True)
 
 
-class DeadLetterPageSchema(Schema):
-    """A page of dead letters."""
-
-    count = fields.Integer()
-    next = fields.String(allow_none=True)
-    previous = fields.String(allow_none=True)
-    results = fields.List(fields.Nested(DeadLetterSchema))
+DeadLetterPageSchema = Schema.from_dict(page_fields(DeadLetterSchema), name="DeadLetterPageSchema")
+DeadLetterPageSchema.__doc__ = "A page of dead letters."
 
 
 class DeadLetterDetailSchema(Schema):
@@ -1017,11 +1060,10 @@ class WebhookDeliverySchema(Schema):
     attempt_log = fields.List(fields.Nested(WebhookAttemptSchema))
 
 
-class WebhookDeliveriesSchema(Schema):
-    """Answer of GET /tasks/{id}/webhook-deliveries."""
-
-    count = fields.Integer()
-    results = fields.List(fields.Nested(WebhookDeliverySchema))
+WebhookDeliveriesSchema = Schema.from_dict(
+    page_fields(WebhookDeliverySchema, paged=False), name="WebhookDeliveriesSchema"
+)
+WebhookDeliveriesSchema.__doc__ = "Answer of GET /tasks/{id}/webhook-deliveries: a page of them."
 
 
 class WebhookReplayedSchema(Schema):

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
 
 from flask import Blueprint, Flask, current_app, request, url_for
 from flask_jwt_extended import jwt_required
@@ -26,6 +24,7 @@ from app.db import fetch_all, fetch_one, get_conn
 from app.errors import ApiError, get_json_body
 from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
+from app.pagination import Term, order_sql, page_body, page_request
 from sql import queries
 from taskq.enqueue import insert_tasks
 from taskq.registry import user_task_types
@@ -52,6 +51,9 @@ FILTER_FRAGMENTS = {
     "end_date": "task_filter_end_date",
     "search": "task_filter_search",
 }
+# Filters the counters answer exactly (sql/counters.sql); the per-queue counters need no owner.
+COUNTED_FILTERS = frozenset({"user_id", "username", "status", "task_type", "queue"})
+QUEUE_COUNTED_FILTERS = frozenset({"status", "queue"})
 CANCELLABLE = ("PENDING", "RETRYING", "PROCESSING")
 RETRYABLE = ("FAILED", "CANCELLED")
 # Schemas keep no per-load state: one instance spares every create a deep copy of its fields.
@@ -61,14 +63,8 @@ TASK_CREATE_SCHEMA = schemas.TaskCreateSchema()
 # ----------------------------------------------------------------- helpers
 
 
-def like_pattern(text: str) -> str:
-    """``%text%`` for ILIKE, with the pattern characters of ``text`` escaped."""
-    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return f"%{escaped}%"
-
-
-def ordering_sql(ordering: str | None) -> sql.Composable:
-    """ORDER BY terms from ``-created_at,title``, whitelisted; id breaks ties."""
+def ordering_terms(ordering: str | None) -> list[Term]:
+    """The order of ``-created_at,title``, whitelisted, as terms; id breaks ties."""
     terms = [t.strip() for t in (ordering or "-created_at").split(",") if t.strip()]
     if not terms or len(terms) > schemas.MAX_ORDERING_TERMS:
         raise ApiError(
@@ -76,21 +72,19 @@ def ordering_sql(ordering: str | None) -> sql.Composable:
             "Invalid ordering.",
             {"ordering": [f"Give 1 to {schemas.MAX_ORDERING_TERMS} comma-separated fields."]},
         )
-    parts = []
+    parts: list[Term] = []
     for term in terms:
         name = term.removeprefix("-")
         if name not in schemas.ORDERING_FIELDS:
             allowed = ", ".join(schemas.ORDERING_FIELDS)
             message = f"Unknown field {name!r}; order by {allowed} ('-' for descending)."
             raise ApiError(400, "Invalid ordering.", {"ordering": [message]})
-        direction = sql.SQL("DESC" if term.startswith("-") else "ASC")
-        parts.append(sql.SQL("{} {}").format(sql.Identifier("t", name), direction))
+        parts.append((name, term.startswith("-")))
     # The tie-breaker follows the first term's direction so (user_id, created_at
     # DESC, id DESC) serves the default order as one index scan.
-    if "id" not in {t.removeprefix("-") for t in terms}:
-        tie = "DESC" if terms[0].startswith("-") else "ASC"
-        parts.append(sql.SQL("{} {}").format(sql.Identifier("t", "id"), sql.SQL(tie)))
-    return sql.SQL(", ").join(parts)
+    if "id" not in {name for name, _ in parts}:
+        parts.append(("id", parts[0][1]))
+    return parts
 
 
 def fragment(name: str) -> sql.SQL:
@@ -99,9 +93,9 @@ def fragment(name: str) -> sql.SQL:
     return sql.SQL(" ".join(line for line in lines if not line.lstrip().startswith("--")))
 
 
-def where_sql(filters: dict[str, Any]) -> sql.Composable:
-    """The AND of the fragments of the filters present."""
-    parts = [fragment(FILTER_FRAGMENTS[name]) for name in filters]
+def where_sql(filters: dict[str, Any], *more: sql.Composable) -> sql.Composable:
+    """The AND of the fragments of the filters present (and of ``more``)."""
+    parts = [fragment(FILTER_FRAGMENTS[name]) for name in filters] + list(more)
     return sql.SQL(" AND ").join(parts) if parts else sql.SQL("TRUE")
 
 
@@ -110,44 +104,54 @@ def page_size_of(query: dict[str, Any]) -> int:
     return query.get("page_size") or current_app.config["TASKQ_PAGE_SIZE"]
 
 
-def page_url(page: int) -> str:
-    """This request's absolute URL with ``page`` replaced."""
-    args = request.args.copy()
-    args["page"] = str(page)
-    return f"{request.base_url}?{urlencode(list(args.items(multi=True)))}"
+def count_source(filters: dict[str, Any], admin: bool) -> str | None:
+    """The counters query that counts these filters exactly, or None (they need a scan)."""
+    if not set(filters) <= COUNTED_FILTERS:
+        return None
+    if admin and set(filters) <= QUEUE_COUNTED_FILTERS:
+        return "queue_counted_tasks"
+    return "admin_counted_tasks" if admin else "counted_tasks"
 
 
-def page_body(results: list[dict[str, Any]], count: int, page: int, size: int) -> dict[str, Any]:
-    """``{count, next, previous, results}`` with absolute links."""
-    last = max(1, math.ceil(count / size))
-    return {
-        "count": count,
-        "next": page_url(page + 1) if page < last else None,
-        "previous": page_url(min(page - 1, last)) if page > 1 else None,
-        "results": results,
-    }
+def count_matches(conn: Any, filters: dict[str, Any], admin: bool) -> tuple[int, bool]:
+    """How many tasks match, and whether exactly: the counters' figure, else a count that
+    stops at TASKQ_COUNT_LIMIT (then ``count`` is a lower bound)."""
+    where = where_sql(filters)
+    source = count_source(filters, admin)
+    if source is not None:
+        row = conn.execute(sql.SQL(queries[source]).format(where=where), filters).fetchone()
+        return row["count"], True
+    limit = current_app.config["TASKQ_COUNT_LIMIT"]
+    query = sql.SQL(queries["admin_count_tasks" if admin else "count_tasks"]).format(where=where)
+    count = conn.execute(query, {**filters, "count_limit": limit}).fetchone()["count"]
+    return count, count < limit
 
 
 def list_tasks_page(
-    list_query: str, count_query: str, query: dict[str, Any], filters: dict[str, Any]
+    list_query: str, query: dict[str, Any], filters: dict[str, Any], admin: bool = False
 ) -> dict[str, Any]:
-    """A page of tasks matching ``query``'s filters (plus ``filters``), as the API shows it."""
+    """A page of tasks matching ``query``'s filters (plus ``filters``), as the API shows it.
+
+    By ``cursor`` (keyset: the rows after the cursor's, in its order) or by ``page``
+    (OFFSET); either way the page has the ``next_cursor`` after its last row.
+    """
     for name in FILTER_FRAGMENTS:
         if name in query:
             filters[name] = query[name]
-    if "search" in filters:
-        filters["search"] = like_pattern(filters["search"])
-    page, size = query["page"], page_size_of(query)
-    where, order = where_sql(filters), ordering_sql(query.get("ordering"))
-    params = {**filters, "limit": size, "offset": (page - 1) * size}
+    kind = "admin_tasks" if admin else "tasks"
+    terms = ordering_terms(query.get("ordering")) if not query.get("cursor") else []
+    asked = page_request(kind, "t", query, page_size_of(query), terms)
     with get_conn() as conn:
-        count = conn.execute(sql.SQL(queries[count_query]).format(where=where), params)
-        total = count.fetchone()["count"]
+        total, exact = count_matches(conn, filters, admin)
         rows = []
-        if params["offset"] < total:
-            statement = sql.SQL(queries[list_query]).format(where=where, order=order)
-            rows = conn.execute(statement, params).fetchall()
-    return page_body([task_to_json(row) for row in rows], total, page, size)
+        if not (exact and asked.page is not None and asked.params["offset"] >= total):
+            statement = sql.SQL(queries[list_query]).format(
+                where=where_sql(filters, asked.after), order=order_sql("t", asked.terms)
+            )
+            rows = conn.execute(statement, {**filters, **asked.params}).fetchall()
+    rows, next_cursor = asked.cut(rows)
+    results = [task_to_json(row) for row in rows]
+    return page_body(results, total, exact, asked.page, asked.size, next_cursor)
 
 
 def idempotency_key() -> str | None:
@@ -320,7 +324,7 @@ def create_tasks_batch():
 def list_tasks():
     """Filtered, ordered, paginated."""
     query = schemas.load_query(schemas.TaskListQuerySchema)
-    return list_tasks_page("list_tasks", "count_tasks", query, {"user_id": current_user_id()})
+    return list_tasks_page("list_tasks", query, {"user_id": current_user_id()})
 
 
 @bp.get("/tasks/stats")
@@ -445,14 +449,17 @@ def dead_letter_or_404(conn: Any, dead_letter_id: int, user_id: int) -> dict[str
 )
 @jwt_required()
 def list_dead_letters():
-    """Newest first, paginated."""
+    """Newest first, by page or by cursor."""
     query = schemas.load_query(schemas.PageQuerySchema)
-    page, size = query["page"], page_size_of(query)
-    params = {"user_id": current_user_id(), "limit": size, "offset": (page - 1) * size}
+    asked = page_request("dead_letters", "d", query, page_size_of(query), [("id", True)])
+    limit = current_app.config["TASKQ_COUNT_LIMIT"]
+    params = {**asked.params, "user_id": current_user_id(), "count_limit": limit}
     with get_conn() as conn:
         total = conn.execute(queries["count_dead_letters"], params).fetchone()["count"]
-        rows = conn.execute(queries["list_dead_letters"], params).fetchall()
-    return page_body([row_to_json(row) for row in rows], total, page, size)
+        statement = sql.SQL(queries["list_dead_letters"]).format(after=asked.after)
+        rows, next_cursor = asked.cut(conn.execute(statement, params).fetchall())
+    results = [row_to_json(row) for row in rows]
+    return page_body(results, total, total < limit, asked.page, asked.size, next_cursor)
 
 
 @bp.get("/dead-letters/<int:dead_letter_id>")

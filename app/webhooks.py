@@ -8,25 +8,46 @@ snapshot), or triggers one for the task as it is now.
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask, jsonify
+from flask import Blueprint, Flask, current_app, jsonify
+from psycopg import sql
 
 from app import schemas
-from app.db import fetch_all, fetch_one
+from app.db import fetch_one, get_conn
 from app.errors import ApiError, get_json_body
 from app.events import bearer_user_id, owned_task
 from app.openapi import doc
+from app.pagination import page_body, page_request
+from sql import queries
 from taskq.representation import EVENT_FOR_STATUS, row_to_json
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1/tasks")
 
 
 @bp.get("/<int:task_id>/webhook-deliveries")
-@doc("A task's webhook deliveries", tag="webhooks", response=schemas.WebhookDeliveriesSchema)
+@doc(
+    "A task's webhook deliveries",
+    tag="webhooks",
+    query=schemas.CursorQuerySchema,
+    response=schemas.WebhookDeliveriesSchema,
+)
 def list_deliveries(task_id: int):
-    """A task's webhook deliveries, newest first, each with its attempt log."""
+    """A task's webhook deliveries, newest first, each with its attempt log; by cursor.
+
+    A page holds page_size deliveries (default TASKQ_MAX_PAGE_SIZE).
+    """
     owned_task(task_id, bearer_user_id())
-    rows = fetch_all("list_webhook_deliveries", {"task_id": task_id})
-    return jsonify({"count": len(rows), "results": [row_to_json(r) for r in rows]})
+    query = schemas.load_query(schemas.CursorQuerySchema)
+    size = query.get("page_size") or current_app.config["TASKQ_MAX_PAGE_SIZE"]
+    asked = page_request("webhook_deliveries", "w", query, size, [("id", True)])
+    limit = current_app.config["TASKQ_COUNT_LIMIT"]
+    params = {**asked.params, "task_id": task_id, "count_limit": limit}
+    with get_conn() as conn:
+        total = conn.execute(queries["count_webhook_deliveries"], params).fetchone()["count"]
+        statement = sql.SQL(queries["list_webhook_deliveries"]).format(after=asked.after)
+        rows, next_cursor = asked.cut(conn.execute(statement, params).fetchall())
+    body = page_body([row_to_json(r) for r in rows], total, total < limit, None, size, next_cursor)
+    del body["next"], body["previous"]
+    return jsonify(body)
 
 
 @bp.post("/<int:task_id>/webhook-deliveries/<int:delivery_id>/replay")

@@ -7,8 +7,10 @@ SELECT t.*, u.username AS owner_username, u.email AS owner_email
  LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: admin_count_tasks
--- How many tasks of every user match the filters.
-SELECT count(*) AS count FROM tasks t LEFT JOIN users u ON u.id = t.user_id WHERE {where};
+-- How many tasks of every user match filters the counters cannot answer, counting at most %(count_limit)s.
+SELECT count(*) AS count
+  FROM (SELECT 1 FROM tasks t LEFT JOIN users u ON u.id = t.user_id WHERE {where}
+         LIMIT %(count_limit)s) c;
 
 -- name: admin_get_task
 -- One task of any user, with its owner.

@@ -40,8 +40,8 @@ SELECT t.* FROM tasks t
  LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: count_tasks
--- How many tasks match a list's filters.
-SELECT count(*) AS count FROM tasks t WHERE {where};
+-- How many tasks match filters the counters cannot answer, counting at most %(count_limit)s.
+SELECT count(*) AS count FROM (SELECT 1 FROM tasks t WHERE {where} LIMIT %(count_limit)s) c;
 
 -- name: task_filter_owner
 -- List fragment: one owner's tasks (leads ix_tasks_user_created).
@@ -76,8 +76,12 @@ t.created_at >= %(start_date)s
 t.created_at < %(end_date)s
 
 -- name: task_filter_search
--- List fragment: text in title or description (pattern escaped by the caller).
-(t.title ILIKE %(search)s OR t.description ILIKE %(search)s)
+-- List fragment: every word of the search as the start of a word of title or description (task_search's GIN index).
+-- The words are the search's own to_tsvector('simple') lexemes, each quoted (backslash and quote escaped) as a
+-- prefix term of one tsquery; a search with no word in it matches nothing.
+t.id IN (SELECT s.task_id FROM task_search s
+          WHERE s.document @@ (SELECT string_agg('''' || replace(replace(w, '\', '\\'), '''', '\''') || ''':*', ' & ')::tsquery
+                                 FROM unnest(tsvector_to_array(to_tsvector('simple', %(search)s))) w))
 
 -- name: get_task
 -- One of the caller's tasks.
@@ -119,25 +123,18 @@ WITH requeued AS (
 )
 SELECT * FROM requeued;
 
--- name: task_stats
--- The caller's tasks per status, every status listed (in lifecycle order).
-SELECT s.status::text AS status, count(t.id) AS count
-  FROM unnest(enum_range(NULL::task_status)) AS s(status)
-  LEFT JOIN tasks t ON t.status = s.status AND t.user_id = %(user_id)s
- GROUP BY s.status
- ORDER BY s.status;
-
 -- name: list_dead_letters
--- A page of the caller's dead letters, newest first, with the task's current status.
+-- A page of the caller's dead letters, newest first, with the task's current status; {after}: a cursor's keyset.
 SELECT d.*, t.status::text AS task_status
   FROM dead_letters d LEFT JOIN tasks t ON t.id = d.task_id
- WHERE d.user_id = %(user_id)s
+ WHERE d.user_id = %(user_id)s AND {after}
  ORDER BY d.id DESC
  LIMIT %(limit)s OFFSET %(offset)s;
 
 -- name: count_dead_letters
--- How many dead letters the caller has.
-SELECT count(*) AS count FROM dead_letters WHERE user_id = %(user_id)s;
+-- How many dead letters the caller has, counting at most %(count_limit)s.
+SELECT count(*) AS count
+  FROM (SELECT 1 FROM dead_letters WHERE user_id = %(user_id)s LIMIT %(count_limit)s) d;
 
 -- name: get_dead_letter
 -- One of the caller's dead letters, with the task's current status.

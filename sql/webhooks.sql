@@ -37,12 +37,18 @@ UPDATE webhook_deliveries
 RETURNING attempt, max_attempts, status;
 
 -- name: list_webhook_deliveries
--- A task's deliveries, newest first.
+-- A page of a task's deliveries, newest first; {after}: a cursor's keyset.
 SELECT id, task_id, event, url, attempt, max_attempts, status, status_code, duration_ms,
        error, created_at, delivered_at, attempt_log
-  FROM webhook_deliveries
- WHERE task_id = %(task_id)s
- ORDER BY id DESC;
+  FROM webhook_deliveries w
+ WHERE task_id = %(task_id)s AND {after}
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: count_webhook_deliveries
+-- How many deliveries a task has, counting at most %(count_limit)s.
+SELECT count(*) AS count
+  FROM (SELECT 1 FROM webhook_deliveries WHERE task_id = %(task_id)s LIMIT %(count_limit)s) w;
 
 -- name: replay_webhook_delivery
 -- A new delivery copying an old one (same event, URL and task snapshot), and its task.

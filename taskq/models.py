@@ -280,6 +280,4 @@ class TaskSearch(Base):
     __tablename__ = "task_search"
     task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     document: Mapped[str] = mapped_column(TSVECTOR)
-    __table_args__ = (
-        Index("ix_task_search_document", "document", postgresql_using="gin"),
-    )
+    __table_args__ = (Index("ix_task_search_document", "document", postgresql_using="gin"),)

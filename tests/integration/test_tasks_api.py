@@ -324,7 +324,11 @@ def test_list_filters(client, make_account, db):
     assert ids(tag="red") == [a["id"]]
     assert ids(search="REPORT") == sorted([a["id"], b["id"]])
     assert ids(search="100%") == [a["id"]]
-    assert ids(search="%") == [a["id"]]
+    # Words, not substrings: each word of the search starts a word of title or description.
+    assert ids(search="rep") == sorted([a["id"], b["id"]])
+    assert ids(search="report 10") == [a["id"]] and ids(search="MENTIONS rep") == [b["id"]]
+    assert ids(search="port") == ids(search="report bob") == []
+    assert ids(search="%") == []  # no word in it
     assert ids(end_date="2020-01-15") == [b["id"]]
     assert ids(start_date="2020-01-16") == sorted([a["id"], c["id"]])
     assert ids(start_date="2020-01-15T11:00:00", end_date="2020-01-15T12:00:00Z") == [b["id"]]
@@ -387,17 +391,24 @@ def test_list_refuses_bad_queries(client, make_account):
 
 
 def test_list_query_uses_the_user_index(database_url, db):
-    from app.tasks import ordering_sql, where_sql
+    from app.pagination import keyset_sql, order_sql
+    from app.tasks import ordering_terms, where_sql
 
-    where = where_sql({"user_id": 1, "start_date": None})
-    statement = sql.SQL(queries["list_tasks"]).format(where=where, order=ordering_sql(None))
+    terms = ordering_terms(None)
+    after, cursor = keyset_sql("t", terms, [datetime(2021, 1, 1, tzinfo=UTC), 99])
     db.execute("SET enable_seqscan = off")
-    plan = db.execute(
-        sql.SQL("EXPLAIN ") + statement,
-        {"user_id": 1, "start_date": "2020-01-01", "limit": 20, "offset": 0},
-    ).fetchall()
-    text = "\n".join(row["QUERY PLAN"] for row in plan)
-    assert "ix_tasks_user_created" in text and "Sort" not in text, text
+    for more in ([], [after]):  # a first page, and a page after a cursor
+        where = where_sql({"user_id": 1, "start_date": None}, *more)
+        statement = sql.SQL(queries["list_tasks"]).format(where=where, order=order_sql("t", terms))
+        plan = db.execute(
+            sql.SQL("EXPLAIN ") + statement,
+            {"user_id": 1, "start_date": "2020-01-01", "limit": 20, "offset": 0, **cursor},
+        ).fetchall()
+        text = "\n".join(row["QUERY PLAN"] for row in plan)
+        assert "ix_tasks_user_created" in text and "Sort" not in text, text
+        if more:  # the cursor is where the index scan starts, not a filter of every row
+            condition = next(line for line in text.splitlines() if "Index Cond" in line)
+            assert "ROW(created_at, id) < ROW(" in condition, text
 
 
 def test_detail_status_and_history(client, make_account, db):
