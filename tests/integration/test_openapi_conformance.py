@@ -74,9 +74,11 @@ STATED_RULES = {
     "PATCH /api/v1/auth/profile": {"email"},
     # a task that has a callback_url
     "POST /api/v1/tasks/{task_id}/trigger-webhook": {"callback_url"},
-    # a day the calendar has (the pattern gives the shape only)
-    "GET /api/v1/tasks": {"start_date", "end_date"},
-    "GET /api/v1/admin/tasks": {"start_date", "end_date"},
+    # a day the calendar has (the pattern gives the shape only); a cursor the list gave
+    "GET /api/v1/tasks": {"start_date", "end_date", "cursor"},
+    "GET /api/v1/admin/tasks": {"start_date", "end_date", "cursor"},
+    "GET /api/v1/dead-letters": {"cursor"},
+    "GET /api/v1/tasks/{task_id}/webhook-deliveries": {"cursor"},
     # a listed (not internal) type and its payload; no private callback address; no
     # reserved queue; header values without CR/LF; a scheduled_at Postgres can store
     "POST /api/v1/tasks": {
