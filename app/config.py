@@ -59,7 +59,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "TASKQ_MAX_BATCH": env_int("TASKQ_MAX_BATCH", 1000, minimum=1),
         "TASKQ_PAGE_SIZE": env_int("TASKQ_PAGE_SIZE", 20, minimum=1),
         "TASKQ_MAX_PAGE_SIZE": env_int("TASKQ_MAX_PAGE_SIZE", 100, minimum=1),
-        "TASKQ_COUNT_LIMIT": env_int("TASKQ_COUNT_LIMIT", 10_000, minimum=1),
+        "TASKQ_COUNT_LIMIT": env_int("TASKQ_COUNT_LIMIT", 1000, minimum=1),
         "TASKQ_CACHE_TTL": env_int("TASKQ_CACHE_TTL", 300, minimum=1),
         "TASKQ_REDIS_RETRY_SECONDS": env_float("TASKQ_REDIS_RETRY_SECONDS", 2.0, minimum=0.1),
         "TASKQ_ALLOW_PRIVATE_URLS": allow_private_urls(),

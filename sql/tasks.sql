@@ -76,12 +76,14 @@ t.created_at >= %(start_date)s
 t.created_at < %(end_date)s
 
 -- name: task_filter_search
--- List fragment: every word of the search as the start of a word of title or description (task_search's GIN index).
--- The words are the search's own to_tsvector('simple') lexemes, each quoted (backslash and quote escaped) as a
--- prefix term of one tsquery; a search with no word in it matches nothing.
-t.id IN (SELECT s.task_id FROM task_search s
-          WHERE s.document @@ (SELECT string_agg('''' || replace(replace(w, '\', '\\'), '''', '\''') || ''':*', ' & ')::tsquery
-                                 FROM unnest(tsvector_to_array(to_tsvector('simple', %(search)s))) w))
+-- List fragment: tasks whose search document matches the search's tsquery (search_tsquery), through task_search's GIN index.
+t.id IN (SELECT s.task_id FROM task_search s WHERE s.document @@ %(search)s::tsquery)
+
+-- name: search_tsquery
+-- The tsquery of a search: each of its own to_tsvector('simple') words, quoted (backslash and quote escaped), as a prefix.
+-- NULL, which matches nothing, when the search has no word in it.
+SELECT string_agg('''' || replace(replace(w, '\', '\\'), '''', '\''') || ''':*', ' & ') AS query
+  FROM unnest(tsvector_to_array(to_tsvector('simple', %(search)s))) w;
 
 -- name: get_task
 -- One of the caller's tasks.

@@ -158,6 +158,7 @@ class Task(Base):
         ),
         Index("ix_tasks_lease", "lease_expires_at", postgresql_where=text("status = 'PROCESSING'")),
         Index("ix_tasks_user_created", "user_id", text("created_at DESC"), text("id DESC")),
+        Index("ix_tasks_created", text("created_at DESC"), text("id DESC")),
         Index(
             "uq_tasks_user_idempotency_key",
             "user_id",

@@ -52,8 +52,8 @@ export async function renderDeadLetters(main, ctx) {
         h("td", {dataset: {label: "Action"}}, button));
     }));
     if (!data.results.length) tbody.append(h("tr", {}, h("td", {colspan: "9", class: "empty"}, "No dead letters.")));
-    summary.textContent = `${data.count} dead ${data.count === 1 ? "letter" : "letters"}`;
-    const last = Math.max(1, Math.ceil(data.count / 20));
+    summary.textContent = `${data.count_exact === false ? "at least " : ""}${data.count} dead ${data.count === 1 ? "letter" : "letters"}`;
+    const last = data.count_exact === false ? (data.next ? page + 1 : page) : Math.max(1, Math.ceil(data.count / 20));
     replace(pager,
       page > 1 ? h("a", {href: href("/dead-letters", {page: String(page - 1)}), rel: "prev"}, "Previous page") : null,
       h("span", {}, `Page ${page} of ${last}`),

@@ -223,12 +223,16 @@ function renderList(main, ctx, {admin}) {
     return row.tr;
   }
 
-  function drawPager(page, count, size) {
-    const last = Math.max(1, Math.ceil(count / size));
+  // count_exact false: the count stopped at the server's limit, so the last page is
+  // unknown and "next" follows the server's next link instead.
+  function drawPager(page, data, size) {
+    const exact = data.count_exact !== false;
+    const last = exact ? Math.max(1, Math.ceil(data.count / size)) : (data.next ? page + 1 : page);
     const link = (label, target, rel) => (target >= 1 && target <= last && target !== page
       ? h("a", {href: href(basePath, {...query, page: String(target)}), rel}, label)
       : h("span", {class: "disabled", "aria-disabled": "true"}, label));
-    replace(pager, link("Previous page", page - 1, "prev"), h("span", {}, `Page ${page} of ${last}`),
+    replace(pager, link("Previous page", page - 1, "prev"),
+      h("span", {}, exact ? `Page ${page} of ${last}` : `Page ${page}`),
       link("Next page", page + 1, "next"));
   }
 
@@ -244,9 +248,9 @@ function renderList(main, ctx, {admin}) {
     if (!data.results.length) {
       tbody.append(h("tr", {}, h("td", {colspan: String(columns.length), class: "empty"}, "No tasks match these filters.")));
     }
-    summary.textContent = `${data.count} ${data.count === 1 ? "task" : "tasks"}` +
+    summary.textContent = `${data.count_exact === false ? "at least " : ""}${data.count} ${data.count === 1 ? "task" : "tasks"}` +
       (data.results.length ? `, showing ${(page - 1) * size + 1}–${(page - 1) * size + data.results.length}` : "");
-    drawPager(page, data.count, size);
+    drawPager(page, data, size);
     updateSelection();
   }
   const reloadSoon = throttle(() => {
