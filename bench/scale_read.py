@@ -12,6 +12,10 @@ schema as shipped with the write path as it was before migration 0009 (its
 ``tasks_derived_*`` triggers disabled, ``ix_tasks_created`` dropped): the
 machine is shared and noisy, so compare the ratios of neighbouring runs.
 
+``python -m bench.scale_read statements`` times the server side alone: a batch
+of 1,000 tasks inserted (COPY), claimed and completed (set-wise UPDATEs), with
+0009's triggers enabled and disabled in alternation, medians per task.
+
 Databases are named ``scale_read_*`` and dropped afterwards.
 """
 
@@ -208,6 +212,53 @@ def run_drain(server: str, rounds: int, n: int) -> list[dict[str, Any]]:
     return figures
 
 
+def run_statements(server: str, rounds: int, n: int) -> dict[str, Any]:
+    """Server time of one task's insert (COPY), claim and completion, in batches of ``n``,
+    with 0009's triggers on and off in alternation (medians, µs per task)."""
+    from bench.harness import create_database, drop_database
+    from taskq.enqueue import insert_tasks
+    from taskq.migrate import upgrade
+
+    name = f"scale_read_{uuid.uuid4().hex[:8]}"
+    url = create_database(server, name)
+    times: dict[tuple[bool, str], list[float]] = {}
+    try:
+        upgrade(url)
+        with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+            for round_ in range(rounds):
+                for on in (True, False) if round_ % 2 == 0 else (False, True):
+                    verb = "ENABLE" if on else "DISABLE"
+                    for trigger in DERIVED_TRIGGERS:
+                        conn.execute(
+                            sql.SQL("ALTER TABLE tasks {} TRIGGER {}").format(
+                                sql.SQL(verb), sql.Identifier(trigger)
+                            )
+                        )
+                    tasks = [{"title": title(i), "task_type": "noop"} for i in range(n)]
+                    start = time.perf_counter()
+                    with conn.transaction():
+                        ids = [row["id"] for row in insert_tasks(conn, None, tasks)]
+                    marks = [("insert", time.perf_counter() - start)]
+                    for status in ("PROCESSING", "COMPLETED"):
+                        start = time.perf_counter()
+                        conn.execute(
+                            "UPDATE tasks SET status = %s WHERE id = ANY(%s)", (status, ids)
+                        )
+                        marks.append((status.lower(), time.perf_counter() - start))
+                    for step, seconds in marks:
+                        times.setdefault((on, step), []).append(seconds * 1e6 / n)
+    finally:
+        drop_database(server, name)
+    result = {}
+    for step in ("insert", "processing", "completed"):
+        on = statistics.median(times[(True, step)])
+        off = statistics.median(times[(False, step)])
+        result[step] = {"with_0009_us": round(on, 1), "without_us": round(off, 1),
+                        "ratio": round(on / off, 3)}  # fmt: skip
+        print(f"{step:10s} with 0009 {on:6.1f} µs/task  without {off:6.1f}  ratio {on / off:.3f}")
+    return result
+
+
 def as_before_0009(url: str) -> None:
     """The write path as it was before migration 0009: its triggers off, its index gone."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -221,7 +272,7 @@ def as_before_0009(url: str) -> None:
 def main() -> None:
     """Command line: ``reads`` or ``drain``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["reads", "drain"])
+    parser.add_argument("what", choices=["reads", "drain", "statements"])
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--rounds", type=int, default=4)
@@ -230,6 +281,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "reads":
         result: Any = run_reads(args.database_url, [int(s) for s in args.sizes.split(",")])
+    elif args.what == "statements":
+        result = run_statements(args.database_url, args.rounds, 1000)
     else:
         result = run_drain(args.database_url, args.rounds, args.drain_n)
     if args.json:
