@@ -36,7 +36,12 @@ from psycopg.rows import dict_row
 
 WORDS = [f"w{i:03d}" for i in range(1000)]  # a rare word: one task in a thousand
 BATCH = 20_000
-DERIVED_TRIGGERS = ("tasks_derived_inserted", "tasks_derived_updated", "tasks_derived_deleted")
+DERIVED_TRIGGERS = (
+    "tasks_derived_inserted",
+    "tasks_derived_updated",
+    "tasks_derived_deleted",
+    "tasks_retitled",
+)
 
 
 def title(i: int) -> str:

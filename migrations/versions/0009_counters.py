@@ -23,8 +23,10 @@ grew with every task ever kept. Now:
   second) instead of scanning ``task_history``. ``queue_depth`` reads the
   live rows through the two partial indexes. Same columns as before.
 - ``task_search`` holds ``to_tsvector('simple', title || ' ' || description)``
-  of every task under a GIN index, written by the same trigger on insert and
-  on a change of title or description, and dropped with the task. An
+  of every task under a GIN index, written by the same trigger on insert,
+  dropped with the task, and rewritten by a row trigger on ``UPDATE OF title,
+  description`` (only an operator's UPDATE changes them; claims and
+  completions never queue it). An
   index on ``tasks`` itself would take a GIN insertion at every claim and
   completion (``status`` is in partial-index predicates, so those updates are
   never HOT); this one costs only the insert.
@@ -119,8 +121,6 @@ COMMENT ON COLUMN task_search.document IS
 
 CREATE FUNCTION taskq_tasks_derived() RETURNS trigger
 LANGUAGE plpgsql SET enable_nestloop = off SET jit = off AS $$
-DECLARE
-    retitled bigint;
 BEGIN
     -- Counters: one grouped row per key the statement changed (a batch claim of 1,000
     -- tasks of one owner, queue and type writes two: PENDING -1000, PROCESSING +1000).
@@ -139,41 +139,38 @@ BEGIN
          GROUP BY 1, 2, 3, 4;
         DELETE FROM task_search s USING old_rows o WHERE s.task_id = o.id;
     ELSE
-        WITH pairs AS MATERIALIZED (
-            SELECT coalesce(n.user_id, 0) AS user_id, n.queue, n.task_type, n.status,
-                   CASE WHEN o.status IS DISTINCT FROM n.status THEN 1 ELSE 0 END AS entered,
-                   o.id IS NULL OR (n.title, n.description) IS DISTINCT FROM
-                                   (o.title, o.description) AS retitled
-              FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
-        ), deltas AS (
-            INSERT INTO task_count_deltas (user_id, queue, task_type, status, tasks, entered)
-            SELECT user_id, queue, task_type, status, sum(tasks), sum(entered)
-              FROM (SELECT coalesce(o.user_id, 0) AS user_id, o.queue, o.task_type, o.status,
-                           -1 AS tasks, 0 AS entered
-                      FROM old_rows o
-                     UNION ALL
-                    SELECT user_id, queue, task_type, status, 1, entered FROM pairs) changes
-             GROUP BY 1, 2, 3, 4
-            HAVING sum(tasks) <> 0 OR sum(entered) <> 0
-        )
-        SELECT count(*) FILTER (WHERE pairs.retitled) INTO retitled FROM pairs;
-        -- Search documents: parsed again only when a title or description changed (rare:
-        -- claims and completions change neither).
-        IF retitled > 0 THEN
-            DELETE FROM task_search s USING old_rows o WHERE s.task_id = o.id
-               AND NOT EXISTS (SELECT 1 FROM new_rows n WHERE n.id = o.id);
-            INSERT INTO task_search AS s (task_id, document)
-            SELECT n.id, to_tsvector('simple', left(n.title || ' ' || n.description, 20000))
-              FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id
-             WHERE o.id IS NULL
-                OR (n.title, n.description) IS DISTINCT FROM (o.title, o.description)
-            ON CONFLICT (task_id) DO UPDATE SET document = excluded.document;
-        END IF;
+        INSERT INTO task_count_deltas (user_id, queue, task_type, status, tasks, entered)
+        SELECT user_id, queue, task_type, status, sum(tasks), sum(entered)
+          FROM (SELECT coalesce(o.user_id, 0) AS user_id, o.queue, o.task_type, o.status,
+                       -1 AS tasks, 0 AS entered
+                  FROM old_rows o
+                 UNION ALL
+                SELECT coalesce(n.user_id, 0), n.queue, n.task_type, n.status, 1,
+                       CASE WHEN o.status IS DISTINCT FROM n.status THEN 1 ELSE 0 END
+                  FROM new_rows n LEFT JOIN old_rows o ON o.id = n.id) changes
+         GROUP BY 1, 2, 3, 4
+        HAVING sum(tasks) <> 0 OR sum(entered) <> 0;
     END IF;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION taskq_tasks_derived() IS
-    'Per statement on tasks: its net change per owner, queue, type and status (task_count_deltas), and the search documents of new or retitled tasks.';
+    'Per statement on tasks: its net change per owner, queue, type and status (task_count_deltas); the search documents of new and deleted tasks.';
+
+-- A title or description changes only by an operator's UPDATE (the API has no edit):
+-- a row trigger on those columns, which a claim or a completion never queues.
+CREATE FUNCTION taskq_task_retitled() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.id IS DISTINCT FROM NEW.id THEN
+        DELETE FROM task_search WHERE task_id = OLD.id;
+    END IF;
+    INSERT INTO task_search (task_id, document)
+    VALUES (NEW.id, to_tsvector('simple', left(NEW.title || ' ' || NEW.description, 20000)))
+    ON CONFLICT (task_id) DO UPDATE SET document = excluded.document;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION taskq_task_retitled() IS
+    'The search document of a task whose title or description an UPDATE changed.';
 
 CREATE FUNCTION taskq_tasks_truncated() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -194,6 +191,10 @@ CREATE TRIGGER tasks_derived_deleted AFTER DELETE ON tasks
     FOR EACH STATEMENT EXECUTE FUNCTION taskq_tasks_derived();
 CREATE TRIGGER tasks_derived_truncated AFTER TRUNCATE ON tasks
     FOR EACH STATEMENT EXECUTE FUNCTION taskq_tasks_truncated();
+CREATE TRIGGER tasks_retitled AFTER UPDATE OF id, title, description ON tasks
+    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id OR OLD.title IS DISTINCT FROM NEW.title
+                       OR OLD.description IS DISTINCT FROM NEW.description)
+    EXECUTE FUNCTION taskq_task_retitled();
 
 -- The backfills: the triggers above hold writers off until commit, so these scans and
 -- the triggers together count every task once.
@@ -317,7 +318,8 @@ DROP TRIGGER tasks_derived_inserted ON tasks;
 DROP TRIGGER tasks_derived_updated ON tasks;
 DROP TRIGGER tasks_derived_deleted ON tasks;
 DROP TRIGGER tasks_derived_truncated ON tasks;
-DROP FUNCTION taskq_tasks_derived(), taskq_tasks_truncated();
+DROP TRIGGER tasks_retitled ON tasks;
+DROP FUNCTION taskq_tasks_derived(), taskq_tasks_truncated(), taskq_task_retitled();
 DROP TABLE task_count_deltas, task_counts, queue_counts, status_entries, task_search;
 DROP INDEX ix_tasks_created;
 """

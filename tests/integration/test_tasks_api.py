@@ -587,3 +587,20 @@ def test_another_users_task_is_404_on_every_route(client, make_account, db):
     listing = client.get(f"{API}/tasks", headers=ann.headers).get_json()
     assert listing["count"] == 0
     assert client.get(f"{API}/dead-letters", headers=ann.headers).get_json()["count"] == 0
+
+
+def test_search_follows_an_operators_retitle_and_forgets_deleted_tasks(client, make_account, db):
+    ann = make_account("ann")
+    kept = create(client, ann, title="alpha", description="first words")
+    gone = create(client, ann, title="alpha two")
+
+    def ids(search: str) -> list[int]:
+        response = client.get(f"{API}/tasks", query_string={"search": search}, headers=ann.headers)
+        return sorted(t["id"] for t in response.get_json()["results"])
+
+    assert ids("alpha") == sorted([kept["id"], gone["id"]])
+    db.execute("UPDATE tasks SET title = 'omega' WHERE id = %s", (kept["id"],))
+    db.execute("UPDATE tasks SET status = 'COMPLETED' WHERE id = %s", (kept["id"],))
+    assert ids("alpha") == [gone["id"]] and ids("omega first") == [kept["id"]]
+    db.execute("DELETE FROM tasks WHERE id = %s", (gone["id"],))
+    assert db.execute("SELECT count(*) AS n FROM task_search").fetchone()["n"] == 1
