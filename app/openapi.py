@@ -40,7 +40,11 @@ DESCRIPTION = (
     '`{"error": "...", "field_errors": {"field": ["..."]}}` (components/schemas/Error). '
     "What Postgres cannot store is refused with 400: a string holding NUL (U+0000) or an "
     "unpaired surrogate, anywhere in a body or a query, and JSON nested deeper than "
-    f"{MAX_JSON_DEPTH} levels; a body over TASKQ_MAX_BODY_BYTES, chunked or not, gets 413."
+    f"{MAX_JSON_DEPTH} levels; a body over TASKQ_MAX_BODY_BYTES, chunked or not, gets 413. "
+    "Lists page by `cursor` (the `next_cursor` of the page before: keyset, so any page costs "
+    "what the first does; a cursor the list did not give is a 400) or by `page` (an offset, "
+    "for compatibility). `count` is exact when `count_exact` is true, else a lower bound "
+    "(counting stopped at TASKQ_COUNT_LIMIT)."
 )
 # The error answers every operation may give, each one shared response component
 # (the one error shape, components/schemas/Error) that operations reference.

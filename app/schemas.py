@@ -745,7 +745,10 @@ class TaskListQuerySchema(Schema):
     end_date = DateBound(end=True)
     search = Text(
         validate=validate.Length(max=200),
-        metadata={"description": "Case-insensitive text in title or description."},
+        metadata={
+            "description": "Words: each must start a word of the title or description, in any "
+            "case (full-text search, to_tsvector 'simple'); a search with no word matches nothing."
+        },
     )
     ordering = Text(
         validate=FullMatch(
