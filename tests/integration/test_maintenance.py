@@ -148,7 +148,8 @@ def test_cleanup_deletes_old_finished_tasks_in_batches(db: psycopg.Connection, d
     old_failed = insert_tasks(db, 5, status="FAILED")
     recent = insert_tasks(db, 3, status="COMPLETED")
     waiting = insert_tasks(db, 2)
-    db.execute("UPDATE tasks SET completed_at = now() - interval '40 days' WHERE id = ANY(%s)",
+    db.execute("UPDATE tasks SET completed_at = now() - interval '40 days',"
+               " created_at = now() - interval '41 days' WHERE id = ANY(%s)",
                [old + old_failed])  # fmt: skip
     db.execute("UPDATE tasks SET completed_at = now() WHERE id = ANY(%s)", [recent])
     db.execute("UPDATE tasks SET created_at = now() - interval '60 days' WHERE id = ANY(%s)",
