@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg.rows import dict_row
+
 from sql import queries
 from taskq.registry import TaskContext, implement
 
@@ -25,8 +27,8 @@ def delete_finished_tasks(conn: Any, days: int, batch_size: int) -> int:
     """
     deleted, after = 0, 0
     while True:
-        with conn.transaction():
-            window = conn.execute(
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            window = cur.execute(
                 queries["delete_finished_tasks"],
                 {"days": days, "limit": batch_size, "after": after},
             ).fetchone()
