@@ -34,9 +34,11 @@ import json
 import re
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -172,35 +174,61 @@ class Grown:
     filled: int = 0
 
 
-def fill_to(grown: Grown, target: int, batch: int, log: Log) -> dict[str, float]:
-    """Enqueue and finish tasks of the owner until ``target`` are finished; the fill rate."""
+def fill_to(
+    grown: Grown, target: int, batch: int, log: Log, connections: int = 2
+) -> dict[str, float]:
+    """Enqueue and finish tasks of the owner until ``target`` are finished; the fill rate.
+
+    ``connections`` fill side by side (one per core): each takes the next ``batch`` of
+    numbers, inserts them and finishes as many tasks of the fill queue as it inserted.
+    A claim takes at most what its connection still owes, so every claim finds work.
+    """
     from taskq.enqueue import insert_tasks
 
     need = target - grown.finished
-    started = last_log = time.monotonic()
-    done = 0
-    with psycopg.connect(grown.url, autocommit=True, row_factory=dict_row) as conn:
-        while done < need:
-            n = min(batch, need - done)
-            insert_tasks(conn, grown.owner_id, task_rows(grown.numbered, n, FILL_QUEUE))
-            grown.numbered += n
-            finished = 0
-            while finished < n:
-                finished += finish_claimed(conn, FILL_QUEUE, n - finished)[0]
-            done += n
-            now = time.monotonic()
-            if now - last_log >= 5 or done == need:
-                rate = done / (now - started)
-                eta = (need - done) / rate if rate else 0
-                log(f"  fill {label(target)}: {grown.finished + done:,}/{target:,} finished "
-                    f"({rate:,.0f} tasks/s, {eta:,.0f} s to go)")  # fmt: skip
-                last_log = now
+    started = time.monotonic()
+    lock = threading.Lock()
+    progress = {"given": 0, "done": 0}
+
+    def next_batch() -> tuple[int, int] | None:
+        with lock:
+            n = min(batch, need - progress["given"])
+            if n <= 0:
+                return None
+            first = grown.numbered + progress["given"]
+            progress["given"] += n
+            return first, n
+
+    def fill() -> None:
+        with psycopg.connect(grown.url, autocommit=True, row_factory=dict_row) as conn:
+            while (job := next_batch()) is not None:
+                first, n = job
+                insert_tasks(conn, grown.owner_id, task_rows(first, n, FILL_QUEUE))
+                finished = 0
+                while finished < n:
+                    finished += finish_claimed(conn, FILL_QUEUE, n - finished)[0]
+                with lock:
+                    progress["done"] += n
+
+    with ThreadPoolExecutor(connections) as pool:
+        futures = [pool.submit(fill) for _ in range(connections)]
+        finished = False
+        while not finished:
+            finished = not wait(futures, timeout=5).not_done
+            done, now = progress["done"], time.monotonic()
+            rate = done / (now - started)
+            eta = (need - done) / rate if rate else 0
+            log(f"  fill {label(target)}: {grown.finished + done:,}/{target:,} finished "
+                f"({rate:,.0f} tasks/s, {eta:,.0f} s to go)")  # fmt: skip
+        for future in futures:
+            future.result()
     seconds = time.monotonic() - started
-    grown.finished += done
-    grown.filled += done
+    grown.numbered += need
+    grown.finished += need
+    grown.filled += need
     grown.fill_seconds += seconds
-    return {"filled": done, "seconds": round(seconds, 1),
-            "tasks_per_s": round(done / seconds, 1) if seconds else 0.0}  # fmt: skip
+    return {"filled": need, "seconds": round(seconds, 1),
+            "tasks_per_s": round(need / seconds, 1) if seconds else 0.0}  # fmt: skip
 
 
 def vacuum_analyze(url: str) -> float:
@@ -272,12 +300,18 @@ def measure_cleanup(grown: Grown, fraction: float = 0.1) -> dict[str, float]:
 
     n = int(grown.finished * fraction)
     with psycopg.connect(grown.url, autocommit=True, row_factory=dict_row) as conn:
+        # Everything up to the n-th oldest finished task was created 41 days ago (the
+        # backlog before it too: ids grow with creation time, as in a real queue).
+        cut = conn.execute(
+            "SELECT max(id) AS id FROM (SELECT id FROM tasks WHERE user_id = %s"
+            " AND status = 'COMPLETED' ORDER BY id LIMIT %s) oldest",
+            (grown.owner_id, n),
+        ).fetchone()["id"]
         conn.execute(
             "UPDATE tasks SET created_at = now() - interval '41 days',"
-            " completed_at = now() - interval '40 days'"
-            " WHERE id IN (SELECT id FROM tasks WHERE user_id = %s AND status = 'COMPLETED'"
-            " ORDER BY id LIMIT %s)",
-            (grown.owner_id, n),
+            " completed_at = CASE WHEN status = 'COMPLETED' THEN now() - interval '40 days' END"
+            " WHERE id <= %s",
+            (cut,),
         )
         conn.execute("VACUUM tasks")
         t0 = time.perf_counter()
