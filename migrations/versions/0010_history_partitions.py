@@ -21,7 +21,9 @@ Safe on a big history, while old workers run. Three steps:
    ``taskq_history``, its identity becomes a plain sequence with the same next
    value, the partitioned ``task_history`` is created and the old table
    ATTACHed for ``[MINVALUE, B)``. The validated CHECK proves the bound, and
-   the old indexes match the new ones, so ATTACH neither scans nor builds.
+   the old indexes match the new ones (an index another migration added to
+   the old table is made on the new one first), so ATTACH neither scans nor
+   builds.
    The views that read ``task_history`` are re-created from their own
    definitions (a view follows a table by oid, not by name).
 
@@ -163,7 +165,18 @@ COMMENT ON COLUMN task_history.created_at IS 'The partition key: rows live in th
 DO $$
 DECLARE
     bound timestamptz;
+    extra record;
 BEGIN
+    -- An index another migration gave the old table is made on the new one too (on the
+    -- empty parent it costs nothing; ATTACH then adopts the old table's, no build).
+    FOR extra IN SELECT pg_get_indexdef(i.indexrelid) AS def
+                   FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+                  WHERE i.indrelid = 'taskq_history.task_history_past'::regclass
+                    AND c.relname NOT IN ('task_history_past_pkey',
+                                          'task_history_past_task_id_id_idx',
+                                          'task_history_past_xact_id_id_idx') LOOP
+        EXECUTE replace(extra.def, ' ON taskq_history.task_history_past ', ' ON task_history ');
+    END LOOP;
     SELECT substring(pg_get_constraintdef(oid) FROM '''([^'']+)''')::timestamptz INTO bound
       FROM pg_constraint
      WHERE conrelid = 'taskq_history.task_history_past'::regclass
