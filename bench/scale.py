@@ -16,8 +16,9 @@ Then ``VACUUM (ANALYZE)`` (the steady state autovacuum keeps) and:
 - drain: ``drain_n`` tasks committed at once, 2 ``taskq worker`` processes
   (``bench.harness.measure_drain``), tasks/s; pickup: ``pickup_n`` single
   enqueues to one idle worker, commit -> start, p50/p95/p99 (``measure_pickup``);
-- clean-up: the oldest 10% of the finished tasks aged past the horizon, then
-  ``cleanup_old_tasks``'s ``delete_finished_tasks``: seconds and tasks/s.
+- clean-up: every task up to the oldest 10% of the owner's finished tasks aged
+  past the horizon (the drain's finished tasks among them), then
+  ``cleanup_old_tasks``'s ``delete_finished_tasks``: how many, seconds, tasks/s.
 
 The soak (``--soak N``) runs N tasks through the worker's SQL on one
 connection, 1,000 a round (enqueue, claim, complete), holding ``backlog``
@@ -479,7 +480,8 @@ def format_markdown(run: ScaleRun) -> str:
     rows = [
         ("drain, tasks/s (2 worker processes)", lambda s: f"{s['drain_tasks_per_s']:,.0f}"),
         ("pickup p50 / p99, ms", lambda s: "{p50:.1f} / {p99:.1f}".format(**s["pickup_ms"])),
-        ("clean-up of 10% of finished, s", lambda s: f"{s['cleanup']['seconds']:,.2f}"),
+        ("clean-up: oldest finished tasks deleted, in s",
+         lambda s: f"{s['cleanup']['deleted']:,} in {s['cleanup']['seconds']:,.2f}"),
         ("fill, tasks/s", lambda s: f"{s['fill']['tasks_per_s']:,.0f}"),
         ("tasks table + indexes, MB", lambda s: mb(s["tables"]["tasks"])),
         ("task_history + indexes, MB", lambda s: mb(s["tables"]["task_history"])),
