@@ -6,7 +6,9 @@ merges them all (prometheus_client's multiprocess mode); workers started with
 the same directory (``taskq up`` on one machine) appear in the same scrape.
 Figures that live in Postgres are read at scrape time, so they are right
 whichever process answers: queue depth and oldest due age per queue (the
-``queue_stats`` view) and webhook deliveries per status.
+``queue_stats`` view), webhook deliveries per status, and per table the live
+and dead tuples and bytes (the ``table_health`` view: statistics and file
+sizes, no table read), so an operator sees bloat coming.
 """
 
 from __future__ import annotations
@@ -74,7 +76,34 @@ class DatabaseCollector:
         )
         for row in fetch_all("metrics_webhook_deliveries"):
             deliveries.add_metric([row["status"]], row["deliveries"])
-        yield from (waiting, due, running, oldest, deliveries)
+        yield from (waiting, due, running, oldest, deliveries, *table_health_families())
+
+
+def table_health_families() -> list[GaugeMetricFamily]:
+    """Tuples, bytes and partitions per table, from the ``table_health`` view."""
+    families = {
+        "live_tuples": GaugeMetricFamily(
+            "taskq_table_live_tuples", "Live rows per table (statistics).", labels=["table"]
+        ),
+        "dead_tuples": GaugeMetricFamily(
+            "taskq_table_dead_tuples",
+            "Dead rows per table awaiting vacuum (statistics): bloat in the making.",
+            labels=["table"],
+        ),
+        "table_bytes": GaugeMetricFamily(
+            "taskq_table_size_bytes", "Heap and TOAST bytes per table.", labels=["table"]
+        ),
+        "index_bytes": GaugeMetricFamily(
+            "taskq_table_index_size_bytes", "Index bytes per table.", labels=["table"]
+        ),
+        "partitions": GaugeMetricFamily(
+            "taskq_table_partitions", "Partitions per table (1: not partitioned).", labels=["table"]
+        ),
+    }
+    for row in fetch_all("metrics_table_health"):
+        for column, family in families.items():
+            family.add_metric([row["table_name"]], row[column])
+    return list(families.values())
 
 
 def count_created(rows) -> None:

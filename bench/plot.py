@@ -51,3 +51,55 @@ def plot_results(results: list[dict], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_scale(run: dict, path: Path) -> None:
+    """The scale run: each read's p50 against the number of finished tasks (log-log); drain
+    and pickup against it; and, with a soak, claim time and sizes over the soak."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = run["sizes"]
+    panels = 3 if run.get("soak") else 2
+    fig, axes = plt.subplots(1, panels, figsize=(6 * panels, 5))
+    ns = [s["n"] for s in sizes]
+    if sizes:
+        for read in sizes[0]["reads"]:
+            axes[0].plot(ns, [s["reads"][read]["p50"] for s in sizes], marker="o", label=read)
+        axes[0].axhline(25, color="grey", linestyle="--", linewidth=1, label="target 25 ms")
+        axes[0].set_xscale("log")
+        axes[0].set_yscale("log")
+        axes[0].legend(fontsize=7)
+        drain = axes[1]
+        drain.plot(ns, [s["drain_tasks_per_s"] for s in sizes], marker="o", color="C0")
+        drain.set_ylabel("drain, tasks/s", color="C0")
+        drain.set_xscale("log")
+        pickup = drain.twinx()
+        for pct, style in (("p50", "-"), ("p99", ":")):
+            pickup.plot(ns, [s["pickup_ms"][pct] for s in sizes], style, marker="s",
+                        color="C3", label=f"pickup {pct}")  # fmt: skip
+        pickup.set_ylabel("pickup, ms", color="C3")
+        pickup.legend(fontsize=7, loc="lower left")
+    axes[0].set_title("reads, p50 ms (lower is better)")
+    axes[0].set_xlabel("finished tasks (3 history rows each)")
+    axes[1].set_title("drain and pickup")
+    axes[1].set_xlabel("finished tasks")
+    if run.get("soak"):
+        samples = run["soak"]["samples"]
+        t = [s["drained"] for s in samples]
+        ax = axes[2]
+        ax.plot(t, [s["tasks_table_bytes"] / 1e6 for s in samples], label="tasks heap MB")
+        ax.plot(t, [s["tasks_index_bytes"] / 1e6 for s in samples], label="tasks indexes MB")
+        ax.plot(t, [s["tasks_claim_index_bytes"] / 1e6 for s in samples], label="claim index MB")
+        ax.set_xlabel("tasks drained")
+        ax.set_ylabel("MB")
+        claim = ax.twinx()
+        claim.plot(t, [s["claim_p50_ms"] for s in samples], "k:", label="claim p50 ms")
+        claim.set_ylabel("claim p50, ms")
+        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title("soak: sizes and claim time")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

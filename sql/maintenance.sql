@@ -1,14 +1,21 @@
 -- name: delete_finished_tasks
--- One batch of COMPLETED/FAILED tasks older than %(days)s days, oldest ids first; the trigger drops their history.
--- Walks the primary key from the oldest task (no index on completed_at: every completion would pay for it); old tasks sit at low ids, and a run's last batch reads on to the end once.
-WITH doomed AS (
+-- One window of %(limit)s tasks after id %(after)s: its COMPLETED/FAILED tasks finished more than %(days)s days ago are deleted (the trigger drops their history); where the window ended, and whether every task in it is younger than the horizon (the walk stops there).
+-- A keyset walk of the primary key (no index on completed_at: every completion would pay for it): each window reads at most %(limit)s tasks, so no batch reads on to the end of the table.
+WITH scanned AS MATERIALIZED (
+    SELECT id, created_at FROM tasks WHERE id > %(after)s ORDER BY id LIMIT %(limit)s
+), doomed AS (
     SELECT id FROM tasks
-     WHERE status IN ('COMPLETED', 'FAILED')
+     WHERE id > %(after)s AND id <= (SELECT max(id) FROM scanned)
+       AND status IN ('COMPLETED', 'FAILED')
        AND completed_at < now() - make_interval(days => %(days)s)
-     ORDER BY id
-     LIMIT %(limit)s
-     FOR UPDATE SKIP LOCKED)
-DELETE FROM tasks t USING doomed WHERE t.id = doomed.id;
+       FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM tasks t USING doomed WHERE t.id = doomed.id RETURNING t.id
+)
+SELECT (SELECT max(id) FROM scanned) AS last_id,
+       (SELECT count(*) FROM deleted) AS deleted,
+       coalesce((SELECT min(created_at) FROM scanned)
+                >= now() - make_interval(days => %(days)s), true) AS past_horizon;
 
 -- name: delete_old_ticks
 -- Forget periodic ticks older than the clean-up horizon (their uniqueness no longer matters).
@@ -17,3 +24,11 @@ DELETE FROM periodic_ticks WHERE tick_at < now() - make_interval(days => greates
 -- name: delete_silent_workers
 -- Drop worker rows silent for a day: processes that died without saying goodbye.
 DELETE FROM workers WHERE heartbeat_at < now() - interval '1 day';
+
+-- name: add_history_partitions
+-- The daily task_history partitions through %(days_ahead)s UTC days ahead (rows the default partition caught move in).
+SELECT taskq_history_add_partitions(%(days_ahead)s) AS made;
+
+-- name: drop_history_partitions
+-- Drop the task_history partitions whose every row is older than %(keep_days)s days (a catalog change, lock_timeout 2 s).
+SELECT taskq_history_drop_partitions(%(keep_days)s) AS dropped;

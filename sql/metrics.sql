@@ -7,3 +7,8 @@ SELECT queue, waiting, due, running,
 -- name: metrics_webhook_deliveries
 -- Webhook deliveries per status (pending, delivered, failed) for /metrics.
 SELECT status, count(*) AS deliveries FROM webhook_deliveries GROUP BY status;
+
+-- name: metrics_table_health
+-- Live and dead tuples and bytes per taskq table (history partitions summed), from the table_health view.
+SELECT table_name, partitions, live_tuples, dead_tuples, table_bytes, index_bytes
+  FROM table_health;

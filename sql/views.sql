@@ -85,3 +85,45 @@ SELECT h.id AS history_id, h.task_id, t.queue, t.task_type, h.to_status, h.attem
    AND h.created_at > now() - interval '24 hours'
  ORDER BY h.id DESC;
 COMMENT ON VIEW recent_failures IS 'Failed attempts of the last 24 hours, newest first.';
+
+CREATE OR REPLACE VIEW task_history_partitions AS
+SELECT c.relname AS partition,
+       CASE WHEN b.bounds IS NULL THEN NULL
+            WHEN b.bounds[1] = 'MINVALUE' THEN '-infinity'::timestamptz
+            ELSE trim(BOTH '''' FROM b.bounds[1])::timestamptz END AS from_time,
+       CASE WHEN b.bounds IS NULL THEN NULL
+            ELSE trim(BOTH '''' FROM b.bounds[2])::timestamptz END AS to_time,
+       b.bounds IS NULL AS is_default,
+       c.reltuples::bigint AS estimated_rows,
+       pg_total_relation_size(c.oid) AS total_bytes
+  FROM pg_inherits i
+  JOIN pg_class c ON c.oid = i.inhrelid
+  CROSS JOIN LATERAL (SELECT regexp_match(pg_get_expr(c.relpartbound, c.oid),
+                                          'FROM \((.+)\) TO \((.+)\)') AS bounds) b
+ WHERE i.inhparent = 'task_history'::regclass
+ ORDER BY is_default, from_time;
+COMMENT ON VIEW task_history_partitions IS
+    'The partitions of task_history: UTC time range (none for the default), estimated rows, bytes.';
+
+CREATE OR REPLACE VIEW table_health AS
+SELECT coalesce(parent.relname, c.relname)::text AS table_name,
+       count(*)                                  AS partitions,
+       sum(s.n_live_tup)::bigint                 AS live_tuples,
+       sum(s.n_dead_tup)::bigint                 AS dead_tuples,
+       round(100.0 * sum(s.n_dead_tup) / nullif(sum(s.n_live_tup + s.n_dead_tup), 0), 1)
+                                                 AS dead_percent,
+       sum(pg_table_size(c.oid))::bigint         AS table_bytes,
+       sum(pg_indexes_size(c.oid))::bigint       AS index_bytes,
+       max(greatest(s.last_vacuum, s.last_autovacuum)) AS last_vacuum,
+       max(greatest(s.last_analyze, s.last_autoanalyze)) AS last_analyze
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_stat_user_tables s ON s.relid = c.oid
+  LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+  LEFT JOIN pg_class parent ON parent.oid = i.inhparent
+ WHERE c.relkind = 'r' AND n.nspname IN ('public', 'taskq_history')
+   AND c.relname <> 'alembic_version'
+ GROUP BY 1
+ ORDER BY 1;
+COMMENT ON VIEW table_health IS
+    'Per taskq table (history partitions summed): live and dead tuples, bytes, last vacuum and analyze.';

@@ -129,16 +129,33 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="write")
 @click.option("--system", "systems", multiple=True, help="only these systems (repeatable)")
 @click.option("--tiny", is_flag=True, hidden=True, help="smoke-test sizes (figures meaningless)")
+@click.option("--scale", default=None, help="taskq at these finished-task counts: 10k,100k,1m,10m")
+@click.option("--soak", default=None, help="with --scale: then drain this many tasks (e.g. 1m)")
+@click.option(
+    "--results-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="where --scale writes scale.json/.md/.png (default bench/results)",
+)
 def bench(
-    quick: bool, database_url: str | None, json_path: str | None, systems: tuple, tiny: bool
+    quick: bool,
+    database_url: str | None,
+    json_path: str | None,
+    systems: tuple,
+    tiny: bool,
+    scale: str | None,
+    soak: str | None,
+    results_dir: str | None,
 ) -> None:
     """Benchmark taskq against PgQueuer and procrastinate on the same Postgres.
 
-    The server is --database-url, else DATABASE_URL, else the embedded Postgres.
+    --scale measures taskq's reads, drain and pickup as finished tasks pile up
+    (bench/scale.py). The server is --database-url, else DATABASE_URL, else the
+    embedded Postgres.
     """
     from pathlib import Path
 
-    from bench.harness import FULL, QUICK, TINY, run_bench
+    from bench.harness import FULL, QUICK, RESULTS_DIR, TINY, run_bench
 
     sizes = TINY if tiny else QUICK if quick else FULL
     url = database_url or env("DATABASE_URL")
@@ -147,7 +164,16 @@ def bench(
 
         url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
         click.echo(f"taskq: no DATABASE_URL, benchmarking on the embedded Postgres at {url}")
-    run_bench(url, sizes, Path(json_path) if json_path else None, list(systems) or None)
+    json_file = Path(json_path) if json_path else None
+    if scale or soak:
+        from bench.scale import main as run_scale
+
+        try:
+            run_scale(url, scale or "", soak, json_file, Path(results_dir or RESULTS_DIR), tiny)
+        except ValueError as exc:
+            fail(str(exc))
+        return
+    run_bench(url, sizes, json_file, list(systems) or None)
 
 
 @main.command()

@@ -170,8 +170,12 @@ class Task(Base):
 
 
 class TaskHistory(Base):
+    """Partitioned by ``created_at`` (migration 0010): the key holds the partition key."""
+
     __tablename__ = "task_history"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(
+        BigInteger, primary_key=True, server_default=text("nextval('task_history_id_seq')")
+    )
     task_id: Mapped[int] = mapped_column(BigInteger)
     user_id: Mapped[int | None] = mapped_column(BigInteger)
     from_status: Mapped[TaskStatus | None] = mapped_column(task_status)
@@ -179,11 +183,14 @@ class TaskHistory(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     worker_id: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(TZ, server_default=func.clock_timestamp())
+    created_at: Mapped[datetime] = mapped_column(
+        TZ, primary_key=True, server_default=func.clock_timestamp()
+    )
     xact_id: Mapped[str] = mapped_column(Xid8, server_default=func.pg_current_xact_id())
     __table_args__ = (
         Index("ix_task_history_task_id", "task_id", "id"),
         Index("ix_task_history_xact_id", "xact_id", "id"),
+        {"postgresql_partition_by": "RANGE (created_at)"},
     )
 
 

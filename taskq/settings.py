@@ -137,3 +137,11 @@ def task_settings() -> TaskSettings:
         webhook_timeout=env_float("TASKQ_WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
         allow_private_urls=allow_private_urls(),
     )
+
+
+def history_days() -> int:
+    """TASKQ_HISTORY_DAYS: whole days of task history kept, TASKQ_CLEANUP_DAYS (at least 1)
+    by default. The worker leader drops the history partitions (one per UTC day) older than this.
+    """
+    cleanup_days = env_int("TASKQ_CLEANUP_DAYS", 30, minimum=0)
+    return env_int("TASKQ_HISTORY_DAYS", max(cleanup_days, 1), minimum=1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from psycopg.rows import dict_row
+
 from sql import queries
 from taskq.registry import TaskContext, implement
 
@@ -15,19 +17,25 @@ from taskq.registry import TaskContext, implement
 def delete_finished_tasks(conn: Any, days: int, batch_size: int) -> int:
     """Delete COMPLETED and FAILED tasks older than ``days``, one short transaction per batch.
 
-    Small batches keep each transaction's locks brief, so the queue keeps
-    moving while a large backlog is cleaned; the delete trigger removes their
-    history, dead letters and webhook deliveries.
+    A keyset walk of the primary key, ``batch_size`` tasks a window: each
+    transaction reads and locks at most that many rows, so the queue keeps
+    moving while a large backlog is cleaned, and the walk stops at the first
+    window of tasks all created after the horizon (a task finishes after it is
+    created) instead of reading the rest of the table. The delete trigger
+    removes their history, dead letters and webhook deliveries (history older
+    than TASKQ_HISTORY_DAYS has gone with its partition already).
     """
-    deleted = 0
+    deleted, after = 0, 0
     while True:
-        with conn.transaction():
-            count = conn.execute(
-                queries["delete_finished_tasks"], {"days": days, "limit": batch_size}
-            ).rowcount
-        deleted += count
-        if count < batch_size:
+        with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+            window = cur.execute(
+                queries["delete_finished_tasks"],
+                {"days": days, "limit": batch_size, "after": after},
+            ).fetchone()
+        deleted += window["deleted"]
+        if window["past_horizon"] or window["last_id"] is None:
             return deleted
+        after = window["last_id"]
 
 
 @implement("cleanup_old_tasks")

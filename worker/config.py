@@ -14,6 +14,7 @@ from taskq.settings import (
     env,
     env_float,
     env_int,
+    history_days,
     split_modules,
     task_settings,
 )
@@ -57,6 +58,7 @@ class WorkerConfig:
     reaper_interval: float = 5.0
     counts_interval: float = 1.0
     periodic_catchup: float = 300.0
+    history_days: int = 30
     periodic: tuple[PeriodicSchedule, ...] = ()
     metrics_port: int | None = None
     log_level: str = "INFO"
@@ -172,6 +174,7 @@ def load_config(**options: Any) -> WorkerConfig:
         reaper_interval=env_float("TASKQ_REAPER_INTERVAL", min(5.0, lease / 2), minimum=0.05),
         counts_interval=env_float("TASKQ_COUNTS_INTERVAL", 1.0, minimum=0.05),
         periodic_catchup=env_float("TASKQ_PERIODIC_CATCHUP", 300.0, minimum=0),
+        history_days=history_days(),
         periodic=periodic_schedules(imports),
         metrics_port=env_int("TASKQ_METRICS_PORT", 0, minimum=0) or None,
         log_level=(env("TASKQ_LOG_LEVEL", "INFO") or "INFO").upper(),

@@ -1,5 +1,5 @@
-"""Maintenance on the elected leader only: the reaper, the periodic enqueuer and the
-roll-up of the task counters (``taskq.counters``).
+"""Maintenance on the elected leader only: the reaper, the periodic enqueuer, the
+roll-up of the task counters (``taskq.counters``) and the history partitions.
 
 It runs in a thread of the supervisor (start/stop), a round every tenth of
 a second; each round paces itself. Leadership is a session advisory lock
@@ -8,7 +8,11 @@ does, Postgres releases the lock and the next worker to try takes over. The
 periodic enqueuer is safe even with two leaders: each tick's row in
 ``periodic_ticks`` has a primary key, and the task is inserted in the same
 transaction as the tick (clean-up of old finished tasks is itself a periodic
-task, ``cleanup_old_tasks``).
+task, ``cleanup_old_tasks``). Every ten minutes the leader creates the
+``task_history`` partitions of the next days and drops the whole days older
+than TASKQ_HISTORY_DAYS (migration 0010): retention is a catalog change; when
+a long reader holds the table, the short lock wait gives up and a later round
+tries again.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ log = logging.getLogger("taskq.worker.maintenance")
 LEADER_LOCK_KEY = 0x7461736B71  # "taskq"
 ROUND = 0.1  # seconds between rounds
 FORGET_EMPTY_COUNTS = 3600.0  # seconds between sweeps of counters at zero
+HISTORY_DAYS_AHEAD = 3  # daily history partitions made ahead (the default one catches the rest)
+HISTORY_INTERVAL = 600.0  # seconds between partition rounds
+HISTORY_RETRY = 60.0  # seconds before a partition round that met a busy table tries again
 
 
 def reap_expired_leases(conn: psycopg.Connection, limit: int = 1000) -> int:
@@ -51,6 +58,23 @@ def reap_expired_leases(conn: psycopg.Connection, limit: int = 1000) -> int:
             )
         write_outcomes(conn, outcomes, NO_BACKOFF)
     return len(outcomes)
+
+
+def maintain_history_partitions(conn: psycopg.Connection, keep_days: int) -> tuple[int, int]:
+    """Create the history partitions of the next days, drop those older than ``keep_days``.
+
+    Returns (created, dropped); raises ``psycopg.errors.LockNotAvailable`` when a
+    long transaction held ``task_history`` past the functions' lock_timeout.
+    """
+    with conn.transaction():
+        made = conn.execute(
+            queries["add_history_partitions"], {"days_ahead": HISTORY_DAYS_AHEAD}
+        ).fetchone()["made"]
+    with conn.transaction():
+        dropped = conn.execute(
+            queries["drop_history_partitions"], {"keep_days": keep_days}
+        ).fetchone()["dropped"]
+    return made, dropped
 
 
 def enqueue_tick(
@@ -101,6 +125,7 @@ class Maintenance:
         self.next_reap = 0.0
         self.next_roll_up = 0.0
         self.next_forget = 0.0
+        self.next_partitions = 0.0
         self.last_tick: dict[str, datetime] = {}
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
@@ -146,11 +171,25 @@ class Maintenance:
                 metrics.record_reaped(count)
                 if count:
                     log.info("reaper returned %d tasks with expired leases", count)
+            if now >= self.next_partitions:
+                self.maintain_partitions(now)
             self.enqueue_periodic(datetime.now(UTC))
             self.roll_up_counts(now)
         except psycopg.Error as exc:
             log.warning("maintenance: database error (%s); stepping down", exc)
             self.step_down()
+
+    def maintain_partitions(self, now: float) -> None:
+        """A partition round; one that met a busy table is tried again a minute later."""
+        try:
+            made, dropped = maintain_history_partitions(self.db(), self.config.history_days)
+        except psycopg.errors.LockNotAvailable:
+            log.info("history partitions: task_history busy, trying again shortly")
+            self.next_partitions = now + HISTORY_RETRY
+            return
+        self.next_partitions = now + HISTORY_INTERVAL
+        if made or dropped:
+            log.info("history partitions: %d created, %d dropped", made, dropped)
 
     def db(self) -> psycopg.Connection:
         """The maintenance connection (not the lock's: that one only holds the lock)."""

@@ -61,11 +61,12 @@ def test_maintenance_runs_its_rounds_in_a_thread_until_stopped(db, database_url)
     finally:
         maintenance.stop()
     assert not maintenance.thread.is_alive() and not maintenance.leader
-    locks = db.execute(
+    # Leadership released: the lock goes when the server has ended the closed session.
+    held = (
         "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
         "WHERE l.locktype = 'advisory' AND d.datname = current_database()"
-    ).fetchone()
-    assert locks["n"] == 0  # leadership released
+    )
+    wait_for(lambda: db.execute(held).fetchone()["n"] == 0, 10, "the leader lock to go")
 
 
 def test_one_leader_and_takeover_when_it_dies(db: psycopg.Connection, database_url: str):
@@ -148,7 +149,8 @@ def test_cleanup_deletes_old_finished_tasks_in_batches(db: psycopg.Connection, d
     old_failed = insert_tasks(db, 5, status="FAILED")
     recent = insert_tasks(db, 3, status="COMPLETED")
     waiting = insert_tasks(db, 2)
-    db.execute("UPDATE tasks SET completed_at = now() - interval '40 days' WHERE id = ANY(%s)",
+    db.execute("UPDATE tasks SET completed_at = now() - interval '40 days',"
+               " created_at = now() - interval '41 days' WHERE id = ANY(%s)",
                [old + old_failed])  # fmt: skip
     db.execute("UPDATE tasks SET completed_at = now() WHERE id = ANY(%s)", [recent])
     db.execute("UPDATE tasks SET created_at = now() - interval '60 days' WHERE id = ANY(%s)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers import wait_for
+
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
     """Every sample of an exposition as {(name, sorted labels): value}."""
@@ -29,6 +31,22 @@ def test_metrics_show_queue_depth_age_and_webhook_deliveries(client, db):
     assert found[("taskq_queue_oldest_due_age_seconds", (("queue", "mail"),))] >= 0
     assert found[("taskq_webhook_deliveries", (("status", "pending"),))] == 1
     assert ("taskq_sse_streams_open", ()) in found
+
+
+def test_metrics_show_dead_tuples_and_sizes_per_table(client, db):
+    db.execute("INSERT INTO tasks (title) SELECT 't' FROM generate_series(1, 100)")
+    db.execute("UPDATE tasks SET status = 'CANCELLED'")  # 100 dead versions of tasks rows
+
+    def scraped() -> dict | None:
+        found = samples(client.get("/metrics").get_data(as_text=True))
+        dead = found.get(("taskq_table_dead_tuples", (("table", "tasks"),)), 0)
+        return found if dead >= 100 else None  # statistics arrive within a second or so
+
+    found = wait_for(scraped, 30, "the dead tuples of tasks in /metrics")
+    assert found[("taskq_table_size_bytes", (("table", "tasks"),))] > 0
+    assert found[("taskq_table_index_size_bytes", (("table", "task_history"),))] > 0
+    assert found[("taskq_table_partitions", (("table", "task_history"),))] >= 3
+    assert found[("taskq_table_partitions", (("table", "tasks"),))] == 1
 
 
 @pytest.fixture

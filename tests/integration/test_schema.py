@@ -302,10 +302,11 @@ def test_0008_places_old_history_first_without_rewriting_the_table(database_url,
         "INSERT INTO tasks (user_id, title) VALUES (%s, 't') RETURNING id", (user,)
     ).fetchone()["id"]
     filenode = db.execute("SELECT pg_relation_filenode('task_history') AS f").fetchone()["f"]
-    upgrade(database_url)
+    upgrade(database_url, "0008")
     assert (
         db.execute("SELECT pg_relation_filenode('task_history') AS f").fetchone()["f"] == filenode
     )
+    upgrade(database_url)
     db.execute("UPDATE tasks SET status = 'PROCESSING' WHERE id = %s", (old,))
     rows = db.execute(
         "SELECT xact_id::text AS xact_id FROM task_history WHERE task_id = %s ORDER BY id", (old,)

@@ -8,6 +8,7 @@ import pytest
 
 from bench.ceiling import PLACEHOLDER, fill, script
 from bench.harness import TINY, Result, format_table, percentile, summarize
+from bench.scale import label, parse_count, parse_sizes
 from sql import queries
 
 
@@ -48,3 +49,12 @@ def test_ceiling_script_uses_the_workers_own_queries_with_every_parameter_filled
         words = re.sub(r"\s+", " ", PLACEHOLDER.sub("", queries[name])).split(" ")
         assert any(w in fill(queries[name]) for w in words if len(w) > 8)
     assert text.count("BEGIN;") == 1 and text.rstrip().endswith("COMMIT;")
+
+
+def test_scale_sizes_parse_counts_with_suffixes_in_ascending_order():
+    assert parse_sizes("1m, 10k,100k,10k") == (10_000, 100_000, 1_000_000)
+    assert parse_count("2.5k") == 2_500 and parse_count("10M") == 10_000_000
+    assert [label(n) for n in (10_000, 1_000_000, 2_500)] == ["10k", "1m", "2,500"]
+    for bad in ("", "ten", "-5", "0"):
+        with pytest.raises(ValueError):
+            parse_sizes(bad)
