@@ -7,3 +7,7 @@ SELECT queue, waiting, due, running,
 -- name: metrics_webhook_deliveries
 -- Webhook deliveries per status (pending, delivered, failed) for /metrics.
 SELECT status, count(*) AS deliveries FROM webhook_deliveries GROUP BY status;
+
+-- name: metrics_queue_controls
+-- Per queue: paused, live workers serving it, unserved (tasks wait, no worker), for /metrics.
+SELECT queue, paused::int AS paused, workers, unserved::int AS unserved FROM queue_controls;

@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 
 from worker.registry import load_task_modules
 
-VIEWS = ("queue_stats", "queue_depth", "stuck_tasks", "live_workers")
+VIEWS = ("queue_stats", "queue_controls", "queue_depth", "stuck_tasks", "live_workers")
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
