@@ -995,10 +995,21 @@ class RateField(Text):
             raise ValidationError(str(exc)) from None
 
 
+class JsonBoolean(fields.Boolean):
+    """true or false, nothing else (not 1, not "yes")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
 class QueuePatchSchema(Schema):
     """PATCH /admin/queues/{name}: the fields to change (null clears a limit)."""
 
-    paused = fields.Boolean(strict=True)
+    OPENAPI_EXTRA: ClassVar[dict[str, Any]] = {"minProperties": 1}
+
+    paused = JsonBoolean()
     concurrency = fields.Integer(
         strict=True,
         allow_none=True,

@@ -81,7 +81,10 @@ class QueueService:
         return service_warnings(queues, self.served, self.paused)
 
 
-QUEUE_SERVICE = QueueService()
+def create_warnings(queues: list[str]) -> list[str]:
+    """The warnings of a create into ``queues``, from this app's QueueService."""
+    service = current_app.extensions.setdefault("taskq_queue_service", QueueService())
+    return service.warnings(queues)
 
 
 def like_pattern(text: str) -> str:
@@ -280,7 +283,7 @@ def create_task():
     body = {
         "task": task_to_json(row),
         "message": "Task created successfully",
-        "warnings": QUEUE_SERVICE.warnings([row["queue"]]),
+        "warnings": create_warnings([row["queue"]]),
     }
     return body, 201, {"Location": location}
 
@@ -333,7 +336,7 @@ def create_tasks_batch():
         rows = insert_tasks(conn, user_id, [task_columns(task) for task in data["tasks"]])
     count_created(rows)
     tasks = [task_to_json(row) for row in rows]
-    warnings = QUEUE_SERVICE.warnings([task["queue"] for task in tasks])
+    warnings = create_warnings([task["queue"] for task in tasks])
     body = {"tasks": tasks, "count": len(tasks), "message": f"{len(tasks)} tasks created"}
     return {**body, "warnings": warnings}, 201
 

@@ -149,8 +149,10 @@ WITH RECURSIVE waiting AS (
              ORDER BY t.queue LIMIT 1)
       FROM waiting w WHERE w.queue IS NOT NULL
 ), served AS (
+    -- Live as in live_workers: heard from in the last minute.
     SELECT s.queue, count(*) AS workers
-      FROM live_workers lw CROSS JOIN LATERAL unnest(lw.queues) AS s(queue)
+      FROM workers w CROSS JOIN LATERAL unnest(w.queues) AS s(queue)
+     WHERE w.heartbeat_at > now() - interval '60 seconds'
      GROUP BY s.queue
 ), known AS (
     SELECT name AS queue FROM queues
