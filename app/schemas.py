@@ -28,7 +28,7 @@ from marshmallow import (
 
 from app.errors import error_response
 from taskq.fields import HttpHeaders, OutboundUrl
-from taskq.queues import MAX_CONCURRENCY, parse_rate
+from taskq.queues import MAX_CONCURRENCY, RATE_SYNTAX, parse_rate
 from taskq.registry import SYSTEM_QUEUES, user_task_types
 from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
 
@@ -1018,7 +1018,10 @@ class QueuePatchSchema(Schema):
     )
     rate = RateField(
         allow_none=True,
-        metadata={"description": "At most N starts in any PERIOD (`100/60s`); null: none."},
+        metadata={
+            "pattern": f"^{RATE_SYNTAX}$",
+            "description": "At most N starts in any PERIOD (`100/60s`); null: none.",
+        },
     )
     description = Text(validate=validate.Length(max=1000))
 
