@@ -34,6 +34,9 @@ class Rate(NamedTuple):
     limit: int
     period: timedelta
 
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.period.total_seconds():g}s"
+
 
 def parse_rate(text: str) -> Rate:
     """``"100/60s"`` → Rate(100, 60 s); ValueError with a message a client can read."""
