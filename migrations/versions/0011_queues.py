@@ -7,7 +7,9 @@ claim statement of a rate-limited queue (how many tasks it started, when),
 pruned to the window by the claims themselves.
 
 ``taskq_claim_gate(queues)`` is what the claim statement calls first: per
-queue, how many tasks it may start now (NULL: no limit; 0 while paused). A
+queue, how many tasks it may start now (NULL: no limit; 0 while paused; at
+most a fair share of a concurrency limit: the limit over the live worker
+processes serving the queue, so one batching child cannot take every slot). A
 queue with a concurrency or rate limit has its row locked (FOR UPDATE, in
 name order, so two workers with overlapping queues cannot deadlock) until
 the claim commits, and the running count and the window are read after the
@@ -118,7 +120,9 @@ BEGIN
     RETURN QUERY
     SELECT n.name,
            CASE WHEN q.paused THEN 0
-                ELSE greatest(0, least(q.concurrency - r.running, q.rate_limit - w.started)) END,
+                WHEN q.concurrency IS NULL AND q.rate_limit IS NULL THEN NULL
+                ELSE greatest(0, least(q.concurrency - r.running, r.share,
+                                       q.rate_limit - w.started)) END,
            q.rate_limit IS NOT NULL AND NOT q.paused,
            CASE WHEN NOT q.paused AND w.started >= q.rate_limit
                 THEN greatest(0, extract(epoch FROM w.first_at + q.rate_period - clock_timestamp()))
@@ -126,9 +130,15 @@ BEGIN
       FROM unnest(names) AS n(name)
       LEFT JOIN queues q ON q.name = n.name
       LEFT JOIN LATERAL (
-            SELECT count(*)::integer AS running FROM tasks t
-             WHERE q.concurrency IS NOT NULL AND NOT q.paused
-               AND t.status = 'PROCESSING' AND t.queue = n.name) r ON true
+            -- One claim takes at most its fair share of the limit (the limit over the live
+            -- worker processes serving the queue), so a batch of one does not starve the rest.
+            SELECT (SELECT count(*)::integer FROM tasks t
+                     WHERE t.status = 'PROCESSING' AND t.queue = n.name) AS running,
+                   ceil(q.concurrency::numeric / greatest(1, (
+                       SELECT count(*) FROM workers lw
+                        WHERE n.name = ANY(lw.queues)
+                          AND lw.heartbeat_at > now() - interval '60 seconds')))::integer AS share
+             WHERE q.concurrency IS NOT NULL AND NOT q.paused) r ON true
       LEFT JOIN LATERAL (
             SELECT coalesce(sum(s.tasks), 0)::integer AS started, min(s.started_at) AS first_at
               FROM queue_starts s

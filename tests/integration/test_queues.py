@@ -69,6 +69,20 @@ def test_a_concurrency_limit_counts_running_tasks_of_every_worker(db):
     assert len(claim(db, ["a"], worker="w3")[0]) == 2
 
 
+def test_a_fair_share_per_live_worker_and_unlimited_queues_beside_limited_ones(db):
+    insert_tasks(db, 10, queue="a")
+    insert_tasks(db, 5, queue="free")
+    db.execute("INSERT INTO queues (name, concurrency) VALUES ('a', 6)")
+    serve(db, "a", "free", worker="w1")
+    serve(db, "a", worker="w2")
+    serve(db, "free", worker="w3")  # serves another queue: not in a's share
+    first, _ = claim(db, ["a", "free"], worker="w1")
+    assert sorted(r["queue"] for r in first).count("a") == 3  # 6 over 2 live workers
+    assert [r["queue"] for r in first].count("free") == 5  # no limit beside a limited queue
+    assert len(claim(db, ["a"], worker="w2")[0]) == 3
+    assert claim(db, ["a"], worker="w1")[0] == []
+
+
 def test_a_rate_limit_counts_starts_in_the_window_and_hints_when_it_opens(db):
     insert_tasks(db, 10, queue="a")
     db.execute("INSERT INTO queues (name, rate_limit, rate_period) VALUES ('a', 4, '1 hour')")
