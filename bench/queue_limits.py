@@ -33,8 +33,8 @@ LIMITS: tuple[tuple[str, dict[str, Any] | None], ...] = (
     ("drain_2proc_unlimited_jobs_per_s", None),
     ("drain_2proc_concurrency_10000_jobs_per_s", {"concurrency": 10_000}),
     ("drain_2proc_rate_1000000_per_s_jobs_per_s", {"rate": Rate(1_000_000, timedelta(seconds=1))}),
+    ("drain_2proc_concurrency_1000_jobs_per_s", {"concurrency": 1000}),
     ("drain_2proc_concurrency_100_jobs_per_s", {"concurrency": 100}),
-    ("drain_2proc_concurrency_2_jobs_per_s", {"concurrency": 2}),
     ("drain_2proc_rate_2000_per_s_jobs_per_s", {"rate": Rate(2_000, timedelta(seconds=1))}),
 )
 

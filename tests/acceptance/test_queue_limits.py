@@ -15,21 +15,10 @@ import psycopg
 import pytest
 
 from tests.helpers import insert_tasks, status_counts, wait_for
-from tests.worker_helpers import start_worker, stop_worker
-from tests.worker_tasks import LEDGER_DDL
+from tests.worker_helpers import completed, start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 IMPORTS = {"TASKQ_IMPORTS": "tests.worker_tasks"}
-
-
-@pytest.fixture
-def ledger_db(db: psycopg.Connection) -> psycopg.Connection:
-    db.execute(LEDGER_DDL)
-    return db
-
-
-def completed(db: psycopg.Connection, n: int) -> bool:
-    return status_counts(db).get("COMPLETED", 0) >= n
 
 
 def run_two_workers(db, database_url, count, *args, **env):

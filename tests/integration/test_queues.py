@@ -11,6 +11,8 @@ from hypothesis import strategies as st
 
 from sql import queries
 from tests.helpers import API, assert_error, create, insert_tasks, wait_for
+from tests.worker_helpers import claim_connection
+from worker.completer import Outcomes
 
 ADMIN = f"{API}/admin"
 FIELDS = ("paused", "concurrency", "rate_limit", "rate_period", "description")
@@ -308,3 +310,15 @@ def test_admin_queues_and_metrics_show_queues_with_work_and_no_workers(client, r
     db.execute("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", [ann_task["id"]])
     listed = client.get(f"{ADMIN}/queues", headers=root.headers).get_json()["queues"]
     assert not [q for q in listed if q["unserved"]]
+
+
+def test_the_worker_exchange_hears_when_a_full_rate_window_opens(db, database_url):
+    insert_tasks(db, 3)
+    db.execute("INSERT INTO queues (name, rate_limit, rate_period) VALUES ('default', 1, '1 hour')")
+    with claim_connection(database_url) as exchange:
+        exchange.send(Outcomes(), 5)
+        first = exchange.receive()
+        exchange.send(Outcomes(), 5)
+        second = exchange.receive()
+    assert len(first.rows) == 1 and first.reopens is None
+    assert second.rows == [] and 3500 < second.reopens <= 3600
