@@ -1,21 +1,25 @@
-"""Admin-only endpoints: every user's tasks (list and detail), queue statistics, live workers
-and stuck tasks.
+"""Admin-only endpoints: every user's tasks (list and detail), queue statistics and controls
+(pause, resume, limits), live workers and stuck tasks.
 
 Queue and worker figures come from the operator views of ``sql/views.sql``,
-the same ones psql users and ``taskq stats`` read.
+the same ones psql users and ``taskq stats`` read; queue controls are the
+``queues`` rows that ``taskq queue`` and psql edit too (``taskq.queues``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from flask import Blueprint, Flask, current_app
 
 from app import schemas
 from app.auth import admin_required
 from app.db import fetch_all, get_conn
-from app.errors import ApiError
+from app.errors import ApiError, get_json_body
 from app.openapi import doc
 from app.tasks import list_tasks_page
 from sql import queries
+from taskq.queues import get_queue, queue_json, set_queue
 from taskq.representation import row_to_json, task_to_json
 
 bp = Blueprint("admin", __name__, url_prefix="/api/v1/admin")
@@ -64,8 +68,73 @@ def admin_task(task_id: int):
 )
 @admin_required
 def admin_queues():
-    """One row of the queue_stats view per queue."""
+    """One row per queue: the queue_stats view's figures with its controls (queue_controls)."""
     return {"queues": [row_to_json(row) for row in fetch_all("admin_queue_stats")]}
+
+
+def queue_name(name: str) -> str:
+    """The queue name of the URL, or 400 when no queue can have it."""
+    if not schemas.QUEUE_NAME_PATTERN.fullmatch(name):
+        raise ApiError(400, "Invalid queue name.", {"name": ["1-64 of A-Z a-z 0-9 _ . : -"]})
+    return name
+
+
+def change_queue(name: str, changes: dict[str, Any], message: str) -> dict[str, Any]:
+    """Store ``changes`` in the queue's row (created when missing) and answer its controls."""
+    with get_conn() as conn:
+        row = set_queue(conn, queue_name(name), changes)
+    return {"queue": queue_json(row), "message": message}
+
+
+@bp.get("/queues/<name>")
+@doc(
+    "A queue's controls: paused, limits, workers serving it (admins only)",
+    tag="admin",
+    response=schemas.QueueDetailSchema,
+    errors=(400, 403, 404),
+)
+@admin_required
+def admin_queue(name: str):
+    """404 for a queue nobody configured, no worker serves and no task waits in."""
+    with get_conn() as conn:
+        row = get_queue(conn, queue_name(name))
+    if row is None:
+        raise ApiError(404, f"Queue {name} not found.")
+    return {"queue": queue_json(row), "message": "OK"}
+
+
+@bp.patch("/queues/<name>")
+@doc(
+    "Change a queue's controls (admins only)",
+    tag="admin",
+    body=schemas.QueuePatchSchema,
+    response=schemas.QueueDetailSchema,
+    errors=(400, 403),
+)
+@admin_required
+def patch_queue(name: str):
+    """paused, concurrency (null: none), rate `N/PERIOD` (null: none), description; every
+    worker sees the change at its next claim (idle ones are woken)."""
+    changes = schemas.QueuePatchSchema().load(get_json_body())
+    return change_queue(name, changes, f"Queue {name} updated")
+
+
+@bp.post("/queues/<name>/pause")
+@doc("Pause a queue (admins only)", tag="admin", response=schemas.QueueDetailSchema,
+     errors=(400, 403))  # fmt: skip
+@admin_required
+def pause_queue(name: str):
+    """No new claims on any worker; running tasks finish; creates still work."""
+    return change_queue(name, {"paused": True}, f"Queue {name} paused")
+
+
+@bp.post("/queues/<name>/resume")
+@doc("Resume a paused queue (admins only)", tag="admin", response=schemas.QueueDetailSchema,
+     errors=(400, 403))  # fmt: skip
+@admin_required
+def resume_queue(name: str):
+    """Workers claim from it again at once."""
+    return change_queue(name, {"paused": False}, f"Queue {name} resumed")
 
 
 @bp.get("/workers")

@@ -6,9 +6,10 @@ merges them all (prometheus_client's multiprocess mode); workers started with
 the same directory (``taskq up`` on one machine) appear in the same scrape.
 Figures that live in Postgres are read at scrape time, so they are right
 whichever process answers: queue depth and oldest due age per queue (the
-``queue_stats`` view), webhook deliveries per status, and per table the live
-and dead tuples and bytes (the ``table_health`` view: statistics and file
-sizes, no table read), so an operator sees bloat coming.
+``queue_stats`` view), paused, workers and unserved per queue (``queue_controls``),
+webhook deliveries per status, and per table the live and dead tuples and bytes
+(the ``table_health`` view: statistics and file sizes, no table read), so an
+operator sees bloat coming.
 """
 
 from __future__ import annotations
@@ -69,6 +70,22 @@ class DatabaseCollector:
             due.add_metric([row["queue"]], row["due"])
             running.add_metric([row["queue"]], row["running"])
             oldest.add_metric([row["queue"]], row["oldest_due_seconds"])
+        controls = {
+            "paused": GaugeMetricFamily(
+                "taskq_queue_paused", "1 while the queue is paused.", labels=["queue"]
+            ),
+            "workers": GaugeMetricFamily(
+                "taskq_queue_workers", "Live worker processes serving the queue.", labels=["queue"]
+            ),
+            "unserved": GaugeMetricFamily(
+                "taskq_queue_unserved",
+                "1 while tasks wait in the queue and no live worker serves it.",
+                labels=["queue"],
+            ),
+        }
+        for row in fetch_all("metrics_queue_controls"):
+            for name, family in controls.items():
+                family.add_metric([row["queue"]], row[name])
         deliveries = GaugeMetricFamily(
             "taskq_webhook_deliveries",
             "Webhook deliveries kept in Postgres, per status (pending, delivered, failed).",
@@ -76,7 +93,15 @@ class DatabaseCollector:
         )
         for row in fetch_all("metrics_webhook_deliveries"):
             deliveries.add_metric([row["status"]], row["deliveries"])
-        yield from (waiting, due, running, oldest, deliveries, *table_health_families())
+        yield from (
+            waiting,
+            due,
+            running,
+            oldest,
+            *controls.values(),
+            deliveries,
+            *table_health_families(),
+        )
 
 
 def table_health_families() -> list[GaugeMetricFamily]:

@@ -20,7 +20,13 @@ from flask import Blueprint, Flask, current_app, jsonify, render_template
 from marshmallow import Schema
 
 from app.errors import MESSAGES
-from app.schemas import BIGINT_MAX, MAX_JSON_DEPTH, ErrorSchema, TaskCreateSchema
+from app.schemas import (
+    BIGINT_MAX,
+    MAX_JSON_DEPTH,
+    ErrorSchema,
+    QueuePatchSchema,
+    TaskCreateSchema,
+)
 
 bp = Blueprint("openapi", __name__)
 
@@ -266,6 +272,7 @@ def build_spec(app: Flask) -> dict[str, Any]:
         spec.components.security_scheme(name, scheme)
     add_error_responses(spec)
     spec.components.schema("TaskCreate", TaskCreateSchema.OPENAPI_EXTRA, schema=TaskCreateSchema)
+    spec.components.schema("QueuePatch", QueuePatchSchema.OPENAPI_EXTRA, schema=QueuePatchSchema)
     paths: dict[str, dict[str, Any]] = {}
     with app.app_context():
         for rule in app.url_map.iter_rules():

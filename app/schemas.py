@@ -28,6 +28,7 @@ from marshmallow import (
 
 from app.errors import error_response
 from taskq.fields import HttpHeaders, OutboundUrl
+from taskq.queues import MAX_CONCURRENCY, RATE_SYNTAX, parse_rate
 from taskq.registry import SYSTEM_QUEUES, user_task_types
 from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
 
@@ -845,11 +846,17 @@ class TaskSchema(Schema):
     updated_at = fields.DateTime()
 
 
+WARNINGS_DESCRIPTION = (
+    "The task was stored but may not run soon: no live worker serves its queue, or it is paused."
+)
+
+
 class TaskCreatedSchema(Schema):
     """Answer of POST /tasks."""
 
     task = fields.Nested(TaskSchema)
     message = fields.String()
+    warnings = fields.List(fields.String(), metadata={"description": WARNINGS_DESCRIPTION})
 
 
 class TaskBatchCreatedSchema(Schema):
@@ -858,6 +865,7 @@ class TaskBatchCreatedSchema(Schema):
     tasks = fields.List(fields.Nested(TaskSchema))
     count = fields.Integer()
     message = fields.String()
+    warnings = fields.List(fields.String(), metadata={"description": WARNINGS_DESCRIPTION})
 
 
 TaskPageSchema = Schema.from_dict(page_fields(TaskSchema), name="TaskPageSchema")
@@ -985,10 +993,92 @@ class QueueStatSchema(Schema):
     failed_last_minute = fields.Integer()
 
 
+class QueueControlsSchema(Schema):
+    """A queue's controls (the queue_controls view): paused, limits, who serves it."""
+
+    queue = fields.String()
+    paused = fields.Boolean(metadata={"description": "No new claims on any worker."})
+    concurrency = fields.Integer(
+        allow_none=True, metadata={"description": "Most tasks PROCESSING at once, all workers."}
+    )
+    rate = fields.String(
+        allow_none=True, metadata={"description": "At most N starts in any PERIOD: `100/60s`."}
+    )
+    rate_limit = fields.Integer(allow_none=True)
+    rate_period = fields.Float(allow_none=True, metadata={"description": "Seconds."})
+    description = fields.String()
+    workers = fields.Integer(metadata={"description": "Live worker processes serving it."})
+    has_waiting = fields.Boolean(metadata={"description": "Tasks PENDING or RETRYING in it."})
+    unserved = fields.Boolean(metadata={"description": "Tasks wait and no live worker serves it."})
+    updated_at = fields.DateTime(allow_none=True)
+
+
+class QueueStatWithControlsSchema(QueueStatSchema, QueueControlsSchema):
+    """One queue of GET /admin/queues: its figures and its controls."""
+
+
 class QueuesSchema(Schema):
     """Answer of GET /admin/queues."""
 
-    queues = fields.List(fields.Nested(QueueStatSchema))
+    queues = fields.List(fields.Nested(QueueStatWithControlsSchema))
+
+
+class QueueDetailSchema(Schema):
+    """Answer of GET/PATCH /admin/queues/{name} and of pause/resume."""
+
+    queue = fields.Nested(QueueControlsSchema)
+    message = fields.String()
+
+
+class RateField(Text):
+    """``N/PERIOD`` (``100/60s``, ``10/s``, ``5/2m``, ``1000/h``), loaded as a ``Rate``."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        text = super()._deserialize(value, attr, data, **kwargs)
+        try:
+            return parse_rate(text)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from None
+
+
+class JsonBoolean(fields.Boolean):
+    """true or false, nothing else (not 1, not "yes")."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if not isinstance(value, bool):
+            raise self.make_error("invalid")
+        return value
+
+
+class QueuePatchSchema(Schema):
+    """PATCH /admin/queues/{name}: the fields to change (null clears a limit)."""
+
+    OPENAPI_EXTRA: ClassVar[dict[str, Any]] = {"minProperties": 1}
+
+    paused = JsonBoolean()
+    concurrency = fields.Integer(
+        strict=True,
+        allow_none=True,
+        validate=validate.Range(1, MAX_CONCURRENCY),
+        metadata={"description": "Global limit of tasks PROCESSING at once; null: none."},
+    )
+    rate = RateField(
+        allow_none=True,
+        metadata={
+            "pattern": f"^{RATE_SYNTAX}$",
+            "description": "At most N starts in any PERIOD (`100/60s`); null: none.",
+        },
+    )
+    description = Text(validate=validate.Length(max=1000))
+
+    @validates_schema
+    def not_empty(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """A PATCH that changes nothing is a mistake."""
+        if not data:
+            raise ValidationError("Give at least one of paused, concurrency, rate, description.")
+
+
+QUEUE_NAME_PATTERN = re.compile(NAME_PATTERN)
 
 
 class RunningTaskSchema(Schema):

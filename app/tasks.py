@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +29,7 @@ from app.openapi import doc, payload_json_schema
 from app.pagination import Term, order_sql, page_body, page_request
 from sql import queries
 from taskq.enqueue import insert_tasks
+from taskq.queues import service_warnings
 from taskq.registry import user_task_types
 from taskq.representation import (
     DEFAULT_CALLBACK_EVENTS,
@@ -61,6 +64,30 @@ TASK_CREATE_SCHEMA = schemas.TaskCreateSchema()
 
 
 # ----------------------------------------------------------------- helpers
+
+
+class QueueService:
+    """Which queues live workers serve and which are paused, read at most once per ``ttl`` s
+    per process: a create's warnings cost no query of their own."""
+
+    def __init__(self) -> None:
+        self.read_at = -math.inf
+        self.served: set[str] = set()
+        self.paused: set[str] = set()
+
+    def warnings(self, queues: list[str]) -> list[str]:
+        """The create's warnings for tasks in ``queues`` (unserved or paused queues)."""
+        if time.monotonic() - self.read_at >= current_app.config["TASKQ_QUEUE_INFO_SECONDS"]:
+            row = fetch_one("queue_service")
+            self.served, self.paused = set(row["served"]), set(row["paused"])
+            self.read_at = time.monotonic()
+        return service_warnings(queues, self.served, self.paused)
+
+
+def create_warnings(queues: list[str]) -> list[str]:
+    """The warnings of a create into ``queues``, from this app's QueueService."""
+    service = current_app.extensions.setdefault("taskq_queue_service", QueueService())
+    return service.warnings(queues)
 
 
 def ordering_terms(ordering: str | None) -> list[Term]:
@@ -270,7 +297,11 @@ def create_task():
         return first_task_of_key(params)
     count_created([row])
     location = url_for("tasks.get_task", task_id=row["id"])
-    body = {"task": task_to_json(row), "message": "Task created successfully"}
+    body = {
+        "task": task_to_json(row),
+        "message": "Task created successfully",
+        "warnings": create_warnings([row["queue"]]),
+    }
     return body, 201, {"Location": location}
 
 
@@ -322,7 +353,9 @@ def create_tasks_batch():
         rows = insert_tasks(conn, user_id, [task_columns(task) for task in data["tasks"]])
     count_created(rows)
     tasks = [task_to_json(row) for row in rows]
-    return {"tasks": tasks, "count": len(tasks), "message": f"{len(tasks)} tasks created"}, 201
+    warnings = create_warnings([task["queue"] for task in tasks])
+    body = {"tasks": tasks, "count": len(tasks), "message": f"{len(tasks)} tasks created"}
+    return {**body, "warnings": warnings}, 201
 
 
 @bp.get("/tasks")

@@ -123,9 +123,12 @@ class TaskqSystem(System):
     def extra_metrics(
         self, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
     ) -> list[tuple[str, float, str]]:
-        """HTTP create, end to end through the API, RSS, SSE, and the pgbench ceiling."""
+        """HTTP create, end to end through the API, RSS, SSE, the pgbench ceiling, and the
+        drain under queue limits (``bench.queue_limits``)."""
         measured = []
-        for group in (http_metrics, sse_metrics, ceiling_metrics):
+        from bench.queue_limits import limit_metrics
+
+        for group in (http_metrics, sse_metrics, ceiling_metrics, limit_metrics):
             try:
                 measured += group(self, fresh, sizes)
             except Exception as exc:  # one broken group must not lose the others' figures

@@ -23,8 +23,20 @@ SELECT t.*, u.username AS owner_username, u.email AS owner_email
 lower(u.username) = lower(%(username)s)
 
 -- name: admin_queue_stats
--- Per queue: waiting, due, running, oldest due age, completions in the last minute.
-SELECT * FROM queue_stats ORDER BY queue;
+-- Per queue: waiting, due, running, oldest due age, completions in the last minute; with its
+-- controls (paused, limits, live workers serving it, unserved) from queue_controls.
+SELECT coalesce(s.queue, c.queue) AS queue,
+       coalesce(s.waiting, 0) AS waiting, coalesce(s.due, 0) AS due,
+       coalesce(s.running, 0) AS running, s.oldest_due_age,
+       coalesce(s.completed_last_minute, 0) AS completed_last_minute,
+       coalesce(s.failed_last_minute, 0) AS failed_last_minute,
+       coalesce(c.paused, false) AS paused, c.concurrency, c.rate, c.rate_limit,
+       extract(epoch FROM c.rate_period)::float8 AS rate_period,
+       coalesce(c.description, '') AS description, coalesce(c.workers, 0) AS workers,
+       coalesce(c.has_waiting, false) AS has_waiting, coalesce(c.unserved, false) AS unserved,
+       c.updated_at
+  FROM queue_stats s FULL JOIN queue_controls c ON c.queue = s.queue
+ ORDER BY 1;
 
 -- name: admin_live_workers
 -- Workers heard from in the last minute, each with the tasks it runs now.

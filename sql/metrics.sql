@@ -12,3 +12,7 @@ SELECT status, count(*) AS deliveries FROM webhook_deliveries GROUP BY status;
 -- Live and dead tuples and bytes per taskq table (history partitions summed), from the table_health view.
 SELECT table_name, partitions, live_tuples, dead_tuples, table_bytes, index_bytes
   FROM table_health;
+
+-- name: metrics_queue_controls
+-- Per queue: paused, live workers serving it, unserved (tasks wait, no worker), for /metrics.
+SELECT queue, paused::int AS paused, workers, unserved::int AS unserved FROM queue_controls;

@@ -127,3 +127,44 @@ SELECT coalesce(parent.relname, c.relname)::text AS table_name,
  ORDER BY 1;
 COMMENT ON VIEW table_health IS
     'Per taskq table (history partitions summed): live and dead tuples, bytes, last vacuum and analyze.';
+
+CREATE OR REPLACE VIEW queue_controls AS
+WITH RECURSIVE waiting AS (
+    -- The queues with waiting tasks, one probe of ix_tasks_claim per queue.
+    (SELECT t.queue FROM tasks t WHERE t.status IN ('PENDING', 'RETRYING')
+      ORDER BY t.queue LIMIT 1)
+    UNION ALL
+    SELECT (SELECT t.queue FROM tasks t
+             WHERE t.status IN ('PENDING', 'RETRYING') AND t.queue > w.queue
+             ORDER BY t.queue LIMIT 1)
+      FROM waiting w WHERE w.queue IS NOT NULL
+), served AS (
+    -- Live as in live_workers: heard from in the last minute.
+    SELECT s.queue, count(*) AS workers
+      FROM workers w CROSS JOIN LATERAL unnest(w.queues) AS s(queue)
+     WHERE w.heartbeat_at > now() - interval '60 seconds'
+     GROUP BY s.queue
+), known AS (
+    SELECT name AS queue FROM queues
+    UNION SELECT queue FROM served
+    UNION SELECT queue FROM waiting WHERE queue IS NOT NULL
+)
+SELECT k.queue,
+       coalesce(q.paused, false) AS paused,
+       q.concurrency,
+       q.rate_limit,
+       q.rate_period,
+       CASE WHEN q.rate_limit IS NOT NULL
+            THEN q.rate_limit || '/' || trim_scale(extract(epoch FROM q.rate_period)) || 's'
+       END AS rate,
+       coalesce(q.description, '') AS description,
+       coalesce(s.workers, 0) AS workers,
+       EXISTS (SELECT 1 FROM waiting w WHERE w.queue = k.queue) AS has_waiting,
+       coalesce(s.workers, 0) = 0
+           AND EXISTS (SELECT 1 FROM waiting w WHERE w.queue = k.queue) AS unserved,
+       q.updated_at
+  FROM known k
+  LEFT JOIN queues q ON q.name = k.queue
+  LEFT JOIN served s ON s.queue = k.queue;
+COMMENT ON VIEW queue_controls IS
+    'Per queue: paused, limits, live workers serving it, and unserved = tasks waiting with no live worker.';

@@ -1,33 +1,47 @@
 -- name: claim_tasks
 -- Lock up to %(limit)s runnable tasks of the given queues in claim order, skipping rows others hold; lease them.
 -- One index-ordered scan per queue (ix_tasks_claim), so a deep backlog costs a LIMIT, not a sort.
+-- The gate (taskq_claim_gate) caps each queue: 0 while paused, the free slots of a concurrency
+-- limit, what is left of a rate window (logged in queue_starts); unlimited queues take no lock.
 -- A lean row for the worker: payload as JSON text (decoded when the task runs), n = claim order
--- (UPDATE … RETURNING promises no order).
-WITH next AS (
+-- (UPDATE … RETURNING promises no order). A rate-limited queue that is full adds a row with no
+-- id whose waited is the seconds until its window opens.
+WITH gate AS (
+    SELECT * FROM taskq_claim_gate(%(queues)s::text[])
+), next AS (
     SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS n
-      FROM unnest(%(queues)s::text[]) AS q(name)
+      FROM gate g
      CROSS JOIN LATERAL (
             SELECT id, priority, run_at FROM tasks
-             WHERE queue = q.name
+             WHERE queue = g.queue
                AND status IN ('PENDING', 'RETRYING')
                AND run_at <= now()
              ORDER BY priority DESC, run_at, id
-             LIMIT %(limit)s
+             LIMIT least(%(limit)s, g.allowed)
                FOR UPDATE SKIP LOCKED) c
      ORDER BY c.priority DESC, c.run_at, c.id
-     LIMIT %(limit)s)
-UPDATE tasks t
-   SET status = 'PROCESSING',
-       attempts = t.attempts + 1,
-       worker_id = %(worker_id)s,
-       lease_token = nextval('task_lease_token_seq'),
-       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-       started_at = now(),
-       updated_at = now()
-  FROM next
- WHERE t.id = next.id
-RETURNING t.id, t.lease_token, t.task_type, t.payload::text AS payload, t.queue, t.attempts,
-          t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited, next.n;
+     LIMIT %(limit)s
+), claimed AS (
+    UPDATE tasks t
+       SET status = 'PROCESSING',
+           attempts = t.attempts + 1,
+           worker_id = %(worker_id)s,
+           lease_token = nextval('task_lease_token_seq'),
+           lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+           started_at = now(),
+           updated_at = now()
+      FROM next
+     WHERE t.id = next.id
+    RETURNING t.id, t.lease_token, t.task_type, t.payload::text AS payload, t.queue, t.attempts,
+              t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited, next.n
+), started AS (
+    INSERT INTO queue_starts (queue, started_at, tasks)
+    SELECT c.queue, now(), count(*) FROM claimed c JOIN gate g ON g.queue = c.queue AND g.rated
+     GROUP BY c.queue
+)
+SELECT * FROM claimed
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, g.queue, NULL, NULL, g.wait, NULL FROM gate g WHERE g.wait IS NOT NULL;
 
 -- name: complete_tasks
 -- Store results and COMPLETED, fenced: only while our claim (lease_token) still holds the row.

@@ -1,5 +1,5 @@
 """The ``taskq`` command line: up, migrate, api, worker, create-admin, unlock-account,
-list-tasks, stats, bench.
+list-tasks, stats, queue, bench.
 
 Each command imports only what it runs: ``taskq worker`` never loads Flask.
 """
@@ -228,6 +228,118 @@ def stats(as_json: bool) -> None:
 
     url = required_database_url()
     click.echo(view_json(url) if as_json else view_report(url))
+
+
+@main.group()
+def queue() -> None:
+    """Queue controls: list, pause, resume, set limits (the queues table psql edits too)."""
+
+
+QUEUE_COLUMNS = ["queue", "paused", "concurrency", "rate", "workers", "unserved", "description"]
+
+
+def edit_queue(name: str, changes: dict) -> None:
+    """Store ``changes`` in the row of queue ``name`` and print its controls."""
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from taskq.queues import set_queue
+    from worker.stats import format_table
+
+    with psycopg.connect(required_database_url(), row_factory=dict_row) as conn:
+        try:
+            row = set_queue(conn, name, changes)
+        except psycopg.errors.CheckViolation:
+            fail(f"invalid queue name {name!r}: 1-64 of A-Z a-z 0-9 _ . : -")
+    click.echo(format_table([row], QUEUE_COLUMNS))
+
+
+@queue.command("list")
+@click.option("--json", "as_json", is_flag=True, help="one JSON document")
+def queue_list(as_json: bool) -> None:
+    """Every queue configured, served by a live worker, or with tasks waiting."""
+    import json
+
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from taskq.queues import list_queues, queue_json
+    from worker.stats import format_table
+
+    with psycopg.connect(required_database_url(), row_factory=dict_row) as conn:
+        rows = list_queues(conn)
+    if as_json:
+        click.echo(json.dumps([queue_json(row) for row in rows], indent=2))
+    else:
+        click.echo(format_table(rows, QUEUE_COLUMNS) if rows else "(no queues)")
+
+
+@queue.command("pause")
+@click.argument("name")
+def queue_pause(name: str) -> None:
+    """No new claims from NAME on any worker; running tasks finish."""
+    edit_queue(name, {"paused": True})
+
+
+@queue.command("resume")
+@click.argument("name")
+def queue_resume(name: str) -> None:
+    """Workers claim from NAME again at once."""
+    edit_queue(name, {"paused": False})
+
+
+KEEP = "keep"  # an option left out: the limit stays as it is
+
+
+def limit_option(parse):
+    """A click type for a limit that ``none`` clears."""
+
+    def convert(text: str):
+        if text is KEEP:
+            return KEEP
+        if text.strip().lower() == "none":
+            return None
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+
+    return convert
+
+
+def parse_concurrency(text: str) -> int:
+    from taskq.queues import MAX_CONCURRENCY
+
+    if not text.strip().isdigit() or not 1 <= int(text) <= MAX_CONCURRENCY:
+        raise ValueError(f"give 1 to {MAX_CONCURRENCY}, or none")
+    return int(text)
+
+
+def parse_rate_option(text: str):
+    from taskq.queues import parse_rate
+
+    return parse_rate(text)
+
+
+@queue.command("set")
+@click.argument("name")
+@click.option("--concurrency", type=limit_option(parse_concurrency), default=KEEP,
+              help="most tasks running at once over every worker; none: no limit")  # fmt: skip
+@click.option("--rate", type=limit_option(parse_rate_option), default=KEEP,
+              help="N/PERIOD starts (100/60s, 10/s, 5/m); none: no limit")  # fmt: skip
+@click.option("--description", default=None, help="free text for operators")
+@click.option("--paused/--resumed", default=None, help="pause or resume too")
+def queue_set(name: str, concurrency, rate, description, paused) -> None:
+    """Set NAME's limits (and description, paused); what is not given stays."""
+    changes = {key: value for key, value in (("concurrency", concurrency), ("rate", rate))
+               if value is not KEEP}  # fmt: skip
+    if description is not None:
+        changes["description"] = description
+    if paused is not None:
+        changes["paused"] = paused
+    if not changes:
+        fail("nothing to set: give --concurrency, --rate, --description or --paused/--resumed")
+    edit_queue(name, changes)
 
 
 if __name__ == "__main__":  # pragma: no cover

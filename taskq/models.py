@@ -8,7 +8,7 @@ named SQL in ``sql/``; these models are for metadata, admin tooling and tests.
 from __future__ import annotations
 
 import enum
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -26,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TIMESTAMP, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, INTERVAL, JSONB, TIMESTAMP, TSVECTOR
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
@@ -289,3 +289,33 @@ class TaskSearch(Base):
     task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     document: Mapped[str] = mapped_column(TSVECTOR)
     __table_args__ = (Index("ix_task_search_document", "document", postgresql_using="gin"),)
+
+
+class Queue(Base):
+    __tablename__ = "queues"
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    concurrency: Mapped[int | None] = mapped_column(Integer)
+    rate_limit: Mapped[int | None] = mapped_column(Integer)
+    rate_period: Mapped[timedelta | None] = mapped_column(INTERVAL)
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    created_at: Mapped[datetime] = now_default()
+    updated_at: Mapped[datetime] = now_default()
+    __table_args__ = (
+        CheckConstraint("name ~ '^[A-Za-z0-9_.:-]{1,64}$'", name="name"),
+        CheckConstraint("concurrency > 0", name="concurrency"),
+        CheckConstraint(
+            "(rate_limit IS NULL) = (rate_period IS NULL) AND rate_limit > 0 "
+            "AND rate_period > interval '0'",
+            name="rate",
+        ),
+    )
+
+
+class QueueStart(Base):
+    __tablename__ = "queue_starts"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    queue: Mapped[str] = mapped_column(Text, ForeignKey("queues.name", ondelete="CASCADE"))
+    started_at: Mapped[datetime] = mapped_column(TZ)
+    tasks: Mapped[int] = mapped_column(Integer)
+    __table_args__ = (Index("ix_queue_starts_queue", "queue", "started_at"),)

@@ -104,6 +104,15 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
 
 
 @pytest.fixture
+def ledger_db(db: psycopg.Connection) -> psycopg.Connection:
+    """``db`` with the ledger table the tasks of tests.worker_tasks write to."""
+    from tests.worker_tasks import LEDGER_DDL
+
+    db.execute(LEDGER_DDL)
+    return db
+
+
+@pytest.fixture
 def redis_url() -> Iterator[str]:
     """A Redis database for this test, flushed before and after."""
     import redis

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, status_counts
 from worker.completer import Outcomes
 from worker.config import WorkerConfig
 from worker.exchange import Claim, Exchange
@@ -40,6 +40,11 @@ def write(exchange: Exchange, outcomes: Outcomes) -> dict[int, str]:
     """Write ``outcomes`` through one exchange that claims nothing; the failed tasks' statuses."""
     exchange.send(outcomes, 0)
     return exchange.receive().failed
+
+
+def completed(db, n: int) -> bool:
+    """At least ``n`` tasks are COMPLETED."""
+    return status_counts(db).get("COMPLETED", 0) >= n
 
 
 def start_worker(database_url: str, *args: str, **env: str) -> subprocess.Popen:

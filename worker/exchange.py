@@ -56,12 +56,14 @@ class Reply(NamedTuple):
 
     ``failed`` is None when the outcomes were not written (the exchange was
     given up: the supervisor is gone); they are the caller's to keep.
+    ``reopens``: the claim's gate found a rate window full (its hint rows, no id).
     """
 
     outcomes: Outcomes
     limit: int
     rows: list[Claim]
     failed: dict[int, str] | None
+    reopens: float | None = None  # seconds until a full rate-limited queue of ours takes more
 
 
 class Exchange:
@@ -160,10 +162,14 @@ class Exchange:
         """Read the reply of the pipeline in flight."""
         results = self.pipe.receive()
         rows = self.pipe.rows(results.get("claim_tasks"), Claim._make)
+        reopens = None
+        if rows and rows[-1].id is None:  # the gate's hints come last
+            reopens = min(row.waited for row in rows if row.id is None)
+            rows = [row for row in rows if row.id is not None]
         if len(rows) > 1:
             rows.sort(key=CLAIM_ORDER)
         failed = dict(self.pipe.rows(results.get("fail_tasks"), tuple))
-        return Reply(outcomes, limit, rows, failed)
+        return Reply(outcomes, limit, rows, failed, reopens)
 
     def retry(self, exc: Exception, outcomes: Outcomes, limit: int) -> Reply:
         """After a lost connection: reconnect and exchange again, waiting, until it goes through."""

@@ -104,6 +104,7 @@ class Producer:
         self.queue: deque[Claim] = deque()
         self.wake = threading.Event()
         self.stopping = False  # a plain flag: SIGTERM's handler sets it
+        self.reopens: float | None = None  # the last claim's rate-window hint, seconds
         self.metrics = metrics.BatchMetrics()
 
     def start(self) -> None:
@@ -155,10 +156,13 @@ class Producer:
             self.queue.extend(self.receive())
         if self.queue or limit == 0:
             return
-        # Nothing due: sleep until a notification or the poll interval. The
-        # wait is chunked because signal handlers must not touch the Event's
-        # lock (SIGTERM only sets a flag).
-        deadline = time.monotonic() + self.poll_interval
+        # Nothing due: sleep until a notification, the poll interval, or a full
+        # rate window of ours opening (no NOTIFY marks that). The wait is chunked
+        # because signal handlers must not touch the Event's lock (SIGTERM only sets a flag).
+        pause = self.poll_interval
+        if self.reopens is not None:
+            pause = min(pause, self.reopens)
+        deadline = time.monotonic() + pause
         while not self.stopping and not self.gone():
             remaining = deadline - time.monotonic()
             if remaining <= 0 or self.wake.wait(min(remaining, 0.25)):
@@ -175,6 +179,7 @@ class Producer:
     def receive(self) -> list[Claim]:
         """Wait for the exchange in flight; its claimed rows (not yet queued to run)."""
         reply = self.exchange.receive()
+        self.reopens = reply.reopens
         self.completer.settled(reply)
         if reply.failed is not None:
             self.policy.claimed(len(reply.rows), reply.limit)

@@ -12,7 +12,14 @@ from psycopg.rows import dict_row
 
 from worker.registry import load_task_modules
 
-VIEWS = ("queue_stats", "queue_depth", "stuck_tasks", "live_workers", "table_health")
+VIEWS = (
+    "queue_stats",
+    "queue_controls",
+    "queue_depth",
+    "stuck_tasks",
+    "live_workers",
+    "table_health",
+)
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
@@ -50,7 +57,8 @@ def registry_table(imports: Iterable[str] = ()) -> str:
 
 
 def view_report(url: str, views: Sequence[str] = VIEWS) -> str:
-    """Every operator view as a titled table (``(none)`` when empty)."""
+    """Every operator view as a titled table (``(none)`` when empty), then an UNSERVED line
+    per queue whose tasks wait with no live worker serving it."""
     parts = []
     with psycopg.connect(url, row_factory=dict_row, connect_timeout=5) as conn:
         for view in views:
@@ -59,6 +67,10 @@ def view_report(url: str, views: Sequence[str] = VIEWS) -> str:
             rows = cur.fetchall()
             body = format_table(rows, columns) if rows else "(none)"
             parts.append(f"== {view} ==\n{body}")
+            if view == "queue_controls":
+                unserved = [row["queue"] for row in rows if row["unserved"]]
+                parts += [f"UNSERVED: tasks wait in queue {q!r} and no live worker serves it"
+                          for q in unserved]  # fmt: skip
     return "\n\n".join(parts)
 
 

@@ -121,6 +121,41 @@ def test_stats_reads_the_operator_views(database_url, db):
     assert text.returncode == 0 and "mail" in text.stdout
 
 
+def test_stats_names_queues_whose_tasks_wait_with_no_worker(database_url, db):
+    insert_tasks(db, 2, queue="orphans")
+    text = taskq("stats", database_url=database_url)
+    assert text.returncode == 0, text.stderr
+    assert "UNSERVED: tasks wait in queue 'orphans' and no live worker serves it" in text.stdout
+
+
+def test_queue_commands_edit_the_queues_table(database_url, db):
+    def queue(*args):
+        result = taskq("queue", *args, database_url=database_url)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def row():
+        return db.execute(
+            "SELECT paused, concurrency, rate_limit, extract(epoch FROM rate_period)::int AS period"
+            " FROM queues WHERE name = 'mail'"
+        ).fetchone()
+
+    assert "mail" in queue("set", "mail", "--concurrency", "5", "--rate", "100/60s")
+    assert row() == {"paused": False, "concurrency": 5, "rate_limit": 100, "period": 60}
+    queue("pause", "mail")
+    assert row()["paused"] is True
+    queue("set", "mail", "--rate", "none")  # what is not given stays
+    assert row() == {"paused": True, "concurrency": 5, "rate_limit": None, "period": None}
+    queue("resume", "mail")
+    listed = json.loads(queue("list", "--json"))
+    assert [(q["queue"], q["paused"], q["concurrency"]) for q in listed] == [("mail", False, 5)]
+    for bad in (("set", "mail", "--rate", "100"), ("set", "mail", "--concurrency", "0"),
+                ("set", "mail"), ("pause", "no spaces")):  # fmt: skip
+        refused = taskq("queue", *bad, database_url=database_url)
+        assert refused.returncode == 2, (bad, refused.stdout)
+    assert row() == {"paused": False, "concurrency": 5, "rate_limit": None, "period": None}
+
+
 def test_unlock_account_lifts_a_login_lock(make_app, database_url, redis_url):
     """A stranger's failures lock ann out; the operator's unlock-account lets her in again."""
     application = make_app(REDIS_URL=redis_url, **LIMITS)

@@ -545,6 +545,42 @@ def test_an_admin_sees_every_users_tasks_queues_workers_and_stuck_tasks(console,
     expect(current_status(page)).to_contain_text("Cancelled")
 
 
+def test_an_admin_pauses_and_resumes_a_queue_and_sees_its_limits_and_unserved_queues(
+    console, as_user
+):
+    from playwright.sync_api import expect
+
+    headers = {"Authorization": f"Bearer {console.token('root')}"}
+    limits = {"concurrency": 4, "rate": "100/60s"}
+    answer = requests.patch(f"{console.url}/api/v1/admin/queues/limited-shown", json=limits,
+                            headers=headers, timeout=10)  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    console.create("ann", title="nobody runs me", queue="nobody-serves")
+    page = as_user("root")
+    nav(page, "Queues").click()
+
+    def row(name: str):
+        return page.get_by_role("row").filter(has=page.get_by_role("rowheader", name=name))
+
+    expect(row("limited-shown")).to_contain_text("at most 4 running, rate 100/60s")
+    expect(row("nobody-serves")).to_contain_text("none serves it")
+    expect(page.get_by_role("alert")).to_contain_text("nobody-serves")
+    try:
+        row("default").get_by_role("button", name="Pause default").click()
+        expect(row("default")).to_contain_text("paused")
+        expect(row("default").get_by_role("button", name="Resume default")).to_be_enabled()
+        assert console.sql("SELECT paused FROM queues WHERE name = 'default'") == [(True,)]
+        held = console.create("ann", title="held by the pause")
+        # The worker claims again only after the resume; then the task runs.
+        assert console.status(held["id"]) == "PENDING"
+        row("default").get_by_role("button", name="Resume default").click()
+        expect(row("default").get_by_role("button", name="Pause default")).to_be_enabled()
+        wait_for(lambda: console.status(held["id"]) == "COMPLETED", 30, "the held task to run")
+    finally:
+        console.sql("UPDATE queues SET paused = false WHERE name = 'default'")
+    assert console.sql("SELECT paused FROM queues WHERE name = 'default'") == [(False,)]
+
+
 def test_a_user_sees_no_admin_view_and_never_another_users_task(console, as_user):
     from playwright.sync_api import expect
 

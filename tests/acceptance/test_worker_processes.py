@@ -12,22 +12,18 @@ import pytest
 
 from sql import queries
 from tests.helpers import insert_tasks, status_counts, wait_for
-from tests.worker_helpers import claim_connection, kill_group, start_worker, stop_worker, write
-from tests.worker_tasks import LEDGER_DDL
+from tests.worker_helpers import (
+    claim_connection,
+    completed,
+    kill_group,
+    start_worker,
+    stop_worker,
+    write,
+)
 from worker.completer import Outcomes
 
 pytestmark = pytest.mark.slow
 IMPORTS = {"TASKQ_IMPORTS": "tests.worker_tasks"}
-
-
-@pytest.fixture
-def ledger_db(db: psycopg.Connection) -> psycopg.Connection:
-    db.execute(LEDGER_DDL)
-    return db
-
-
-def completed(db: psycopg.Connection, n: int) -> bool:
-    return status_counts(db).get("COMPLETED", 0) >= n
 
 
 def test_many_workers_run_every_task_exactly_once(ledger_db: psycopg.Connection, database_url):

@@ -14,9 +14,9 @@ def test_openapi_lists_every_route_with_its_schemas(app, client):
     spec = response.get_json()
     assert spec["openapi"].startswith("3.")
     routes = {
-        rule.rule.replace("<int:task_id>", "{task_id}").replace(
-            "<int:dead_letter_id>", "{dead_letter_id}"
-        )
+        rule.rule.replace("<int:task_id>", "{task_id}")
+        .replace("<int:dead_letter_id>", "{dead_letter_id}")
+        .replace("<name>", "{name}")
         for rule in app.url_map.iter_rules()
         if rule.endpoint.split(".")[0] in {"auth", "tasks", "admin"}
     }

@@ -5,18 +5,22 @@
 // (oldest due task, silence of a worker, overdue lease) tick on the page's
 // clock between reads; the chart counts the stream's completions and failures.
 
-import {get} from "../api.js";
+import {get, post} from "../api.js";
 import {Throughput, throughputChart} from "../chart.js";
-import {add, errorBox, formatSeconds, h, replace, throttle, timeEl} from "../dom.js";
+import {add, announce, errorBox, formatSeconds, h, replace, throttle, timeEl} from "../dom.js";
 
 const RELOAD_MS = 1000;
 const TICK_MS = 1000;
 
-// Queue controls (pause, resume, concurrency and rate limits: issue 13's
-// /admin/queues/{name} endpoints) plug in here, one entry per button in a
-// queue's row: {label, run: async (queue) => {...}, enabled: (queue) => bool}.
-// With none registered the table has no Actions column.
-export const QUEUE_ACTIONS = [];
+// Queue controls, one entry per button in a queue's row:
+// {label, run: async (queue) => {...}, enabled: (queue) => bool}. After a run
+// the view reads the queues again (a change of controls is no task event).
+// Limits are set with PATCH /admin/queues/{name}, `taskq queue set` or psql.
+const queuePath = (queue) => `admin/queues/${encodeURIComponent(queue.queue)}`;
+export const QUEUE_ACTIONS = [
+  {label: "Pause", enabled: (queue) => !queue.paused, run: (queue) => post(`${queuePath(queue)}/pause`)},
+  {label: "Resume", enabled: (queue) => queue.paused, run: (queue) => post(`${queuePath(queue)}/resume`)},
+];
 
 function refreshButton(load) {
   return h("button", {type: "button", onclick: () => load()}, "Refresh now");
@@ -37,7 +41,7 @@ async function liveAdminView(main, ctx, {title, intro, read, draw, onEvent, onTi
       data = await read();
       readAt = performance.now();
       replace(status);
-      draw(body, data);
+      draw(body, data, load);
     } catch (error) {
       replace(status, errorBox(error));
     }
@@ -91,15 +95,28 @@ export function renderQueues(main, ctx) {
     h("p", {class: "hint"}, "Counted from the live event stream since this page opened."),
     chart.element);
   const tableSlot = h("div");
+  const warningSlot = h("div");
   return liveAdminView(main, ctx, {
     title: "Queues",
-    intro: "Waiting and due tasks, what runs now, the age of the oldest due task, and what finished in the last minute.",
+    intro: "Waiting and due tasks, what runs now, the age of the oldest due task, what finished in the last minute, the live workers serving each queue, and its controls: pause and resume here; limits with taskq queue set or PATCH /api/v1/admin/queues/{name}.",
     read: () => get("admin/queues"),
     onEvent: (type, event) => throughput.add(event.status),
     onTick: () => chart.draw(throughput.series()),
-    draw: (body, data) => {
-      if (!body.contains(tableSlot)) body.append(h("section", {"aria-labelledby": "queues-heading"}, h("h2", {id: "queues-heading"}, "Per queue"), tableSlot), chartSection);
-      const headers = ["Queue", "Waiting", "Due", "Running", "Oldest due", "Completed / min", "Failed / min"];
+    draw: (body, data, reload) => {
+      if (!body.contains(tableSlot)) body.append(h("section", {"aria-labelledby": "queues-heading"}, h("h2", {id: "queues-heading"}, "Per queue"), warningSlot, tableSlot), chartSection);
+      const unserved = data.queues.filter((queue) => queue.unserved).map((queue) => queue.queue);
+      replace(warningSlot, unserved.length ? h("div", {class: "alert error", role: "alert"},
+        `Tasks wait and no live worker serves: ${unserved.join(", ")}.`) : null);
+      const act = async (action, queue) => {
+        try {
+          const answer = await action.run(queue);
+          announce(answer && answer.message ? answer.message : `${action.label}: ${queue.queue}`);
+        } catch (error) {
+          replace(warningSlot, errorBox(error));
+        }
+        await reload();
+      };
+      const headers = ["Queue", "Waiting", "Due", "Running", "Oldest due", "Completed / min", "Failed / min", "Workers", "Controls"];
       if (QUEUE_ACTIONS.length) headers.push("Actions");
       replace(tableSlot, table("Queues", headers, data.queues.map((queue) => h("tr", {dataset: {queue: queue.queue}},
         h("th", {scope: "row", dataset: {label: "Queue"}}, queue.queue),
@@ -109,12 +126,24 @@ export function renderQueues(main, ctx) {
         cell("Oldest due", age(queue.oldest_due_age)),
         cell("Completed / min", String(queue.completed_last_minute)),
         cell("Failed / min", String(queue.failed_last_minute)),
+        cell("Workers", queue.unserved ? h("span", {class: "badge status-failed"}, "none serves it") : String(queue.workers)),
+        cell("Controls", ...controls(queue)),
         QUEUE_ACTIONS.length ? cell("Actions", QUEUE_ACTIONS.map((action) => h("button", {
-          type: "button", disabled: action.enabled ? !action.enabled(queue) : false, onclick: () => action.run(queue),
+          type: "button", disabled: action.enabled ? !action.enabled(queue) : false, onclick: () => act(action, queue),
         }, action.label, h("span", {class: "visually-hidden"}, ` ${queue.queue}`)))) : null)), "No queue has tasks."));
       chart.draw(throughput.series());
     },
   });
+}
+
+/** A queue's controls as short labels: paused, its concurrency and rate limits. */
+function controls(queue) {
+  const parts = [];
+  if (queue.paused) parts.push(h("span", {class: "badge status-cancelled"}, "paused"));
+  if (queue.concurrency !== null && queue.concurrency !== undefined) parts.push(h("span", {}, `at most ${queue.concurrency} running`));
+  if (queue.rate) parts.push(h("span", {}, `rate ${queue.rate}`));
+  if (!parts.length) return ["none"];
+  return parts.flatMap((part, i) => (i ? [", ", part] : [part]));
 }
 
 export function renderWorkers(main, ctx) {

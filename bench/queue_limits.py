@@ -1,0 +1,93 @@
+"""The drain cost of queue controls: one drain, 2 worker processes, under each kind of limit.
+
+Each row is the harness's drain (``drain_n`` no-op jobs committed at once to
+idle workers: one ``taskq worker`` with 2 children) on a fresh database whose
+``bench`` queue has the given row in ``queues``:
+
+- unlimited: no row, today's claim (the gate returns no limit without a lock);
+- a concurrency or rate limit far above what the drain reaches: the cost of
+  the mechanism itself (the queue row's lock held to commit, the running count,
+  the start log);
+- binding limits: what the limit lets through.
+
+Run alone: ``python -m bench.queue_limits --database-url URL [--quick]``; also a
+part of ``taskq bench`` (taskq's extra metrics).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from taskq.queues import Rate, set_queue
+
+# metric, the bench queue's controls (None: no row).
+LIMITS: tuple[tuple[str, dict[str, Any] | None], ...] = (
+    ("drain_2proc_unlimited_jobs_per_s", None),
+    ("drain_2proc_concurrency_10000_jobs_per_s", {"concurrency": 10_000}),
+    ("drain_2proc_rate_1000000_per_s_jobs_per_s", {"rate": Rate(1_000_000, timedelta(seconds=1))}),
+    ("drain_2proc_concurrency_1000_jobs_per_s", {"concurrency": 1000}),
+    ("drain_2proc_concurrency_100_jobs_per_s", {"concurrency": 100}),
+    ("drain_2proc_rate_2000_per_s_jobs_per_s", {"rate": Rate(2_000, timedelta(seconds=1))}),
+)
+
+
+def limit_metrics(
+    system: Any, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+) -> list[tuple[str, float, str]]:
+    """Every row of LIMITS: the drain's jobs/s with 2 worker processes."""
+    from bench.harness import measure_drain
+    from bench.taskq_system import QUEUE
+
+    figures = []
+    for metric, controls in LIMITS:
+        with fresh() as db:
+            if controls is not None:
+                with psycopg.connect(db) as conn:
+                    set_queue(conn, QUEUE, controls)
+            figures.append((metric, measure_drain(system, db, sizes, 2), "jobs/s"))
+            print(f"  taskq {metric} = {figures[-1][1]:,.1f}", file=sys.stderr, flush=True)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the rows as a markdown table: median [min-max] of ``--repeats`` runs."""
+    from bench.harness import FULL, QUICK, fresh_database, system_template
+    from bench.taskq_system import TaskqSystem
+    from taskq.settings import database_url
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--quick", action="store_true", help="drain 5,000 instead of 20,000")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    url = args.database_url or database_url()
+    sizes = QUICK if args.quick else FULL
+    system = TaskqSystem()
+    runs: dict[str, list[float]] = {}
+    with system_template(url, system) as template:
+        for _ in range(args.repeats):
+            for metric, value, _unit in limit_metrics(
+                system, lambda: fresh_database(url, template), sizes
+            ):
+                runs.setdefault(metric, []).append(value)
+    unlimited = statistics.median(runs[LIMITS[0][0]])
+    print(f"drain {sizes.drain_n:,} no-op jobs, 2 worker processes, {args.repeats} runs\n")
+    print("| bench queue | jobs/s, median [min-max] | vs unlimited |\n|---|---|---|")
+    for metric, controls in LIMITS:
+        values = runs[metric]
+        median = statistics.median(values)
+        label = ", ".join(f"{k} {v}" for k, v in (controls or {}).items()) or "unlimited"
+        print(f"| {label} | {median:,.0f} [{min(values):,.0f}-{max(values):,.0f}] "
+              f"| {median / unlimited:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
