@@ -81,7 +81,7 @@ UPDATE tasks t
    SET status = 'RETRYING',
        attempts = greatest(t.attempts - 1, 0),
        snoozes = t.snoozes + 1,
-       error = format('Snoozed for %%s s (attempt not counted)', s.seconds),
+       error = 'Snoozed for ' || s.seconds || ' s (attempt not counted)',
        run_at = now() + make_interval(secs => s.seconds),
        lease_expires_at = NULL,
        updated_at = now()
