@@ -643,7 +643,8 @@ class TaskCreateSchema(Schema):
         validate=validate.Range(1, 366 * 86400),
         metadata={
             "description": "Seconds: the key is unique within aligned windows of this length "
-            "(whatever the task's status). Absent: unique while the task is unfinished."
+            "(whatever the task's status). Absent: unique while the task is unfinished. "
+            "Ignored without a unique_key."
         },
     )
     depends_on = fields.List(
@@ -658,17 +659,13 @@ class TaskCreateSchema(Schema):
         },
     )
 
-    @validates_schema
-    def check_unique_for(self, data: dict[str, Any], **kwargs: Any) -> None:
-        """unique_for means nothing without a unique_key."""
-        if data.get("unique_for") is not None and data.get("unique_key") is None:
-            raise ValidationError("Give a unique_key with unique_for.", "unique_for")
-
     @post_load
     def resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Apply the aliases, then check queue, task_type and the payload against the registry."""
         if data.get("depends_on"):
             data["depends_on"] = sorted(set(data["depends_on"]))
+        if data.get("unique_key") is None:
+            data["unique_for"] = None  # a window of no key: nothing to hold
         alias = data.pop("name", None)
         data["title"] = data.get("title") or alias
         if not data["title"]:
