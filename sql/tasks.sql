@@ -142,7 +142,7 @@ RETURNING *;
 
 -- name: retry_task
 -- Start a new attempt series of a failed or cancelled task; its open dead letters are closed.
--- A task whose parents have not all COMPLETED is not retried (it would wait for nothing).
+-- A task with a parent that is there and not COMPLETED is not retried (it would wait for nothing).
 WITH requeued AS (
     UPDATE tasks
        SET status = 'PENDING', attempts = 0, run_at = now(), result = NULL, error = NULL,

@@ -73,9 +73,11 @@ class SnoozeSchema(Schema):
 def snoozer(payload: dict, ctx: TaskContext) -> dict:
     """Snoozes ``times`` times (``ctx.snooze``, or ``raise Snooze``), then completes."""
     write(ctx, "start")
-    runs = ctx.connection().execute(
-        "SELECT count(*) FROM ledger WHERE task_id = %s", [ctx.task_id]
-    ).fetchone()[0]
+    runs = (
+        ctx.connection()
+        .execute("SELECT count(*) FROM ledger WHERE task_id = %s", [ctx.task_id])
+        .fetchone()[0]
+    )
     if runs <= payload["times"]:
         if payload["raise_it"]:
             raise Snooze(payload["seconds"])
