@@ -129,8 +129,16 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
 @click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False), help="write")
 @click.option("--system", "systems", multiple=True, help="only these systems (repeatable)")
 @click.option("--tiny", is_flag=True, hidden=True, help="smoke-test sizes (figures meaningless)")
+@click.option(
+    "--enqueue-only", is_flag=True, help="taskq's enqueue workloads, without and with unique keys"
+)
 def bench(
-    quick: bool, database_url: str | None, json_path: str | None, systems: tuple, tiny: bool
+    quick: bool,
+    database_url: str | None,
+    json_path: str | None,
+    systems: tuple,
+    tiny: bool,
+    enqueue_only: bool,
 ) -> None:
     """Benchmark taskq against PgQueuer and procrastinate on the same Postgres.
 
@@ -147,7 +155,8 @@ def bench(
 
         url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
         click.echo(f"taskq: no DATABASE_URL, benchmarking on the embedded Postgres at {url}")
-    run_bench(url, sizes, Path(json_path) if json_path else None, list(systems) or None)
+    run_bench(url, sizes, Path(json_path) if json_path else None, list(systems) or None,
+              enqueue_only=enqueue_only)  # fmt: skip
 
 
 @main.command()

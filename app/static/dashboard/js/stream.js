@@ -12,7 +12,7 @@
 import {api, apiUrl} from "./api.js";
 
 export const EVENT_TYPES = [
-  "pending", "processing", "retrying", "completed", "failed", "cancelled", "deleted", "progress",
+  "waiting", "pending", "processing", "retrying", "completed", "failed", "cancelled", "deleted", "progress",
 ];
 const FIRST_DELAY_MS = 250;
 const MAX_DELAY_MS = 10000;
