@@ -187,8 +187,9 @@ SELECT d.*, t.status::text AS task_status
  WHERE d.id = %(dead_letter_id)s AND d.user_id = %(user_id)s;
 
 -- name: insert_unique_tasks
--- Load reserved-id tasks of a batch with unique keys from their rows as JSON, in id order;
--- a row whose key is taken (by a concurrent create, an earlier row, an older task) is skipped.
+-- Load reserved-id tasks of a batch with unique keys from their columns as JSON, in id order
+-- (ids: only these rows; NULL: all); a row whose key is taken (by a concurrent create, an
+-- earlier row, an older task) is skipped.
 INSERT INTO tasks (id, user_id, title, description, task_type, payload, queue, priority,
                    scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
                    callback_url, callback_events, callback_headers, callback_secret,
@@ -198,8 +199,14 @@ SELECT r.id, r.user_id, r.title, r.description, r.task_type, r.payload, r.queue,
        r.scheduled_at, r.run_at, r.max_retries, r.retry_delay, r.timeout, r.tags, r.metadata,
        r.callback_url, r.callback_events, r.callback_headers, r.callback_secret,
        r.callback_max_attempts, r.unique_key, r.unique_for, taskq_unique_window(r.unique_for)
-  FROM jsonb_populate_recordset(NULL::tasks, %(rows)s::jsonb) r
- WHERE r.id = ANY(%(ids)s::bigint[])
+  FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+           id bigint, user_id bigint, title text, description text, task_type text,
+           payload jsonb, queue text, priority smallint, scheduled_at timestamptz,
+           run_at timestamptz, max_retries integer, retry_delay integer, timeout integer,
+           tags text[], metadata jsonb, callback_url text, callback_events text[],
+           callback_headers jsonb, callback_secret text, callback_max_attempts integer,
+           unique_key text, unique_for integer)
+ WHERE %(ids)s::bigint[] IS NULL OR r.id = ANY(%(ids)s::bigint[])
  ORDER BY r.id
 ON CONFLICT DO NOTHING
 RETURNING id, unique_window;

@@ -91,6 +91,8 @@ COPY_COLUMNS = (
     ("callback_max_attempts", "int4"),
 )
 COPY_TYPES = [pg_type for _, pg_type in COPY_COLUMNS]
+# The columns insert_unique_tasks loads (its jsonb_to_recordset column list).
+UNIQUE_LOAD_COLUMNS = (*(name for name, _ in COPY_COLUMNS), "unique_key", "unique_for")
 JSONB_VERSION = b"\x01"
 PLAIN_JSON = frozenset({str, int, bool, type(None)})
 # json.dumps builds a new C encoder on every call (about 1 µs of a small payload's 1.4);
@@ -182,15 +184,16 @@ def insert_unique_tasks(
         reserved = cur.execute(queries["reserve_task_ids"], {"n": len(tasks)}).fetchone()
         ids, now = reserved["ids"], reserved["now"]
         rows = [new_task_row(i, user_id, task, now) for i, task in zip(ids, tasks, strict=True)]
-        text = json.dumps(rows, default=iso_value, separators=(",", ":"))
+        loaded = [{name: row[name] for name in UNIQUE_LOAD_COLUMNS} for row in rows]
+        text = json.dumps(loaded, default=iso_value, separators=(",", ":"))
         position = {task_id: n for n, task_id in enumerate(ids)}
-        todo, existing = list(ids), []
+        todo, existing, only = set(ids), [], None
         for _ in range(UNIQUE_ROUNDS):
-            params = {"rows": text, "ids": todo}
+            params = {"rows": text, "ids": only}
             for made in cur.execute(queries["insert_unique_tasks"], params).fetchall():
                 rows[position[made["id"]]]["unique_window"] = made["unique_window"]
-                todo.remove(made["id"])
-            keyed = [rows[position[i]] for i in todo]
+                todo.discard(made["id"])
+            keyed = [rows[position[i]] for i in sorted(todo)]
             lookup = {
                 "user_id": user_id,
                 "positions": [position[row["id"]] for row in keyed],
@@ -199,11 +202,12 @@ def insert_unique_tasks(
             }
             for held in cur.execute(queries["find_unique_tasks"], lookup).fetchall():
                 n = held.pop("n")
-                todo.remove(rows[n]["id"])
+                todo.discard(rows[n]["id"])
                 rows[n] = held
                 existing.append(n)
             if not todo:
                 return Enqueued(rows, sorted(existing))
+            only = sorted(todo)  # their holders ended since the conflict: insert them again
     raise KeyContention("unique keys kept meeting tasks that ended meanwhile: send it again")
 
 

@@ -258,3 +258,21 @@ def test_progress_and_snooze_refuse_what_they_cannot_store(bad):
     with pytest.raises((TypeError, ValueError)):
         Snooze(bad if bad != 101 else 10**9)
     ctx.progress(50, "no worker: nothing written")
+
+
+def test_downgrade_makes_waiting_tasks_pending_and_drops_the_label(database_url, db):
+    from taskq.migrate import downgrade, upgrade
+
+    (parent,) = insert_tasks(db, 1)
+    (child,) = insert_tasks(db, 1, status="WAITING", pending_parents=1, depends_on=[parent])
+    db.execute("INSERT INTO task_dependencies (parent_id, task_id) VALUES (%s, %s)",
+               (parent, child))  # fmt: skip
+    db.close()
+    downgrade(database_url, "0008")
+    with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
+        labels = conn.execute("SELECT enum_range(NULL::task_status)::text[] AS l").fetchone()["l"]
+        assert "WAITING" not in labels
+        row = conn.execute("SELECT status::text AS s FROM tasks WHERE id = %s", (child,)).fetchone()
+        assert row == {"s": "PENDING"}
+        assert history(conn, child) == [(None, "PENDING"), ("PENDING", "PENDING")]
+    upgrade(database_url)
