@@ -279,13 +279,15 @@ def load_task_detail(task_id: int, user_id: int) -> dict[str, Any] | None:
     response=schemas.TaskCreatedSchema,
     status=201,
     also={200: schemas.TaskCreatedSchema},
-    errors=(409, 422),
+    errors=(404, 409, 422),
 )
 @jwt_required()
 def create_task():
-    """201 with the new task; 200 with the first one when the Idempotency-Key was used before.
+    """201 with the new task; 200 with the first one when the Idempotency-Key was used before,
+    or with the task holding its unique_key.
 
-    422 when the key was used before with a different request.
+    422 when the key was used before with a different request; 404 when a ``depends_on``
+    task is not the caller's, 409 when one already failed or was cancelled.
     """
     data = TASK_CREATE_SCHEMA.load(get_json_body())
     key = idempotency_key()
@@ -313,12 +315,13 @@ def create_task():
 def insert_one(params: dict[str, Any]) -> dict[str, Any] | None:
     """Insert the task of ``params`` (waiting for its parents); None when a key is taken."""
     parents = params["depends_on"]
+    if not parents:
+        return fetch_one("insert_task", params)  # one statement: no BEGIN/COMMIT round trips
     with get_conn() as conn:
-        if parents:
-            params["pending_parents"] = pending_parents(conn, params["user_id"], parents)
-            params["status"] = "WAITING" if params["pending_parents"] else "PENDING"
+        params["pending_parents"] = pending_parents(conn, params["user_id"], parents)
+        params["status"] = "WAITING" if params["pending_parents"] else "PENDING"
         row = conn.execute(queries["insert_task"], params).fetchone()
-        if row is not None and parents:
+        if row is not None:
             conn.execute(queries["mark_parent_tasks"], {"ids": parents})
             conn.execute(
                 queries["insert_task_dependencies"], {"ids": parents, "task_id": row["id"]}

@@ -154,6 +154,9 @@ def enqueue_tasks(
     tasks = list(tasks)
     if not tasks:
         return Enqueued([])
+    if any(task.get("depends_on") for task in tasks):
+        # A bulk load does not lock parents: create tasks with parents one by one (POST /tasks).
+        raise ValueError("depends_on is not supported when enqueueing in bulk")
     if any(task.get("unique_key") is not None for task in tasks):
         return insert_unique_tasks(conn, user_id, tasks)
     rows = []
