@@ -1,5 +1,5 @@
-"""Admin-only endpoints: every user's tasks (list and detail), queue statistics and controls
-(pause, resume, limits), live workers and stuck tasks.
+"""Admin-only endpoints: every user's tasks (list, detail, cancel, retry, delete), queue
+statistics and controls (pause, resume, limits), live workers and stuck tasks.
 
 Queue and worker figures come from the operator views of ``sql/views.sql``,
 the same ones psql users and ``taskq stats`` read; queue controls are the
@@ -17,7 +17,7 @@ from app.auth import admin_required
 from app.db import fetch_all, get_conn
 from app.errors import ApiError, get_json_body
 from app.openapi import doc
-from app.tasks import list_tasks_page
+from app.tasks import CANCELLABLE, RETRYABLE, change_status, delete_one, list_tasks_page
 from sql import queries
 from taskq.queues import get_queue, queue_json, set_queue
 from taskq.representation import row_to_json, task_to_json
@@ -57,6 +57,47 @@ def admin_task(task_id: int):
             raise ApiError(404, f"Task {task_id} not found.")
         history = conn.execute(queries["task_history"], {"task_id": task_id}).fetchall()
     return {"task": task_to_json(task), "history": [row_to_json(row) for row in history]}
+
+
+@bp.post("/tasks/<int:task_id>/cancel")
+@doc(
+    "Cancel any user's waiting or running task (admins only)",
+    tag="admin",
+    response=schemas.TaskActionSchema,
+    errors=(403, 409),
+)
+@admin_required
+def admin_cancel_task(task_id: int):
+    """As POST /tasks/{id}/cancel, for a task of any user (its dependents are cancelled too)."""
+    row = change_status("cancel_task", task_id, CANCELLABLE, "cancelled", any_owner=True)
+    return {"task": task_to_json(row), "message": f"Task {task_id} cancelled"}
+
+
+@bp.post("/tasks/<int:task_id>/retry")
+@doc(
+    "Retry any user's failed or cancelled task (admins only)",
+    tag="admin",
+    response=schemas.TaskActionSchema,
+    errors=(403, 409),
+)
+@admin_required
+def admin_retry_task(task_id: int):
+    """As POST /tasks/{id}/retry, for a task of any user."""
+    row = change_status("retry_task", task_id, RETRYABLE, "retried", any_owner=True)
+    return {"task": task_to_json(row), "message": f"Task {task_id} queued for retry"}
+
+
+@bp.delete("/tasks/<int:task_id>")
+@doc(
+    "Delete any user's task (admins only)",
+    tag="admin",
+    response=schemas.MessageSchema,
+    errors=(403, 409),
+)
+@admin_required
+def admin_delete_task(task_id: int):
+    """As DELETE /tasks/{id}, for a task of any user (409 while a worker runs it)."""
+    return delete_one(task_id, any_owner=True)
 
 
 @bp.get("/queues")

@@ -192,7 +192,9 @@ def cached_task_detail(
         return task, True
     row = fetch_one("task_cache_version", {"task_id": task_id})
     task = load(task_id, user_id)
-    if task is not None and task.get("user_id") == user_id:
+    # A running task's progress changes without a transition (no new version): it is not
+    # cached while it runs, so its detail is always read fresh.
+    if task is not None and task.get("user_id") == user_id and task["status"] != "PROCESSING":
         cache.fill(task_id, row["version"] if row else 0, task)
     return task, False
 

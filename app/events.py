@@ -31,6 +31,15 @@ Resuming: a stream subscribes first, then replays ``task_history`` after the
 client's ``Last-Event-ID`` (the replay too stops at the final places), then
 drops live events not after the last one sent, so the seam has neither a gap
 nor a duplicate.
+
+Progress (``ctx.progress`` in a running task) is not a transition: no history
+row, so no place in either order. It comes on its own channel,
+``taskq_progress``, and goes out at once as a ``progress`` event *without* an
+``id:`` line, so it never moves the client's Last-Event-ID and the resume
+contract above is untouched. It is never replayed; a task stream that opens (or
+reopens) on a running task starts, after its replay, with one ``progress`` event
+of the task's current value, so a reconnect misses no more than the values in
+between (the newest is in the task's ``progress`` columns too).
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ log = logging.getLogger(__name__)
 bp = Blueprint("events", __name__, url_prefix="/api/v1")
 
 CHANNEL = "taskq_events"
+PROGRESS_CHANNEL = "taskq_progress"
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED", "DELETED"})
 REPLAY_PAGE = 1000
 STREAM_SCOPE = "stream"
@@ -141,6 +151,15 @@ def render_event(row: dict[str, Any], position: Position | None = None) -> Event
     text = f"id: {event_id}\nevent: {status.lower()}\ndata: {body}\n\n"
     order = row["id"] if position is None else position
     return Event(row["id"], row["task_id"], status, text.encode(), order)
+
+
+def render_progress(task_id: int, percent: Any, message: Any, at: Any) -> Event:
+    """A progress report as an SSE event: no ``id:`` (not a transition; never replayed)."""
+    body = json.dumps(
+        {"id": task_id, "progress": percent, "message": message, "at": json_value(at)},
+        separators=(",", ":"),
+    )
+    return Event(None, task_id, "PROGRESS", f"event: progress\ndata: {body}\n\n".encode())
 
 
 def render_deleted(change: Change) -> Event:
@@ -301,7 +320,8 @@ class Notifier:
 
     def _run(self) -> None:
         ListenConnection(
-            self.database_url, [CHANNEL], self._dispatch, on_ready=self._listening,
+            self.database_url, [CHANNEL, PROGRESS_CHANNEL], self._dispatch,
+            on_ready=self._listening,
             on_lost=self._lost, next_wakeup=lambda: self._recheck_at, on_wakeup=self._recheck,
             application_name="taskq-notifier",
         ).listen(self._stopping)  # fmt: skip
@@ -324,6 +344,12 @@ class Notifier:
         self._deliver_all(conn, [])
 
     def _dispatch(self, conn: psycopg.Connection, notes: list[psycopg.Notify]) -> None:
+        progress = [note for note in notes if note.channel == PROGRESS_CHANNEL]
+        if progress:
+            self._deliver_progress(progress)
+            notes = [note for note in notes if note.channel != PROGRESS_CHANNEL]
+            if not notes:
+                return
         changes: list[Change] = []
         for note in notes:
             try:
@@ -345,6 +371,22 @@ class Notifier:
                     event = render_deleted(change)
                     for sub in subs:
                         sub.put(event)
+
+    def _deliver_progress(self, notes: list[psycopg.Notify]) -> None:
+        """Progress reports: to the task's streams, its owner's and the admins', at once."""
+        for note in notes:
+            try:
+                message = json.loads(note.payload)
+                task_id, user_id = int(message["t"]), message["u"]
+                event = render_progress(task_id, message["p"], message["m"], message["at"])
+            except (ValueError, KeyError, TypeError):
+                log.warning("ignoring malformed progress payload %r", note.payload[:200])
+                continue
+            with self._lock:
+                subs = [*self._by_task.get(task_id, ()), *self._by_user.get(user_id, ()),
+                        *self._everything]  # fmt: skip
+            for sub in subs:
+                sub.put(event)
 
     def _deliver_tasks(self, conn: psycopg.Connection, changes: list[Change]) -> None:
         """The task streams: each announced transition of a followed task, in one query."""
@@ -620,7 +662,8 @@ def stream_body(
             last = after
             for event in replayed:
                 yield event.text
-                last = event.order
+                if event.order is not None:  # a progress snapshot has no place
+                    last = event.order
             if follow_task and replayed and replayed[-1].status in TERMINAL:
                 return
             while True:
@@ -674,6 +717,11 @@ def task_events(task_id: int):
         with get_conn() as conn:  # one checkout for the check and the replay
             task = owned_task(task_id, user_id, conn)
             replayed = replay(conn, "task_events_since", {"task_id": task_id}, after)
+        if task["status"] == "PROCESSING" and task["progress"] is not None:
+            now = render_progress(
+                task_id, task["progress"], task["progress_message"], task["progress_at"]
+            )
+            replayed.append(now)
     except BaseException:
         notifier.unsubscribe(sub)
         raise

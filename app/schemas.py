@@ -32,7 +32,8 @@ from taskq.queues import MAX_CONCURRENCY, RATE_SYNTAX, parse_rate
 from taskq.registry import SYSTEM_QUEUES, user_task_types
 from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
 
-STATUSES = ("PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
+STATUSES = ("WAITING", "PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
+MAX_PARENTS = 100
 MAX_JSON_DEPTH = 32
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]{1,64}$"
 MIN_PASSWORD_LENGTH = 8
@@ -626,10 +627,46 @@ class TaskCreateSchema(Schema):
     callback_max_attempts = fields.Integer(
         strict=True, load_default=5, validate=validate.Range(1, 50)
     )
+    unique_key = Text(
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(min=1, max=255),
+        metadata={
+            "description": "While a task of the caller with this key exists (unfinished, or "
+            "created in the same unique_for window), a create returns it (200) instead of "
+            "a new one. Checked after the Idempotency-Key."
+        },
+    )
+    unique_for = fields.Integer(
+        strict=True,
+        allow_none=True,
+        load_default=None,
+        validate=validate.Range(1, 366 * 86400),
+        metadata={
+            "description": "Seconds: the key is unique within aligned windows of this length "
+            "(whatever the task's status). Absent: unique while the task is unfinished. "
+            "Ignored without a unique_key."
+        },
+    )
+    depends_on = fields.List(
+        fields.Integer(strict=True, validate=validate.Range(1, BIGINT_MAX)),
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(min=1, max=MAX_PARENTS),
+        metadata={
+            "description": "Ids of the caller's tasks this one waits for (WAITING until all "
+            "have COMPLETED; CANCELLED when one fails or is cancelled). 404 for a task that "
+            "is not the caller's, 409 for one already FAILED or CANCELLED."
+        },
+    )
 
     @post_load
     def resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Apply the aliases, then check queue, task_type and the payload against the registry."""
+        if data.get("depends_on"):
+            data["depends_on"] = sorted(set(data["depends_on"]))
+        if data.get("unique_key") is None:
+            data["unique_for"] = None  # a window of no key: nothing to hold
         alias = data.pop("name", None)
         data["title"] = data.get("title") or alias
         if not data["title"]:
@@ -657,6 +694,17 @@ class TaskBatchSchema(Schema):
     tasks = fields.List(
         fields.Nested(TaskCreateSchema), required=True, validate=SettingLength("TASKQ_MAX_BATCH")
     )
+
+    @validates_schema
+    def no_parents(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """depends_on is for POST /tasks only: a batch is loaded without locking parents."""
+        refused = {
+            n: {"depends_on": ["Not in a batch: create tasks with parents one by one."]}
+            for n, task in enumerate(data.get("tasks") or [])
+            if task.get("depends_on")
+        }
+        if refused:
+            raise ValidationError({"tasks": refused})
 
 
 class IdempotencyHeaderSchema(Schema):
@@ -844,6 +892,14 @@ class TaskSchema(Schema):
     started_at = fields.DateTime(allow_none=True)
     completed_at = fields.DateTime(allow_none=True)
     updated_at = fields.DateTime()
+    unique_key = fields.String(allow_none=True)
+    unique_for = fields.Integer(allow_none=True)
+    snoozes = fields.Integer(metadata={"description": "Runs that snoozed (attempts not spent)."})
+    progress = fields.Float(allow_none=True, metadata={"description": "Percent done (0-100)."})
+    progress_message = fields.String(allow_none=True)
+    progress_at = fields.DateTime(allow_none=True)
+    depends_on = fields.List(fields.Integer(), metadata={"description": "Parent task ids."})
+    pending_parents = fields.Integer(metadata={"description": "Parents not COMPLETED yet."})
 
 
 WARNINGS_DESCRIPTION = (
@@ -864,6 +920,13 @@ class TaskBatchCreatedSchema(Schema):
 
     tasks = fields.List(fields.Nested(TaskSchema))
     count = fields.Integer()
+    existing = fields.List(
+        fields.Integer(),
+        metadata={
+            "description": "Positions of the tasks whose unique_key was taken: their entry is "
+            "the task holding it (201 when some task was created, 200 when none was)."
+        },
+    )
     message = fields.String()
     warnings = fields.List(fields.String(), metadata={"description": WARNINGS_DESCRIPTION})
 
@@ -889,6 +952,10 @@ class TaskStatusSchema(Schema):
     result = fields.Raw(allow_none=True)
     error = fields.String(allow_none=True)
     next_retry_at = fields.DateTime(allow_none=True)
+    progress = fields.Float(allow_none=True)
+    progress_message = fields.String(allow_none=True)
+    progress_at = fields.DateTime(allow_none=True)
+    pending_parents = fields.Integer()
     started_at = fields.DateTime(allow_none=True)
     completed_at = fields.DateTime(allow_none=True)
     updated_at = fields.DateTime()
@@ -1225,8 +1292,11 @@ class TaskEventSchema(Schema):
     )
     event = fields.String(
         required=True,
-        validate=validate.OneOf([s.lower() for s in (*STATUSES, "DELETED")]),
-        metadata={"description": "The task's new status, lower case."},
+        validate=validate.OneOf([s.lower() for s in (*STATUSES, "DELETED", "PROGRESS")]),
+        metadata={
+            "description": "The task's new status, lower case; or `progress` (no `id`: not a "
+            "transition, never replayed; data {id, progress, message, at})."
+        },
     )
     data = fields.String(required=True, metadata={"description": "The transition as JSON."})
 

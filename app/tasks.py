@@ -16,7 +16,7 @@ from typing import Any
 
 from flask import Blueprint, Flask, current_app, request, url_for
 from flask_jwt_extended import jwt_required
-from psycopg import sql
+from psycopg import errors, sql
 from psycopg.types.json import Jsonb
 
 from app import schemas
@@ -28,7 +28,7 @@ from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
 from app.pagination import Term, order_sql, page_body, page_request
 from sql import queries
-from taskq.enqueue import insert_tasks
+from taskq.enqueue import enqueue_tasks
 from taskq.queues import service_warnings
 from taskq.registry import user_task_types
 from taskq.representation import (
@@ -57,8 +57,13 @@ FILTER_FRAGMENTS = {
 # Filters the counters answer exactly (sql/counters.sql); the per-queue counters need no owner.
 COUNTED_FILTERS = frozenset({"user_id", "username", "status", "task_type", "queue"})
 QUEUE_COUNTED_FILTERS = frozenset({"status", "queue"})
-CANCELLABLE = ("PENDING", "RETRYING", "PROCESSING")
+CANCELLABLE = ("WAITING", "PENDING", "RETRYING", "PROCESSING")
 RETRYABLE = ("FAILED", "CANCELLED")
+# A parent in one of these can never complete: a task depending on it would never run.
+ENDED = ("FAILED", "CANCELLED")
+# A create meets a key whose task ended or was deleted before it could be read, or a
+# deadlock with a worker finishing a parent: it runs again, this many times at most.
+CREATE_TRIES = 5
 # Schemas keep no per-load state: one instance spares every create a deep copy of its fields.
 TASK_CREATE_SCHEMA = schemas.TaskCreateSchema()
 
@@ -227,9 +232,10 @@ def task_columns(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def task_params(data: dict[str, Any], user_id: int) -> dict[str, Any]:
-    """Parameters of insert_task."""
+    """Parameters of insert_task (a task without parents is PENDING)."""
     params = task_columns(data)
     params["user_id"] = user_id
+    params["status"], params["pending_parents"] = "PENDING", 0
     for name in ("payload", "metadata", "callback_headers"):
         if params[name] is not None:
             params[name] = Jsonb(params[name])
@@ -244,19 +250,58 @@ def task_or_404(conn: Any, task_id: int, user_id: int) -> dict[str, Any]:
     return row
 
 
-def change_status(query: str, task_id: int, allowed: tuple[str, ...], verb: str) -> dict[str, Any]:
-    """Run a status-changing query on the caller's task; 404 or 409 when it cannot apply."""
-    params = {"task_id": task_id, "user_id": current_user_id()}
+def any_task_or_404(conn: Any, task_id: int) -> dict[str, Any]:
+    """Any user's task (for an admin), or 404."""
+    row = conn.execute(queries["admin_get_task"], {"task_id": task_id}).fetchone()
+    if row is None:
+        raise ApiError(404, f"Task {task_id} not found.")
+    return row
+
+
+def change_status(
+    query: str, task_id: int, allowed: tuple[str, ...], verb: str, any_owner: bool = False
+) -> dict[str, Any]:
+    """Run a status-changing query on the caller's task (any task with ``any_owner``: an
+    admin); 404 or 409 when it cannot apply."""
+    params = {"task_id": task_id, "user_id": current_user_id(), "any_owner": any_owner}
     with get_conn() as conn:
-        row = conn.execute(queries[query], params).fetchone()
+        try:
+            row = conn.execute(queries[query], params).fetchone()
+        except errors.UniqueViolation:
+            raise ApiError(
+                409,
+                f"Task {task_id} cannot be {verb}: another unfinished task holds its unique_key.",
+            ) from None
         if row is None:
-            current = task_or_404(conn, task_id, params["user_id"])
+            if any_owner:
+                current = any_task_or_404(conn, task_id)
+            else:
+                current = task_or_404(conn, task_id, params["user_id"])
+            if current["status"] in allowed and query == "retry_task":
+                raise ApiError(
+                    409,
+                    f"Task {task_id} waits for parents that have not all COMPLETED: "
+                    "retry them first.",
+                )
             raise ApiError(
                 409,
                 f"Task {task_id} is {current['status']}: only {', '.join(allowed)} tasks "
                 f"can be {verb}.",
             )
     return row
+
+
+def delete_one(task_id: int, any_owner: bool = False) -> dict[str, str]:
+    """Delete the caller's task (any task with ``any_owner``); 404, or 409 while it runs."""
+    params = {"task_id": task_id, "user_id": current_user_id(), "any_owner": any_owner}
+    with get_conn() as conn:
+        if conn.execute(queries["delete_task"], params).fetchone() is None:
+            if any_owner:
+                any_task_or_404(conn, task_id)
+            else:
+                task_or_404(conn, task_id, params["user_id"])
+            raise ApiError(409, f"Task {task_id} is running: cancel it before deleting it.")
+    return {"message": f"Task {task_id} deleted successfully"}
 
 
 def load_task_detail(task_id: int, user_id: int) -> dict[str, Any] | None:
@@ -277,13 +322,15 @@ def load_task_detail(task_id: int, user_id: int) -> dict[str, Any] | None:
     response=schemas.TaskCreatedSchema,
     status=201,
     also={200: schemas.TaskCreatedSchema},
-    errors=(409, 422),
+    errors=(404, 409, 422),
 )
 @jwt_required()
 def create_task():
-    """201 with the new task; 200 with the first one when the Idempotency-Key was used before.
+    """201 with the new task; 200 with the first one when the Idempotency-Key was used before,
+    or with the task holding its unique_key.
 
-    422 when the key was used before with a different request.
+    422 when the key was used before with a different request; 404 when a ``depends_on``
+    task is not the caller's, 409 when one already failed or was cancelled.
     """
     data = TASK_CREATE_SCHEMA.load(get_json_body())
     key = idempotency_key()
@@ -292,26 +339,91 @@ def create_task():
         "idempotency_key": key,
         "idempotency_fingerprint": request_fingerprint(task_columns(data)) if key else None,
     }
-    row = fetch_one("insert_task", params)
-    if row is None:
-        return first_task_of_key(params)
-    count_created([row])
-    location = url_for("tasks.get_task", task_id=row["id"])
-    body = {
-        "task": task_to_json(row),
-        "message": "Task created successfully",
-        "warnings": create_warnings([row["queue"]]),
-    }
-    return body, 201, {"Location": location}
+    for _ in range(CREATE_TRIES):
+        try:
+            row = insert_one(params)
+        except errors.DeadlockDetected:
+            continue  # with a worker finishing one of the parents: both locked them
+        if row is not None:
+            count_created([row])
+            location = url_for("tasks.get_task", task_id=row["id"])
+            body = {
+                "task": task_to_json(row),
+                "message": "Task created successfully",
+                "warnings": create_warnings([row["queue"]]),
+            }
+            return body, 201, {"Location": location}
+        answer = existing_task_of_keys(params)
+        if answer is not None:
+            return answer
+    raise ApiError(409, "The task holding this key just ended or was deleted: send it again.")
 
 
-def first_task_of_key(params: dict[str, Any]) -> tuple[dict[str, Any], int]:
-    """The answer to a create whose Idempotency-Key was used before: that task, or 422."""
+def insert_one(params: dict[str, Any]) -> dict[str, Any] | None:
+    """Insert the task of ``params`` (waiting for its parents); None when a key is taken."""
+    parents = params["depends_on"]
+    if not parents:
+        return fetch_one("insert_task", params)  # one statement: no BEGIN/COMMIT round trips
+    with get_conn() as conn:
+        params["pending_parents"] = pending_parents(conn, params["user_id"], parents)
+        params["status"] = "WAITING" if params["pending_parents"] else "PENDING"
+        row = conn.execute(queries["insert_task"], params).fetchone()
+        if row is not None:
+            conn.execute(queries["mark_parent_tasks"], {"ids": parents})
+            conn.execute(
+                queries["insert_task_dependencies"], {"ids": parents, "task_id": row["id"]}
+            )
+    return row
+
+
+def pending_parents(conn: Any, user_id: int, parents: list[int]) -> int:
+    """How many of ``parents`` (the caller's tasks, locked until commit) have not COMPLETED.
+
+    404 when one is missing or another user's; 409 when one already failed or was cancelled.
+    """
+    found = {r["id"]: r["status"] for r in conn.execute(
+        queries["lock_parent_tasks"], {"ids": parents, "user_id": user_id})}  # fmt: skip
+    missing = [p for p in parents if p not in found]
+    if missing:
+        messages = [f"Task {p} not found." for p in missing]
+        raise ApiError(404, "A parent task was not found.", {"depends_on": messages})
+    ended = [p for p in parents if found[p] in ENDED]
+    if ended:
+        messages = [f"Task {p} is {found[p]}: it will never complete." for p in ended]
+        raise ApiError(409, "A parent task has already ended.", {"depends_on": messages})
+    return sum(1 for p in parents if found[p] != "COMPLETED")
+
+
+def existing_task_of_keys(params: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+    """The answer to a create whose Idempotency-Key or unique_key is taken: the task that
+    holds it (200), 422 for a key reused with another request; None when it is gone since.
+
+    The Idempotency-Key is looked at first: a retried request gets its own task back
+    whatever its unique_key says.
+    """
+    if params["idempotency_key"]:
+        answer = first_task_of_key(params)
+        if answer is not None:
+            return answer
+    if params["unique_key"]:
+        query = "get_task_by_unique_window" if params["unique_for"] else "get_task_by_unique_key"
+        row = fetch_one(query, params)
+        if row is not None:
+            return {
+                "task": task_to_json(row),
+                "message": "Task already exists with this unique_key",
+            }, 200
+    return None
+
+
+def first_task_of_key(params: dict[str, Any]) -> tuple[dict[str, Any], int] | None:
+    """The answer to a create whose Idempotency-Key was used before: that task, or 422;
+    None when that task was deleted since."""
     # ON CONFLICT waited for the first insert to commit, so the lookup sees it.
     lookup = {"user_id": params["user_id"], "idempotency_key": params["idempotency_key"]}
     row = fetch_one("get_task_by_idempotency_key", lookup)
     if row is None:  # deleted since the conflict: the key is free again
-        raise ApiError(409, "The task of this Idempotency-Key was just deleted: send it again.")
+        return None
     stored = row["idempotency_fingerprint"]
     if stored is not None and stored != params["idempotency_fingerprint"]:
         raise ApiError(
@@ -350,12 +462,18 @@ def create_tasks_batch():
     data = schemas.TaskBatchSchema().load(body)
     user_id = current_user_id()
     with get_conn() as conn:
-        rows = insert_tasks(conn, user_id, [task_columns(task) for task in data["tasks"]])
-    count_created(rows)
-    tasks = [task_to_json(row) for row in rows]
+        result = enqueue_tasks(conn, user_id, [task_columns(task) for task in data["tasks"]])
+    existing = set(result.existing)
+    created = [row for i, row in enumerate(result.rows) if i not in existing]
+    count_created(created)
+    tasks = [task_to_json(row) for row in result.rows]
+    message = f"{len(created)} tasks created"
+    if existing:
+        message += f", {len(existing)} already existed with their unique_key"
     warnings = create_warnings([task["queue"] for task in tasks])
-    body = {"tasks": tasks, "count": len(tasks), "message": f"{len(tasks)} tasks created"}
-    return {**body, "warnings": warnings}, 201
+    body = {"tasks": tasks, "count": len(tasks), "existing": result.existing, "message": message}
+    body["warnings"] = warnings
+    return body, 201 if created or not tasks else 200
 
 
 @bp.get("/tasks")
@@ -419,12 +537,7 @@ def get_task_history(task_id: int):
 @jwt_required()
 def delete_task(task_id: int):
     """Delete a task that no worker is running (cancel a running one first: 409)."""
-    params = {"task_id": task_id, "user_id": current_user_id()}
-    with get_conn() as conn:
-        if conn.execute(queries["delete_task"], params).fetchone() is None:
-            task_or_404(conn, task_id, params["user_id"])
-            raise ApiError(409, f"Task {task_id} is running: cancel it before deleting it.")
-    return {"message": f"Task {task_id} deleted successfully"}
+    return delete_one(task_id)
 
 
 @bp.post("/tasks/<int:task_id>/cancel")
@@ -436,7 +549,8 @@ def delete_task(task_id: int):
 )
 @jwt_required()
 def cancel_task(task_id: int):
-    """PENDING, RETRYING or PROCESSING -> CANCELLED (a running task's worker is told)."""
+    """WAITING, PENDING, RETRYING or PROCESSING -> CANCELLED (a running task's worker is told;
+    the tasks that depend on it are cancelled too)."""
     row = change_status("cancel_task", task_id, CANCELLABLE, "cancelled")
     return {"task": task_to_json(row), "message": f"Task {task_id} cancelled"}
 
@@ -534,8 +648,13 @@ def reprocess_dead_letter(dead_letter_id: int):
             raise ApiError(409, f"Dead letter {dead_letter_id} was already reprocessed.")
         # retry_task re-checks the status under the row lock, so two concurrent
         # reprocesses (or a retry racing one) requeue the task once.
-        params = {"task_id": letter["task_id"], "user_id": user_id}
-        row = conn.execute(queries["retry_task"], params).fetchone()
+        params = {"task_id": letter["task_id"], "user_id": user_id, "any_owner": False}
+        try:
+            row = conn.execute(queries["retry_task"], params).fetchone()
+        except errors.UniqueViolation:
+            raise ApiError(
+                409, f"Task {letter['task_id']}: another unfinished task holds its unique_key."
+            ) from None
         if row is None:
             raise ApiError(
                 409, f"Task {letter['task_id']} is {letter['task_status']}: nothing to reprocess."

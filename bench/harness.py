@@ -277,6 +277,29 @@ def summarize(system: str, metric: str, unit: str, runs: list[float]) -> Result:
     return Result(system, metric, statistics.median(runs), unit, runs)
 
 
+def bench_enqueue(url: str, sizes: Sizes, log: Callable[[str], None]) -> list[Result]:
+    """taskq's enqueue workloads alone, without and with unique keys (``taskq bench
+    --enqueue-only``): what uniqueness costs a create and a batch."""
+    from bench.taskq_system import TaskqSystem, unique_metrics
+
+    system = TaskqSystem()
+    runs: dict[str, list[float]] = {}
+    with system_template(url, system) as template:
+        for _ in range(sizes.repeats):
+            figures = []
+            for metric, measure in (
+                ("enqueue_single_jobs_per_s", measure_enqueue_single),
+                ("enqueue_batch_jobs_per_s", measure_enqueue_batch),
+            ):
+                with fresh_database(url, template) as db:
+                    figures.append((metric, measure(system, db, sizes), "jobs/s"))
+            figures += unique_metrics(system, lambda: fresh_database(url, template), sizes)
+            for metric, value, _ in figures:
+                runs.setdefault(metric, []).append(value)
+                log(f"  taskq {metric} = {value:,.1f}")
+    return [summarize(system.name, m, "jobs/s", values) for m, values in runs.items()]
+
+
 def bench_system(
     url: str, system: System, sizes: Sizes, log: Callable[[str], None]
 ) -> list[Result]:
@@ -350,9 +373,9 @@ def format_table(results: list[Result], sizes: Sizes) -> str:
     """A markdown table: one row per metric, one column per system (median [min-max])."""
     systems = list(dict.fromkeys(r.system for r in results))
     by_key = {(r.system, r.metric): r for r in results}
-    metrics = METRIC_ORDER + [
-        m for m in dict.fromkeys(r.metric for r in results) if m not in METRIC_ORDER
-    ]
+    present = list(dict.fromkeys(r.metric for r in results))
+    metrics = [m for m in METRIC_ORDER if m in present]
+    metrics += [m for m in present if m not in METRIC_ORDER]
 
     def cell(r: Result | None) -> str:
         if r is None:
@@ -382,15 +405,20 @@ def run_bench(
     json_path: Path | None,
     only: list[str] | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    enqueue_only: bool = False,
 ) -> list[Result]:
-    """Benchmark every system; print the table; write JSON (and, full runs, results/)."""
+    """Benchmark every system (``enqueue_only``: taskq's enqueue workloads, without and with
+    unique keys); print the table; write JSON (and, full runs of everything, results/)."""
     results: list[Result] = []
     started = time.monotonic()
-    for system in available_systems():
+    for system in [] if enqueue_only else available_systems():
         if only and system.name not in only:
             continue
         log(f"{system.name}: {sizes.label} sizes")
         results += bench_system(url, system, sizes, log)
+    if enqueue_only:
+        log(f"taskq enqueue, without and with unique keys: {sizes.label} sizes")
+        results += bench_enqueue(url, sizes, log)
     table = format_table(results, sizes)
     print(table)
     payload = {
@@ -400,7 +428,7 @@ def run_bench(
     }
     if json_path:
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    if sizes is FULL and not only:
+    if sizes is FULL and not only and not enqueue_only:
         from bench.plot import plot_results
 
         RESULTS_DIR.mkdir(exist_ok=True)

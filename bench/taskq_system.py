@@ -35,23 +35,30 @@ TASK_DEFAULTS = {
     "queue": QUEUE,
     "idempotency_key": None,
     "idempotency_fingerprint": None,
+    "status": "PENDING",
+    "pending_parents": 0,
 }
 
 
-def task_row(key: str) -> dict:
-    """The column values of one bench task."""
-    return {**TASK_DEFAULTS, "title": key, "payload": {"key": key}}
+def task_row(key: str, unique: bool = False) -> dict:
+    """The column values of one bench task (``unique``: with its key as ``unique_key``)."""
+    row = {**TASK_DEFAULTS, "title": key, "payload": {"key": key}}
+    if unique:
+        row["unique_key"] = key
+    return row
 
 
 class TaskqClient:
-    """One autocommit connection running the API's insert queries."""
+    """One autocommit connection running the API's insert queries (``unique``: every task
+    with a ``unique_key``, the unique indexes' and the batch path's cost)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, unique: bool = False) -> None:
         self.conn = psycopg.connect(url, autocommit=True)
+        self.unique = unique
 
     def insert_one(self, key: str) -> None:
         """``insert_task``: one statement, one commit."""
-        row = task_row(key)
+        row = task_row(key, self.unique)
         row["payload"], row["metadata"] = Jsonb(row["payload"]), Jsonb(row["metadata"])
         self.conn.execute(queries["insert_task"], row)
 
@@ -63,7 +70,8 @@ class TaskqClient:
     def enqueue_batch(self, keys: Sequence[str], batch: int) -> None:
         """One ``insert_tasks`` (the batch endpoint's function) per ``batch`` jobs."""
         for start in range(0, len(keys), batch):
-            insert_tasks(self.conn, None, [task_row(k) for k in keys[start : start + batch]])
+            rows = [task_row(k, self.unique) for k in keys[start : start + batch]]
+            insert_tasks(self.conn, None, rows)
 
     def enqueue_paced(self, keys: Sequence[str], gap: float) -> list[float]:
         """One ``insert_task`` per job, ``gap`` apart; commit times."""
@@ -93,9 +101,9 @@ class TaskqSystem(System):
         upgrade(url)
 
     @contextmanager
-    def client(self, url: str) -> Iterator[Client]:
-        """A connected client."""
-        client = TaskqClient(url)
+    def client(self, url: str, unique: bool = False) -> Iterator[Client]:
+        """A connected client (``unique``: its tasks carry unique keys)."""
+        client = TaskqClient(url, unique)
         try:
             yield client
         finally:
@@ -128,7 +136,7 @@ class TaskqSystem(System):
         measured = []
         from bench.queue_limits import limit_metrics
 
-        for group in (http_metrics, sse_metrics, ceiling_metrics, limit_metrics):
+        for group in (unique_metrics, http_metrics, sse_metrics, ceiling_metrics, limit_metrics):
             try:
                 measured += group(self, fresh, sizes)
             except Exception as exc:  # one broken group must not lose the others' figures
@@ -147,6 +155,25 @@ class TaskqSystem(System):
                 key, stamp = line.split()
                 started[key] = float(stamp)
         return started
+
+
+def unique_metrics(
+    system: TaskqSystem, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+) -> list[tuple[str, float, str]]:
+    """The enqueue workloads again with a ``unique_key`` on every task: the unique index on
+    single creates, the ``INSERT … ON CONFLICT`` path instead of COPY on batches."""
+    from bench.harness import keys
+
+    figures = []
+    for metric, run in (
+        ("enqueue_unique_single_jobs_per_s", lambda c, k: c.enqueue_single(k)),
+        ("enqueue_unique_batch_jobs_per_s", lambda c, k: c.enqueue_batch(k, sizes.batch)),
+    ):
+        with fresh() as db, system.client(db, unique=True) as client:
+            t0 = time.perf_counter()
+            run(client, keys("u", sizes.enqueue_n))
+            figures.append((metric, sizes.enqueue_n / (time.perf_counter() - t0), "jobs/s"))
+    return figures
 
 
 def http_metrics(

@@ -8,8 +8,8 @@ SELECT h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.erro
  ORDER BY h.id;
 
 -- name: stream_task_owner
--- A task the caller may follow (their own, or any for an admin): its status, or no row.
-SELECT t.id, t.status, t.user_id
+-- A task the caller may follow (their own, or any for an admin): its status and progress, or no row.
+SELECT t.id, t.status, t.user_id, t.progress, t.progress_message, t.progress_at
   FROM tasks t
   JOIN users u ON u.id = %(user_id)s
  WHERE t.id = %(task_id)s AND (t.user_id = u.id OR u.is_admin);

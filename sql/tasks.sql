@@ -1,17 +1,50 @@
 -- name: insert_task
--- Create one task; with an Idempotency-Key already used by this user, nothing (no row back).
-INSERT INTO tasks (user_id, title, description, task_type, payload, queue, priority,
+-- Create one task; nothing (no row back) when its Idempotency-Key or its unique_key is taken.
+INSERT INTO tasks (user_id, title, description, task_type, payload, queue, priority, status,
                    scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
                    idempotency_key, idempotency_fingerprint, callback_url, callback_events,
-                   callback_headers, callback_secret, callback_max_attempts)
+                   callback_headers, callback_secret, callback_max_attempts, unique_key,
+                   unique_for, unique_window, depends_on, pending_parents)
 VALUES (%(user_id)s, %(title)s, %(description)s, %(task_type)s, %(payload)s, %(queue)s,
-        %(priority)s, %(scheduled_at)s, greatest(%(scheduled_at)s::timestamptz, now()),
-        %(max_retries)s, %(retry_delay)s, %(timeout)s, %(tags)s, %(metadata)s,
-        %(idempotency_key)s, %(idempotency_fingerprint)s, %(callback_url)s,
-        %(callback_events)s, %(callback_headers)s, %(callback_secret)s,
-        %(callback_max_attempts)s)
-ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+        %(priority)s, %(status)s, %(scheduled_at)s,
+        greatest(%(scheduled_at)s::timestamptz, now()), %(max_retries)s, %(retry_delay)s,
+        %(timeout)s, %(tags)s, %(metadata)s, %(idempotency_key)s, %(idempotency_fingerprint)s,
+        %(callback_url)s, %(callback_events)s, %(callback_headers)s, %(callback_secret)s,
+        %(callback_max_attempts)s, %(unique_key)s, %(unique_for)s,
+        taskq_unique_window(%(unique_for)s), %(depends_on)s, %(pending_parents)s)
+ON CONFLICT DO NOTHING
 RETURNING *;
+
+-- name: get_task_by_unique_key
+-- The unfinished task holding a user's unique_key (no window): uq_tasks_unique_unfinished.
+SELECT * FROM tasks
+ WHERE user_id = %(user_id)s AND unique_key = %(unique_key)s
+   AND unique_key IS NOT NULL AND unique_window IS NULL
+   AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED');
+
+-- name: get_task_by_unique_window
+-- The task holding a user's unique_key in the current unique_for window: uq_tasks_unique_window.
+SELECT * FROM tasks
+ WHERE user_id = %(user_id)s AND unique_key = %(unique_key)s
+   AND unique_window = taskq_unique_window(%(unique_for)s) AND unique_window IS NOT NULL;
+
+-- name: lock_parent_tasks
+-- The caller's tasks among a new task's parents, locked in id order (every creator locks in
+-- this order), so none ends unseen between this count and the new task's edges committing.
+SELECT id, status::text AS status FROM tasks
+ WHERE id = ANY(%(ids)s::bigint[]) AND user_id = %(user_id)s
+ ORDER BY id
+   FOR NO KEY UPDATE;
+
+-- name: mark_parent_tasks
+-- Parents that now have a dependent: the dependency trigger looks at these when they end.
+UPDATE tasks SET has_dependents = true
+ WHERE id = ANY(%(ids)s::bigint[]) AND NOT has_dependents;
+
+-- name: insert_task_dependencies
+-- The edges parent -> new task.
+INSERT INTO task_dependencies (parent_id, task_id)
+SELECT unnest(%(ids)s::bigint[]), %(task_id)s;
 
 -- name: get_task_by_idempotency_key
 -- The task a user created earlier with this Idempotency-Key.
@@ -97,27 +130,35 @@ SELECT id, from_status, to_status, attempt, worker_id, error, created_at
  ORDER BY id;
 
 -- name: delete_task
--- Delete one of the caller's tasks unless a worker runs it (the trigger drops its history).
+-- Delete a task unless a worker runs it (the trigger drops its history): the caller's own, or
+-- any with any_owner (an admin).
 DELETE FROM tasks
- WHERE id = %(task_id)s AND user_id = %(user_id)s AND status <> 'PROCESSING'
+ WHERE id = %(task_id)s AND (user_id = %(user_id)s OR %(any_owner)s)
+   AND status <> 'PROCESSING'
 RETURNING id;
 
 -- name: cancel_task
--- Cancel a waiting or running task (a running one's worker hears taskq_cancel).
+-- Cancel a waiting or running task (a running one's worker hears taskq_cancel; dependents of
+-- it are cancelled by the dependency trigger): the caller's own, or any with any_owner.
 UPDATE tasks
    SET status = 'CANCELLED', completed_at = now(), updated_at = now()
- WHERE id = %(task_id)s AND user_id = %(user_id)s
-   AND status IN ('PENDING', 'RETRYING', 'PROCESSING')
+ WHERE id = %(task_id)s AND (user_id = %(user_id)s OR %(any_owner)s)
+   AND status IN ('WAITING', 'PENDING', 'RETRYING', 'PROCESSING')
 RETURNING *;
 
 -- name: retry_task
 -- Start a new attempt series of a failed or cancelled task; its open dead letters are closed.
+-- A task with a parent that is there and not COMPLETED is not retried (it would wait for nothing).
 WITH requeued AS (
     UPDATE tasks
        SET status = 'PENDING', attempts = 0, run_at = now(), result = NULL, error = NULL,
            started_at = NULL, completed_at = NULL, worker_id = NULL, lease_token = NULL,
-           lease_expires_at = NULL, updated_at = now()
-     WHERE id = %(task_id)s AND user_id = %(user_id)s AND status IN ('FAILED', 'CANCELLED')
+           lease_expires_at = NULL, pending_parents = 0, progress = NULL,
+           progress_message = NULL, progress_at = NULL, updated_at = now()
+     WHERE id = %(task_id)s AND (user_id = %(user_id)s OR %(any_owner)s)
+       AND status IN ('FAILED', 'CANCELLED')
+       AND NOT EXISTS (SELECT 1 FROM tasks p
+                        WHERE p.id = ANY(tasks.depends_on) AND p.status <> 'COMPLETED')
     RETURNING *
 ), closed AS (
     UPDATE dead_letters SET reprocessed_at = now()
@@ -143,3 +184,43 @@ SELECT count(*) AS count
 SELECT d.*, t.status::text AS task_status
   FROM dead_letters d LEFT JOIN tasks t ON t.id = d.task_id
  WHERE d.id = %(dead_letter_id)s AND d.user_id = %(user_id)s;
+
+-- name: insert_unique_tasks
+-- Load reserved-id tasks of a batch with unique keys from their columns as JSON, in id order
+-- (ids: only these rows; NULL: all); a row whose key is taken (by a concurrent create, an
+-- earlier row, an older task) is skipped.
+INSERT INTO tasks (id, user_id, title, description, task_type, payload, queue, priority,
+                   scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
+                   callback_url, callback_events, callback_headers, callback_secret,
+                   callback_max_attempts, unique_key, unique_for, unique_window)
+OVERRIDING SYSTEM VALUE
+SELECT r.id, r.user_id, r.title, r.description, r.task_type, r.payload, r.queue, r.priority,
+       r.scheduled_at, r.run_at, r.max_retries, r.retry_delay, r.timeout, r.tags, r.metadata,
+       r.callback_url, r.callback_events, r.callback_headers, r.callback_secret,
+       r.callback_max_attempts, r.unique_key, r.unique_for, taskq_unique_window(r.unique_for)
+  FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
+           id bigint, user_id bigint, title text, description text, task_type text,
+           payload jsonb, queue text, priority smallint, scheduled_at timestamptz,
+           run_at timestamptz, max_retries integer, retry_delay integer, timeout integer,
+           tags text[], metadata jsonb, callback_url text, callback_events text[],
+           callback_headers jsonb, callback_secret text, callback_max_attempts integer,
+           unique_key text, unique_for integer)
+ WHERE %(ids)s::bigint[] IS NULL OR r.id = ANY(%(ids)s::bigint[])
+ ORDER BY r.id
+ON CONFLICT DO NOTHING
+RETURNING id, unique_window;
+
+-- name: find_unique_tasks
+-- The tasks holding the keys of a batch's skipped rows (n: the row's position), by the two
+-- unique indexes; a key whose holder ended since has no row.
+SELECT k.n, t.*
+  FROM unnest(%(positions)s::int[], %(keys)s::text[], %(fors)s::int[]) AS k(n, key, unique_for)
+  JOIN tasks t ON t.id = coalesce(
+       (SELECT u.id FROM tasks u
+         WHERE k.unique_for IS NULL AND u.user_id = %(user_id)s AND u.unique_key = k.key
+           AND u.unique_key IS NOT NULL AND u.unique_window IS NULL
+           AND u.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')),
+       (SELECT u.id FROM tasks u
+         WHERE k.unique_for IS NOT NULL AND u.user_id = %(user_id)s AND u.unique_key = k.key
+           AND u.unique_window = taskq_unique_window(k.unique_for)
+           AND u.unique_window IS NOT NULL));

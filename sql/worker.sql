@@ -87,6 +87,34 @@ UPDATE tasks t
   FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[]) AS r(id, token)
  WHERE t.id = r.id AND t.lease_token = r.token AND t.status = 'PROCESSING';
 
+-- name: snooze_tasks
+-- Tasks that asked to run again later, fenced: due after their delay, the attempt not counted
+-- (the claim's increment undone). RETRYING with the reason as error, so the history row of the
+-- transition carries it.
+UPDATE tasks t
+   SET status = 'RETRYING',
+       attempts = greatest(t.attempts - 1, 0),
+       snoozes = t.snoozes + 1,
+       error = 'Snoozed for ' || s.seconds || ' s (attempt not counted)',
+       run_at = now() + make_interval(secs => s.seconds),
+       lease_expires_at = NULL,
+       updated_at = now()
+  FROM unnest(%(ids)s::bigint[], %(tokens)s::bigint[], %(seconds)s::float8[]) AS s(id, token, seconds)
+ WHERE t.id = s.id AND t.lease_token = s.token AND t.status = 'PROCESSING';
+
+-- name: report_progress
+-- A running task's progress: its columns (no status change, so no history row) and one NOTIFY
+-- on taskq_progress for the event streams. Fenced by the claim's lease token only, so the last
+-- value of a run lands even just after its outcome.
+WITH reported AS (
+    UPDATE tasks
+       SET progress = %(percent)s, progress_message = %(message)s, progress_at = now()
+     WHERE id = %(task_id)s AND lease_token = %(token)s
+    RETURNING id, user_id, progress, progress_message, progress_at)
+SELECT pg_notify('taskq_progress', json_build_object(
+           't', id, 'u', user_id, 'p', progress, 'm', progress_message, 'at', progress_at)::text)
+  FROM reported;
+
 -- name: held_tasks
 -- The running tasks a worker process holds (ix_tasks_lease covers every PROCESSING row).
 SELECT id, lease_token FROM tasks

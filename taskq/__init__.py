@@ -2,7 +2,7 @@
 
 The public API, importable from ``taskq`` alone::
 
-    from taskq import register, TaskContext, SoftTimeLimitExceeded, TaskCancelled
+    from taskq import register, TaskContext, SoftTimeLimitExceeded, TaskCancelled, Snooze
     from taskq import insert_tasks
 
 The names load on first use (PEP 562), so a launcher that imports
@@ -23,6 +23,7 @@ PUBLIC = {
     "TaskType": "taskq.registry",
     "SoftTimeLimitExceeded": "taskq.registry",
     "TaskCancelled": "taskq.registry",
+    "Snooze": "taskq.registry",
     "get_task_type": "taskq.registry",
     "task_types": "taskq.registry",
     "insert_tasks": "taskq.enqueue",
@@ -31,6 +32,7 @@ PUBLIC = {
 }
 __all__ = [
     "SettingError",
+    "Snooze",
     "SoftTimeLimitExceeded",
     "TaskCancelled",
     "TaskContext",
@@ -45,6 +47,7 @@ __all__ = [
 if TYPE_CHECKING:  # pragma: no cover
     from taskq.enqueue import insert_tasks
     from taskq.registry import (
+        Snooze,
         SoftTimeLimitExceeded,
         TaskCancelled,
         TaskContext,

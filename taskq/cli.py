@@ -137,6 +137,9 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
     type=click.Path(file_okay=False),
     help="where --scale writes scale.json/.md/.png (default bench/results)",
 )
+@click.option(
+    "--enqueue-only", is_flag=True, help="taskq's enqueue workloads, without and with unique keys"
+)
 def bench(
     quick: bool,
     database_url: str | None,
@@ -146,6 +149,7 @@ def bench(
     scale: str | None,
     soak: str | None,
     results_dir: str | None,
+    enqueue_only: bool,
 ) -> None:
     """Benchmark taskq against PgQueuer and procrastinate on the same Postgres.
 
@@ -173,7 +177,7 @@ def bench(
         except ValueError as exc:
             fail(str(exc))
         return
-    run_bench(url, sizes, json_file, list(systems) or None)
+    run_bench(url, sizes, json_file, list(systems) or None, enqueue_only=enqueue_only)
 
 
 @main.command()

@@ -11,9 +11,16 @@ returns their rows, the same dictionaries ``INSERT … RETURNING *`` would give:
 
 It costs a few round trips whatever the batch size: one ``SELECT`` takes the
 ids and the transaction's ``now()``, one binary ``COPY`` loads the rows, then
-the commit. Nothing is read back: the rows are built here from what was sent,
-the reserved ids and the column defaults, so the client skips parsing a
-``RETURNING *`` of every column (most of its cost for a big batch), and the
+the commit. A batch in which some task has a ``unique_key`` goes another way
+(Oban #388: its bulk insert skipped uniqueness, which only its single insert
+checked). COPY cannot skip a row whose key is taken, so those rows go as one
+JSON array into ``INSERT … SELECT … ON CONFLICT DO NOTHING``, held by the same
+unique indexes as a single create, so concurrent creates on either path cannot
+both insert a key; each row it skipped is answered with the task that holds
+the key (``enqueue_tasks``: ``existing`` lists their positions). Otherwise
+nothing is read back: the rows are built here from what was sent, the reserved
+ids and the column defaults, so the client skips parsing a ``RETURNING *`` of
+every column (most of its cost for a big batch), and the
 server skips building it. The insert trigger runs once for the COPY, as for an
 INSERT: one history row per task, one NOTIFY per 200 tasks, one wake-up per queue.
 """
@@ -22,12 +29,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
-from psycopg.rows import tuple_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.string import BytesBinaryDumper
 
 from sql import queries
@@ -50,7 +58,13 @@ COLUMN_DEFAULTS: dict[str, Any] = {
     "callback_headers": None,
     "callback_secret": None,
     "callback_max_attempts": 5,
+    "unique_key": None,
+    "unique_for": None,
+    "depends_on": None,
 }
+# A batch whose unique keys keep meeting tasks that end or vanish before they are read
+# gives up after this many rounds.
+UNIQUE_ROUNDS = 5
 # The columns of copy_tasks, in its order, with the types psycopg writes them as. jsonb
 # columns go as bytea: their binary form is a version byte and the JSON text, which
 # jsonb_bytes builds; psycopg's own jsonb dumper costs ~5 µs a value in Python.
@@ -77,6 +91,8 @@ COPY_COLUMNS = (
     ("callback_max_attempts", "int4"),
 )
 COPY_TYPES = [pg_type for _, pg_type in COPY_COLUMNS]
+# The columns insert_unique_tasks loads (its jsonb_to_recordset column list).
+UNIQUE_LOAD_COLUMNS = (*(name for name, _ in COPY_COLUMNS), "unique_key", "unique_for")
 JSONB_VERSION = b"\x01"
 PLAIN_JSON = frozenset({str, int, bool, type(None)})
 # json.dumps builds a new C encoder on every call (about 1 µs of a small payload's 1.4);
@@ -102,6 +118,19 @@ else:  # pragma: no cover - CPython always has the C encoder
     json_text = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
+class KeyContention(Exception):
+    """The unique keys of a batch kept meeting tasks that ended before they could be read."""
+
+
+@dataclass
+class Enqueued:
+    """What a batch made: a row per task given, in order, and the positions whose
+    ``unique_key`` was taken (their row is the task that holds it, not a new one)."""
+
+    rows: list[dict[str, Any]]
+    existing: list[int] = field(default_factory=list)
+
+
 def insert_tasks(
     conn: psycopg.Connection[Any], user_id: int | None, tasks: Iterable[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -112,10 +141,24 @@ def insert_tasks(
     takes its default (``callback_events`` too: the API fills its default events in
     before). Ids increase in the order given. Commits, on a connection in autocommit
     or not; inside a transaction the caller holds open it uses a savepoint instead.
+    A task whose ``unique_key`` is taken gives the row of the task holding it.
     """
+    return enqueue_tasks(conn, user_id, tasks).rows
+
+
+def enqueue_tasks(
+    conn: psycopg.Connection[Any], user_id: int | None, tasks: Iterable[Mapping[str, Any]]
+) -> Enqueued:
+    """``insert_tasks``, saying which positions met a taken ``unique_key`` (KeyContention
+    when some keep meeting tasks that end before they are read)."""
     tasks = list(tasks)
     if not tasks:
-        return []
+        return Enqueued([])
+    if any(task.get("depends_on") for task in tasks):
+        # A bulk load does not lock parents: create tasks with parents one by one (POST /tasks).
+        raise ValueError("depends_on is not supported when enqueueing in bulk")
+    if any(task.get("unique_key") is not None for task in tasks):
+        return insert_unique_tasks(conn, user_id, tasks)
     rows = []
     with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
         # The jsonb values go as bytes: psycopg's default bytea dumper (dbapi20's) is
@@ -129,7 +172,53 @@ def insert_tasks(
                 row = new_task_row(task_id, user_id, task, now)
                 copy.write_row(copy_values(row))
                 rows.append(row)
-    return rows
+    return Enqueued(rows)
+
+
+def insert_unique_tasks(
+    conn: psycopg.Connection[Any], user_id: int | None, tasks: list[Mapping[str, Any]]
+) -> Enqueued:
+    """The batch path of tasks with unique keys: ``INSERT … ON CONFLICT DO NOTHING``.
+
+    The skipped rows are looked up by their key; one whose holder ended (or was deleted)
+    before the lookup is inserted again, in the same transaction.
+    """
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        reserved = cur.execute(queries["reserve_task_ids"], {"n": len(tasks)}).fetchone()
+        ids, now = reserved["ids"], reserved["now"]
+        rows = [new_task_row(i, user_id, task, now) for i, task in zip(ids, tasks, strict=True)]
+        loaded = [{name: row[name] for name in UNIQUE_LOAD_COLUMNS} for row in rows]
+        text = json.dumps(loaded, default=iso_value, separators=(",", ":"))
+        position = {task_id: n for n, task_id in enumerate(ids)}
+        todo, existing, only = set(ids), [], None
+        for _ in range(UNIQUE_ROUNDS):
+            params = {"rows": text, "ids": only}
+            for made in cur.execute(queries["insert_unique_tasks"], params).fetchall():
+                rows[position[made["id"]]]["unique_window"] = made["unique_window"]
+                todo.discard(made["id"])
+            keyed = [rows[position[i]] for i in sorted(todo)]
+            lookup = {
+                "user_id": user_id,
+                "positions": [position[row["id"]] for row in keyed],
+                "keys": [row["unique_key"] for row in keyed],
+                "fors": [row["unique_for"] for row in keyed],
+            }
+            for held in cur.execute(queries["find_unique_tasks"], lookup).fetchall():
+                n = held.pop("n")
+                todo.discard(rows[n]["id"])
+                rows[n] = held
+                existing.append(n)
+            if not todo:
+                return Enqueued(rows, sorted(existing))
+            only = sorted(todo)  # their holders ended since the conflict: insert them again
+    raise KeyContention("unique keys kept meeting tasks that ended meanwhile: send it again")
+
+
+def iso_value(value: Any) -> Any:
+    """The JSON of a row's non-JSON values: datetimes in ISO 8601."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def copy_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -214,6 +303,16 @@ def new_task_row(
         "completed_at": None,
         "updated_at": now,
         "idempotency_fingerprint": None,  # migration 0007 added it last
+        "unique_key": task["unique_key"],  # migration 0012 added these
+        "unique_for": task["unique_for"] if task["unique_key"] is not None else None,
+        "unique_window": None,
+        "snoozes": 0,
+        "progress": None,
+        "progress_message": None,
+        "progress_at": None,
+        "depends_on": None,
+        "pending_parents": 0,
+        "has_dependents": False,
     }
 
 

@@ -26,7 +26,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, INTERVAL, JSONB, TIMESTAMP, TSVECTOR
+from sqlalchemy.dialects.postgresql import ARRAY, INTERVAL, JSONB, REAL, TIMESTAMP, TSVECTOR
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import UserDefinedType
@@ -55,8 +55,9 @@ ischema_names.setdefault("xid8", Xid8)  # so reflection (Alembic's comparison) k
 
 
 class TaskStatus(enum.StrEnum):
-    """The six states of a task."""
+    """The seven states of a task (WAITING: for its parents, ``depends_on``)."""
 
+    WAITING = "WAITING"
     PENDING = "PENDING"
     PROCESSING = "PROCESSING"
     COMPLETED = "COMPLETED"
@@ -143,8 +144,20 @@ class Task(Base):
     started_at: Mapped[datetime | None] = mapped_column(TZ)
     completed_at: Mapped[datetime | None] = mapped_column(TZ)
     updated_at: Mapped[datetime] = now_default()
+    unique_key: Mapped[str | None] = mapped_column(Text)
+    unique_for: Mapped[int | None] = mapped_column(Integer)
+    unique_window: Mapped[datetime | None] = mapped_column(TZ)
+    snoozes: Mapped[int] = mapped_column(Integer, server_default="0")
+    progress: Mapped[float | None] = mapped_column(REAL)
+    progress_message: Mapped[str | None] = mapped_column(Text)
+    progress_at: Mapped[datetime | None] = mapped_column(TZ)
+    depends_on: Mapped[list[int] | None] = mapped_column(ARRAY(BigInteger))
+    pending_parents: Mapped[int] = mapped_column(Integer, server_default="0")
+    has_dependents: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     __table_args__ = (
         CheckConstraint("priority BETWEEN 0 AND 100", name="priority"),
+        CheckConstraint("unique_for IS NULL OR unique_for > 0", name="unique_for"),
+        CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
         CheckConstraint("max_retries >= 0", name="max_retries"),
         CheckConstraint("retry_delay >= 0", name="retry_delay"),
         CheckConstraint("timeout IS NULL OR timeout > 0", name="timeout"),
@@ -166,7 +179,31 @@ class Task(Base):
             unique=True,
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
+        Index(
+            "uq_tasks_unique_unfinished",
+            "user_id",
+            "unique_key",
+            unique=True,
+            postgresql_where=text(
+                "unique_key IS NOT NULL AND unique_window IS NULL"
+                " AND status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')"
+            ),
+        ),
+        Index(
+            "uq_tasks_unique_window",
+            "user_id",
+            "unique_key",
+            "unique_window",
+            unique=True,
+            postgresql_where=text("unique_window IS NOT NULL"),
+        ),
     )
+
+
+class TaskDependency(Base):
+    __tablename__ = "task_dependencies"
+    parent_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    task_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
 
 
 class TaskHistory(Base):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, NoReturn
 
 from marshmallow import EXCLUDE, Schema
 
@@ -36,6 +36,25 @@ class SoftTimeLimitExceeded(Exception):
 class TaskCancelled(BaseException):
     """Raised inside a running task that was cancelled; a BaseException so that a task's
     ``except Exception`` does not swallow it."""
+
+
+# A snooze asks for a delay between 0 and this (30 days), seconds.
+MAX_SNOOZE = 30 * 86400
+
+
+class Snooze(BaseException):
+    """Raise ``Snooze(seconds)`` (or call ``ctx.snooze``) to run the task again that much
+    later, without spending an attempt; the history shows the snooze as a RETRYING
+    transition with its reason. A BaseException, like TaskCancelled: a task's
+    ``except Exception`` does not swallow it."""
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError("snooze seconds must be a number")
+        if not 0 <= seconds <= MAX_SNOOZE:
+            raise ValueError(f"snooze seconds must be between 0 and {MAX_SNOOZE}")
+        super().__init__(seconds)
+        self.seconds = float(seconds)
 
 
 @dataclass
@@ -54,10 +73,34 @@ class TaskContext:
     worker_id: str
     database_url: str | None = None
     settings: TaskSettings = field(default_factory=TaskSettings)
+    lease_token: int | None = None
 
     def connection(self):
         """An autocommit psycopg connection to the queue's database, shared per process."""
         return shared_connection(self.database_url)
+
+    def snooze(self, seconds: float) -> NoReturn:
+        """End this run now and run the task again ``seconds`` later; no attempt is spent."""
+        raise Snooze(seconds)
+
+    def progress(self, percent: float, message: str | None = None) -> None:
+        """Report progress (0-100, and a message): stored on the task and sent as a
+        ``progress`` event. Cheap to call often: at most 4 writes a second per task reach
+        the database, the newest value always (the last one before the task ends)."""
+        from taskq.progress import check_progress, progress_writer
+
+        percent, message = check_progress(percent, message)
+        if not self.database_url or self.lease_token is None:
+            return  # not run by a worker (a direct call in a test): nowhere to write
+        progress_writer(self.database_url).report(self.task_id, self.lease_token, percent,
+                                                  message)  # fmt: skip
+
+    def flush_progress(self) -> None:
+        """Write the last progress reported now, and wait for it (the runner, at the end)."""
+        if self.database_url and self.lease_token is not None:
+            from taskq.progress import progress_writer
+
+            progress_writer(self.database_url).flush(self.task_id, self.lease_token)
 
 
 _CONNECTIONS: dict[str | None, Any] = {}

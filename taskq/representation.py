@@ -41,6 +41,14 @@ TASK_FIELDS = (
     "started_at",
     "completed_at",
     "updated_at",
+    "unique_key",
+    "unique_for",
+    "snoozes",
+    "progress",
+    "progress_message",
+    "progress_at",
+    "depends_on",
+    "pending_parents",
 )
 
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 10, "critical": 20}
@@ -50,6 +58,7 @@ PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 10, "critical": 20}
 # uses; tests/integration/test_schema.py checks that the two agree.
 # task.revoked is the seeds' (Celery's) name for task.cancelled; subscribers may use either.
 EVENTS_FOR_STATUS = {
+    "WAITING": ("task.waiting",),
     "PENDING": ("task.queued",),
     "PROCESSING": ("task.started",),
     "RETRYING": ("task.retrying",),
@@ -89,6 +98,7 @@ def task_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
     """
     task = {name: json_value(row.get(name)) for name in TASK_FIELDS}
     task["tags"] = list(row.get("tags") or [])
+    task["depends_on"] = list(row.get("depends_on") or [])
     task["next_retry_at"] = task["run_at"] if row.get("status") == "RETRYING" else None
     task["has_callback_secret"] = bool(row.get("callback_secret"))
     if "owner_username" in row:
@@ -114,6 +124,10 @@ STATUS_FIELDS = (
     "result",
     "error",
     "next_retry_at",
+    "progress",
+    "progress_message",
+    "progress_at",
+    "pending_parents",
     "started_at",
     "completed_at",
     "updated_at",

@@ -369,6 +369,17 @@ def task_row(**changes):
         "started_at": None,
         "completed_at": None,
         "updated_at": NOW,
+        "idempotency_fingerprint": None,
+        "unique_key": None,
+        "unique_for": None,
+        "unique_window": None,
+        "snoozes": 0,
+        "progress": None,
+        "progress_message": None,
+        "progress_at": None,
+        "depends_on": None,
+        "pending_parents": 0,
+        "has_dependents": False,
     }
     row.update(changes)
     return row

@@ -8,7 +8,7 @@ import time
 
 from marshmallow import Schema, fields
 
-from taskq import SoftTimeLimitExceeded, TaskCancelled, TaskContext, register
+from taskq import Snooze, SoftTimeLimitExceeded, TaskCancelled, TaskContext, register
 
 LEDGER_DDL = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -61,3 +61,45 @@ def kill_worker(payload: dict, ctx: TaskContext) -> None:
     """Writes a ledger row and SIGKILLs its whole worker, supervisor and children included."""
     write(ctx, "start")
     os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+class SnoozeSchema(Schema):
+    times = fields.Integer(load_default=1)
+    seconds = fields.Float(load_default=0.1)
+    raise_it = fields.Boolean(load_default=False)
+
+
+@register("snoozer", payload=SnoozeSchema)
+def snoozer(payload: dict, ctx: TaskContext) -> dict:
+    """Snoozes ``times`` times (``ctx.snooze``, or ``raise Snooze``), then completes."""
+    write(ctx, "start")
+    runs = (
+        ctx.connection()
+        .execute("SELECT count(*) FROM ledger WHERE task_id = %s", [ctx.task_id])
+        .fetchone()[0]
+    )
+    if runs <= payload["times"]:
+        if payload["raise_it"]:
+            raise Snooze(payload["seconds"])
+        ctx.snooze(payload["seconds"])
+    return {"runs": runs, "attempt": ctx.attempt}
+
+
+class ProgressSchema(Schema):
+    reports = fields.Integer(load_default=100)
+    pause = fields.Float(load_default=0.01)
+
+
+@register("reporter", payload=ProgressSchema)
+def reporter(payload: dict, ctx: TaskContext) -> dict:
+    """Reports progress ``reports`` times, ``pause`` seconds apart, ending at 100%."""
+    for n in range(1, payload["reports"] + 1):
+        ctx.progress(100 * n / payload["reports"], f"step {n}")
+        time.sleep(payload["pause"])
+    return {"reports": payload["reports"]}
+
+
+@register("fail")
+def fail(payload: dict, ctx: TaskContext) -> None:
+    """Always raises."""
+    raise RuntimeError("this task always fails")

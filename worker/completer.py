@@ -3,7 +3,7 @@
 Every write after the claim is fenced by the claim's ``lease_token`` and by
 ``status = 'PROCESSING'``: a worker whose lease was taken over, or whose task
 was cancelled meanwhile, changes nothing. A batch is one statement per kind
-(``UPDATE … FROM unnest(…)``): completions, failed attempts, hand-backs.
+(``UPDATE … FROM unnest(…)``): completions, failed attempts, hand-backs, snoozes.
 
 A child's batch travels in the claim connection's next exchange, in the same
 pipeline and transaction as the next claim (``worker.exchange``); the
@@ -35,7 +35,7 @@ NO_BACKOFF = 0.0
 
 @dataclass
 class Outcomes:
-    """Results waiting to be written: completions, failures and hand-backs."""
+    """Results waiting to be written: completions, failures, hand-backs and snoozes."""
 
     done_ids: list[int] = field(default_factory=list)
     done_tokens: list[int] = field(default_factory=list)
@@ -46,6 +46,9 @@ class Outcomes:
     failed_labels: list[tuple[str, str]] = field(default_factory=list)  # (task type, queue)
     released_ids: list[int] = field(default_factory=list)
     released_tokens: list[int] = field(default_factory=list)
+    snoozed_ids: list[int] = field(default_factory=list)
+    snoozed_tokens: list[int] = field(default_factory=list)
+    snoozed_seconds: list[float] = field(default_factory=list)
 
     def complete(self, task_id: int, token: int, result_json: str | None) -> None:
         """Queue a success; ``result_json`` is the result already encoded (None: null)."""
@@ -65,6 +68,12 @@ class Outcomes:
         self.released_ids.append(task_id)
         self.released_tokens.append(token)
 
+    def snooze(self, task_id: int, token: int, seconds: float) -> None:
+        """Queue a snooze: due again ``seconds`` from now, the attempt not counted."""
+        self.snoozed_ids.append(task_id)
+        self.snoozed_tokens.append(token)
+        self.snoozed_seconds.append(seconds)
+
     def merge(self, other: Outcomes) -> None:
         """Take back ``other``'s outcomes (an exchange that did not go through)."""
         for name, values in vars(self).items():
@@ -72,10 +81,11 @@ class Outcomes:
 
     def task_ids(self) -> set[int]:
         """Every task with an outcome here (still PROCESSING under this worker until written)."""
-        return {*self.done_ids, *self.failed_ids, *self.released_ids}
+        return {*self.done_ids, *self.failed_ids, *self.released_ids, *self.snoozed_ids}
 
     def __len__(self) -> int:
-        return len(self.done_ids) + len(self.failed_ids) + len(self.released_ids)
+        return (len(self.done_ids) + len(self.failed_ids) + len(self.released_ids)
+                + len(self.snoozed_ids))  # fmt: skip
 
 
 def encode_result(result: Any) -> str | None:
@@ -96,6 +106,9 @@ def statements(outcomes: Outcomes, max_retry_delay: float) -> list[Statement]:
     if outcomes.released_ids:
         writes.append(("release_tasks",
             {"ids": outcomes.released_ids, "tokens": outcomes.released_tokens}))  # fmt: skip
+    if outcomes.snoozed_ids:
+        writes.append(("snooze_tasks", {"ids": outcomes.snoozed_ids,
+            "tokens": outcomes.snoozed_tokens, "seconds": outcomes.snoozed_seconds}))  # fmt: skip
     return writes
 
 
@@ -169,9 +182,10 @@ class Completer:
             self.exchange.send(self.take(), 0)
             self.settled(self.exchange.receive())
 
-    def record(self, row: Claim, outcome: str, value: str | None, seconds: float) -> None:
+    def record(self, row: Claim, outcome: str, value: Any, seconds: float) -> None:
         """Queue the outcome of a task run here: completed (``value``: its result JSON),
-        failed (``value``: the error) or cancelled (nothing to write: the row says so)."""
+        failed (``value``: the error), snoozed (``value``: the delay in seconds) or
+        cancelled (nothing to write: the row says so)."""
         if not self.first_at:
             self.first_at = time.monotonic()
         if outcome == "completed":
@@ -179,6 +193,8 @@ class Completer:
         elif outcome == "failed":
             labels = (row.task_type, row.queue)
             self.pending.fail(row.id, row.lease_token, value or "failed", labels)
+        elif outcome == "snoozed":
+            self.pending.snooze(row.id, row.lease_token, value)
         self.metrics.finished(row.task_type, row.queue, outcome, seconds)
 
     def release(self, row: Claim) -> None:

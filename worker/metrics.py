@@ -65,7 +65,7 @@ class BatchMetrics:
             self.pickups.append((queue, waited))
 
     def finished(self, task_type: str, queue: str, outcome: str, seconds: float) -> None:
-        """An attempt ended: completed, failed, cancelled or released."""
+        """An attempt ended: completed, failed, snoozed, cancelled or released."""
         if ENABLED:
             self.outcomes[(task_type, queue, outcome)] += 1
             self.runs.append((task_type, seconds))

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from taskq.registry import (
     REGISTRY,
     SYSTEM_QUEUES,
+    Snooze,
     SoftTimeLimitExceeded,
     TaskCancelled,
     TaskContext,
@@ -32,6 +33,7 @@ from worker import cleanup, webhooks  # noqa: F401  the system types' functions 
 __all__ = [
     "REGISTRY",
     "SYSTEM_QUEUES",
+    "Snooze",
     "SoftTimeLimitExceeded",
     "TaskCancelled",
     "TaskContext",

@@ -23,7 +23,7 @@ from marshmallow import ValidationError
 from worker.completer import Completer, encode_result
 from worker.config import WorkerConfig
 from worker.exchange import Claim
-from worker.registry import REGISTRY, SoftTimeLimitExceeded, TaskCancelled, TaskContext
+from worker.registry import REGISTRY, Snooze, SoftTimeLimitExceeded, TaskCancelled, TaskContext
 
 log = logging.getLogger("taskq.worker")
 
@@ -49,7 +49,8 @@ class Runner:
     """Run claimed tasks one at a time in the main thread (start/stop: the signal handlers).
 
     Each outcome goes to the completer: completed (its result JSON), failed
-    (the error) or cancelled (nothing to write: the row says so already).
+    (the error), snoozed (the delay) or cancelled (nothing to write: the row says
+    so already).
     """
 
     def __init__(self, config: WorkerConfig, worker_id: str, slot: Any, completer: Completer):
@@ -136,10 +137,14 @@ class Runner:
         slot[SLOT_TASK] = row.id
         slot[SLOT_DEADLINE_MS] = int((time.time() + hard) * 1000)
         soft_at = started + hard * self.config.soft_limit_ratio
+        ctx = TaskContext(row.id, row.attempts, row.queue, row.task_type, self.worker_id,
+                          self.config.database_url, self.config.tasks, row.lease_token)  # fmt: skip
         try:
-            kind, value = "completed", encode_result(self.call(row, soft_at))
+            kind, value = "completed", encode_result(self.call(row, soft_at, ctx))
         except TaskCancelled:
             kind, value = "cancelled", None
+        except Snooze as snooze:
+            kind, value = "snoozed", snooze.seconds
         except ValidationError as exc:
             kind, value = "failed", f"ValidationError: invalid payload {exc.messages}"
         except Exception as exc:
@@ -147,13 +152,14 @@ class Runner:
         finally:
             slot[SLOT_DEADLINE_MS] = 0
             slot[SLOT_TASK] = 0
+        ctx.flush_progress()  # the last value lands before the outcome
         seconds = time.monotonic() - started
         self.completer.record(row, kind, value, seconds)
         self.cancelled.discard(row.id)
         slot[SLOT_DONE] = self.done
         return seconds
 
-    def call(self, row: Claim, soft_at: float) -> Any:
+    def call(self, row: Claim, soft_at: float, ctx: TaskContext) -> Any:
         """The task function's result for ``row``, with the soft limit armed for ``soft_at``."""
         task_type = REGISTRY.get(row.task_type)
         if task_type is None:
@@ -161,8 +167,6 @@ class Runner:
         payload = decode_payload(row.payload)
         if task_type.payload_schema is not None:
             payload = task_type.validate(payload, self.config.tasks)
-        ctx = TaskContext(row.id, row.attempts, row.queue, row.task_type, self.worker_id,
-                          self.config.database_url, self.config.tasks)  # fmt: skip
         try:
             # running first: an alarm from here on re-arms for this task
             self.soft_deadline, self.running = soft_at, row

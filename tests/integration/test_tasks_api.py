@@ -492,6 +492,7 @@ def test_stats(client, make_account, db):
     data = response.get_json()
     counts = {s["status"]: s["count"] for s in data["stats"]}
     assert counts == {
+        "WAITING": 0,
         "PENDING": 2,
         "PROCESSING": 0,
         "COMPLETED": 1,

@@ -67,9 +67,9 @@ export function announce(message) {
   setTimeout(() => { region.textContent = message; }, 30);
 }
 
-export const STATUSES = ["PENDING", "PROCESSING", "RETRYING", "COMPLETED", "FAILED", "CANCELLED"];
+export const STATUSES = ["WAITING", "PENDING", "PROCESSING", "RETRYING", "COMPLETED", "FAILED", "CANCELLED"];
 export const TERMINAL = new Set(["COMPLETED", "FAILED", "CANCELLED", "DELETED"]);
-export const CANCELLABLE = new Set(["PENDING", "RETRYING", "PROCESSING"]);
+export const CANCELLABLE = new Set(["WAITING", "PENDING", "RETRYING", "PROCESSING"]);
 export const RETRYABLE = new Set(["FAILED", "CANCELLED"]);
 
 /** A status as a badge: the word is always there, the colour only repeats it. */

@@ -12,7 +12,7 @@
 import {api, apiUrl} from "./api.js";
 
 export const EVENT_TYPES = [
-  "pending", "processing", "retrying", "completed", "failed", "cancelled", "deleted", "progress",
+  "waiting", "pending", "processing", "retrying", "completed", "failed", "cancelled", "deleted", "progress",
 ];
 const FIRST_DELAY_MS = 250;
 const MAX_DELAY_MS = 10000;
@@ -129,6 +129,7 @@ export class Hub {
     this.listeners = new Set();
     this.stateListeners = new Set();
     this.resyncListeners = new Set();
+    this.progressListeners = new Set();
     this.state = "closed";
     this.stream = null;
     this.closeTimer = null;
@@ -138,7 +139,11 @@ export class Hub {
     if (this.stream) return;
     this.stream = new LiveStream(this.path, {
       onEvent: (type, data, id) => {
-        for (const listener of [...this.listeners]) listener(type, data, id);
+        for (const listener of [...this.listeners]) {
+          // Progress is not a transition: only a listener that asked for it hears it.
+          if (type === "progress" && !this.progressListeners.has(listener)) continue;
+          listener(type, data, id);
+        }
       },
       onState: (state) => {
         this.state = state;
@@ -157,16 +162,19 @@ export class Hub {
   }
 
   /**
-   * ``listener(type, data, id)`` for every event; ``resync()`` when events may
-   * have been missed (read the REST snapshot again). Returns the unsubscribe.
+   * ``listener(type, data, id)`` for every transition (and, with ``progress``, every
+   * ``progress`` event); ``resync()`` when events may have been missed (read the REST
+   * snapshot again). Returns the unsubscribe.
    */
-  subscribe(listener, resync = null) {
+  subscribe(listener, resync = null, {progress = false} = {}) {
     this.listeners.add(listener);
+    if (progress) this.progressListeners.add(listener);
     if (resync) this.resyncListeners.add(resync);
     clearTimeout(this.closeTimer);
     this.open();
     return () => {
       this.listeners.delete(listener);
+      this.progressListeners.delete(listener);
       if (resync) this.resyncListeners.delete(resync);
       if (!this.keepOpen && this.listeners.size === 0) {
         // Moving from one admin view to the next keeps the same connection.

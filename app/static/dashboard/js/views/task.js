@@ -9,7 +9,10 @@
 // back (retried, from here or elsewhere) the stream is opened again.
 //
 // An admin opens any user's task at #/admin/tasks/{id}: the same page, read
-// from /admin/tasks/{id}, without the actions (they are the owner's).
+// from /admin/tasks/{id}, with the admin API's cancel, retry and delete.
+//
+// A running task's ``progress`` events (no id: they are not history) move the
+// progress bar; a stream that reopens starts with the task's current value.
 
 import {api, get} from "../api.js";
 import {add, CANCELLABLE, RETRYABLE, TERMINAL, announce, errorBox, formatSeconds, h, jsonBlock, replace,
@@ -49,7 +52,13 @@ function detailsList(task) {
     ["Finished", timeEl(task.completed_at)],
     ["Updated", timeEl(task.updated_at)],
     ["Webhook URL", task.callback_url || "–"],
+    ["Unique key", task.unique_key ? `${task.unique_key}${task.unique_for ? ` (for ${formatSeconds(task.unique_for)})` : " (while unfinished)"}` : "–"],
+    ["Snoozed", String(task.snoozes || 0)],
+    ["Depends on", task.depends_on && task.depends_on.length
+      ? task.depends_on.map((parent, n) => [n ? ", " : "", h("a", {href: `#/tasks/${parent}`}, `#${parent}`)])
+      : "–"],
   ];
+  if (task.status === "WAITING") rows.splice(4, 0, ["Waiting for", `${task.pending_parents} parent task(s)`]);
   if (task.user) rows.splice(0, 0, ["Owner", task.user.username]);
   return h("dl", {class: "details"}, rows.map(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]));
 }
@@ -97,6 +106,7 @@ async function renderTaskPage(main, ctx, admin) {
 
   const heading = h("h1", {tabindex: "-1"}, `#${id} `, task.title);
   const statusLine = h("p", {class: "status-line", role: "status", "aria-live": "polite", "aria-label": "Current status"});
+  const progressLine = h("div", {class: "progress-line"});
   const actionResult = h("div", {class: "action-result", role: "status", "aria-live": "polite"});
   const cancelButton = h("button", {type: "button"}, "Cancel task");
   const retryButton = h("button", {type: "button"}, "Retry task");
@@ -113,9 +123,9 @@ async function renderTaskPage(main, ctx, admin) {
       admin ? h("a", {href: "#/admin/tasks"}, "All tasks") : h("a", {href: "#/tasks"}, "Tasks"), " › ", `#${id}`),
     h("div", {class: "view-head"}, heading),
     statusLine,
-    admin
-      ? h("p", {class: "hint"}, `Read-only: cancel, retry and delete belong to the task's owner${task.user ? ` (${task.user.username})` : ""}.`)
-      : h("div", {class: "toolbar", role: "group", "aria-label": "Task actions"}, cancelButton, retryButton, deleteButton),
+    progressLine,
+    admin && task.user ? h("p", {class: "hint"}, `Owner: ${task.user.username}. Your actions here act as an admin.`) : null,
+    h("div", {class: "toolbar", role: "group", "aria-label": "Task actions"}, cancelButton, retryButton, deleteButton),
     actionResult,
     description,
     h("div", {class: "detail-grid"},
@@ -133,11 +143,24 @@ async function renderTaskPage(main, ctx, admin) {
     retryButton.disabled = deleted || !RETRYABLE.has(task.status);
     deleteButton.disabled = deleted || task.status === "PROCESSING";
     replace(details, detailsList(task));
+    drawProgress();
     replace(payload, jsonBlock(task.payload, "Payload"));
     replace(outcome,
       task.status === "COMPLETED" ? jsonBlock(task.result, "Result") : null,
       task.error ? [h("h3", {}, "Error"), h("pre", {class: "error-text", tabindex: "0"}, String(task.error))] : null,
       task.status !== "COMPLETED" && !task.error ? h("p", {class: "hint"}, TERMINAL.has(task.status) ? "No result." : "Not finished yet.") : null);
+  }
+
+  function drawProgress() {
+    if (task.progress == null) {
+      replace(progressLine);
+      return;
+    }
+    const percent = Math.round(task.progress);
+    replace(progressLine,
+      h("progress", {max: "100", value: String(task.progress), "aria-label": "Progress"}, `${percent}%`),
+      h("span", {}, `${percent}%`),
+      task.progress_message ? h("span", {class: "meta"}, ` · ${task.progress_message}`) : null);
   }
 
   function drawTimeline() {
@@ -219,6 +242,11 @@ async function renderTaskPage(main, ctx, admin) {
 
   function onEvent(type, data) {
     if (data.id !== id) return;
+    if (type === "progress") {  // not a transition: the bar moves, the history stays
+      task = {...task, progress: data.progress, progress_message: data.message, progress_at: data.at};
+      drawProgress();
+      return;
+    }
     if (type === "deleted" || data.status === "DELETED") {
       deleted = true;
       draw();
@@ -277,15 +305,16 @@ async function renderTaskPage(main, ctx, admin) {
     }
   }
 
-  cancelButton.addEventListener("click", () => act(cancelButton, "cancelled", () => api("POST", `tasks/${id}/cancel`)));
+  const base = admin ? `admin/tasks/${id}` : `tasks/${id}`;  // an admin acts through the admin API
+  cancelButton.addEventListener("click", () => act(cancelButton, "cancelled", () => api("POST", `${base}/cancel`)));
   retryButton.addEventListener("click", async () => {
-    if (await act(retryButton, "queued for retry", () => api("POST", `tasks/${id}/retry`))) follow();
+    if (await act(retryButton, "queued for retry", () => api("POST", `${base}/retry`))) follow();
   });
   deleteButton.addEventListener("click", async () => {
     if (!window.confirm(`Delete task #${id}? This cannot be undone.`)) return;
-    if (await act(deleteButton, "deleted", () => api("DELETE", `tasks/${id}`))) {
+    if (await act(deleteButton, "deleted", () => api("DELETE", base))) {
       deleted = true;
-      navigate("/tasks");
+      navigate(admin ? "/admin/tasks" : "/tasks");
     }
   });
 

@@ -1,0 +1,278 @@
+"""Steering through the API and psql: unique keys, dependencies, admins acting on any task,
+snooze and progress statements."""
+
+from __future__ import annotations
+
+import json
+
+import psycopg
+import pytest
+
+from tests.helpers import API, assert_error, create, insert_tasks, set_status
+from tests.worker_helpers import claim, claim_connection, write
+from worker.completer import Outcomes
+
+
+def history(db: psycopg.Connection, task_id: int) -> list[tuple]:
+    rows = db.execute(
+        "SELECT from_status::text AS f, to_status::text AS t FROM task_history"
+        " WHERE task_id = %s ORDER BY id",
+        (task_id,),
+    ).fetchall()
+    return [(r["f"], r["t"]) for r in rows]
+
+
+def count_tasks(db: psycopg.Connection) -> int:
+    return db.execute("SELECT count(*) AS n FROM tasks").fetchone()["n"]
+
+
+# ------------------------------------------------------------------ unique keys
+
+
+def test_unique_key_and_idempotency_key_each_keep_their_meaning(client, make_account, db):
+    ann = make_account("ann")
+    body = {"title": "t", "task_type": "echo", "unique_key": "report-7"}
+
+    def post(key: str | None = None, **changes):
+        headers = {**ann.headers, **({"Idempotency-Key": key} if key else {})}
+        return client.post(f"{API}/tasks", json={**body, **changes}, headers=headers)
+
+    first = post("req-1")
+    assert first.status_code == 201
+    task_id = first.get_json()["task"]["id"]
+    assert first.get_json()["task"]["unique_key"] == "report-7"
+    # The same request again: the Idempotency-Key answers.
+    again = post("req-1")
+    assert again.status_code == 200 and again.get_json()["task"]["id"] == task_id
+    assert again.get_json()["message"] == "Task already created with this key"
+    # Another request, another Idempotency-Key, the same unique_key: the existing task.
+    other = post("req-2", title="other title")
+    assert other.status_code == 200 and other.get_json()["task"]["id"] == task_id
+    assert other.get_json()["message"] == "Task already exists with this unique_key"
+    # The first Idempotency-Key with another body is refused, whatever the unique_key says.
+    assert_error(post("req-1", title="changed"), 422, "Idempotency-Key")
+    assert count_tasks(db) == 1
+
+
+def test_a_key_held_by_an_unfinished_task_refuses_the_retry_of_an_older_one(
+    client, make_account, db
+):
+    ann = make_account("ann")
+    old = create(client, ann, unique_key="k")
+    set_status(db, old["id"], "FAILED")
+    new = create(client, ann, unique_key="k")
+    assert new["id"] != old["id"]
+    answer = client.post(f"{API}/tasks/{old['id']}/retry", headers=ann.headers)
+    assert_error(answer, 409)
+    assert (
+        db.execute("SELECT status::text AS s FROM tasks WHERE id = %s", (old["id"],)).fetchone()[
+            "s"
+        ]
+        == "FAILED"
+    )
+
+
+def test_batch_answers_taken_keys_with_their_tasks(client, make_account, db):
+    ann = make_account("ann")
+    held = create(client, ann, unique_key="a")
+    tasks = [
+        {"title": "1", "task_type": "echo", "unique_key": "a"},
+        {"title": "2", "task_type": "echo"},
+        {"title": "3", "task_type": "echo", "unique_key": "b", "unique_for": 3600},
+        {"title": "4", "task_type": "echo", "unique_key": "b", "unique_for": 3600},
+    ]
+    answer = client.post(f"{API}/tasks/batch", json={"tasks": tasks}, headers=ann.headers)
+    assert answer.status_code == 201, answer.get_json()
+    body = answer.get_json()
+    assert body["existing"] == [0, 3]
+    ids = [t["id"] for t in body["tasks"]]
+    assert ids[0] == held["id"] and ids[3] == ids[2] and len(set(ids)) == 3
+    assert count_tasks(db) == 3
+    again = client.post(f"{API}/tasks/batch", json={"tasks": tasks[2:]}, headers=ann.headers)
+    assert again.status_code == 200 and again.get_json()["existing"] == [0, 1]
+    assert count_tasks(db) == 3
+
+
+# ------------------------------------------------------------------ dependencies
+
+
+def test_depends_on_only_the_callers_existing_unfinished_tasks(client, make_account, db):
+    ann = make_account("ann")
+    bob = make_account("bob")
+    anns = create(client, ann)
+    bobs = create(client, bob)
+    before = count_tasks(db)
+
+    def post(body):
+        body = {"title": "c", "task_type": "echo", **body}
+        return client.post(f"{API}/tasks", json=body, headers=bob.headers)
+
+    refused = assert_error(post({"depends_on": [bobs["id"], anns["id"]]}), 404, "depends_on")
+    assert refused["field_errors"]["depends_on"] == [f"Task {anns['id']} not found."]
+    assert_error(post({"depends_on": [10**9]}), 404, "depends_on")
+    assert_error(post({"depends_on": ["x"]}), 400, "depends_on.0")
+    assert_error(post({"depends_on": []}), 400, "depends_on")
+    set_status(db, bobs["id"], "FAILED")
+    assert_error(post({"depends_on": [bobs["id"]]}), 409, "depends_on")
+    batch = {"tasks": [{"title": "c", "task_type": "echo", "depends_on": [bobs["id"]]}]}
+    assert_error(
+        client.post(f"{API}/tasks/batch", json=batch, headers=bob.headers),
+        400,
+        "tasks.0.depends_on",
+    )
+    assert count_tasks(db) == before
+    assert db.execute("SELECT count(*) AS n FROM task_dependencies").fetchone()["n"] == 0
+
+
+def test_a_completed_parent_counts_as_done_and_psql_transitions_release(client, make_account, db):
+    ann = make_account("ann")
+    done, running = create(client, ann), create(client, ann)
+    set_status(db, done["id"], "COMPLETED")
+    ready = create(client, ann, depends_on=[done["id"]])
+    assert ready["status"] == "PENDING" and ready["pending_parents"] == 0
+    child = create(client, ann, depends_on=[done["id"], running["id"]])
+    assert child["status"] == "WAITING" and child["pending_parents"] == 1
+    assert child["depends_on"] == sorted([done["id"], running["id"]])
+    listed = client.get(f"{API}/tasks?status=waiting", headers=ann.headers).get_json()
+    assert [t["id"] for t in listed["results"]] == [child["id"]]
+    with psycopg.connect(db.info.dsn, autocommit=True) as listener:
+        listener.execute("LISTEN taskq_events")
+        set_status(db, running["id"], "COMPLETED")  # an operator's UPDATE in psql
+        notes = [json.loads(n.payload) for n in listener.notifies(timeout=2, stop_after=2)]
+    assert {"s": "PENDING"} in [{"s": n["s"]} for n in notes]
+    assert any(e[1] == child["id"] for n in notes if n["s"] == "PENDING" for e in n["e"])
+    row = db.execute("SELECT status::text AS s, pending_parents AS n FROM tasks WHERE id = %s",
+                     (child["id"],)).fetchone()  # fmt: skip
+    assert row == {"s": "PENDING", "n": 0}
+    assert history(db, child["id"]) == [(None, "WAITING"), ("WAITING", "PENDING")]
+
+
+def test_cancelling_or_deleting_a_parent_cancels_the_waiting_tree(client, make_account, db):
+    ann = make_account("ann")
+    parent = create(client, ann)
+    child = create(client, ann, depends_on=[parent["id"]])
+    grandchild = create(client, ann, depends_on=[child["id"]])
+    answer = client.post(f"{API}/tasks/{parent['id']}/cancel", headers=ann.headers)
+    assert answer.status_code == 200
+    for task, reason in ((child, f"{parent['id']} ended CANCELLED"),
+                         (grandchild, f"{child['id']} ended CANCELLED")):  # fmt: skip
+        row = db.execute("SELECT status::text AS s, error FROM tasks WHERE id = %s",
+                         (task["id"],)).fetchone()  # fmt: skip
+        assert row == {"s": "CANCELLED", "error": f"Cancelled: parent task {reason}."}
+        assert history(db, task["id"]) == [(None, "WAITING"), ("WAITING", "CANCELLED")]
+
+    other = create(client, ann)
+    waiting = create(client, ann, depends_on=[other["id"]])
+    assert client.delete(f"{API}/tasks/{other['id']}", headers=ann.headers).status_code == 200
+    row = db.execute("SELECT status::text AS s, error FROM tasks WHERE id = %s",
+                     (waiting["id"],)).fetchone()  # fmt: skip
+    assert row == {
+        "s": "CANCELLED",
+        "error": f"Cancelled: parent task {other['id']} ended DELETED.",
+    }
+    assert db.execute("SELECT count(*) AS n FROM task_dependencies WHERE parent_id = %s",
+                      (other["id"],)).fetchone()["n"] == 0  # fmt: skip
+    # A retried child whose parent never completed would wait for nothing: 409; one whose
+    # parent is gone (deleted) runs.
+    assert_error(client.post(f"{API}/tasks/{child['id']}/retry", headers=ann.headers), 409)
+    retried = client.post(f"{API}/tasks/{waiting['id']}/retry", headers=ann.headers)
+    assert retried.status_code == 200 and retried.get_json()["task"]["status"] == "PENDING"
+
+
+# ----------------------------------------------------------------------- admins
+
+
+def test_admins_cancel_retry_and_delete_any_users_task_and_users_cannot(client, make_account, db):
+    root = make_account("root", admin=True)
+    ann = make_account("ann")
+    bob = make_account("bob")
+    task = create(client, ann)
+    admin = f"{API}/admin/tasks/{task['id']}"
+    for attempt in (bob, ann):  # an ordinary user, even the owner, is not an admin
+        assert_error(client.post(f"{admin}/cancel", headers=attempt.headers), 403)
+        assert_error(client.delete(admin, headers=attempt.headers), 403)
+    assert_error(client.post(f"{API}/tasks/{task['id']}/cancel", headers=bob.headers), 404)
+    assert_error(client.delete(f"{API}/tasks/{task['id']}", headers=bob.headers), 404)
+
+    cancelled = client.post(f"{admin}/cancel", headers=root.headers)
+    assert cancelled.status_code == 200 and cancelled.get_json()["task"]["status"] == "CANCELLED"
+    assert_error(client.post(f"{admin}/cancel", headers=root.headers), 409)
+    retried = client.post(f"{admin}/retry", headers=root.headers)
+    assert retried.status_code == 200 and retried.get_json()["task"]["status"] == "PENDING"
+    assert history(db, task["id"]) == [(None, "PENDING"), ("PENDING", "CANCELLED"),
+                                       ("CANCELLED", "PENDING")]  # fmt: skip
+    set_status(db, task["id"], "PROCESSING")
+    assert_error(client.delete(admin, headers=root.headers), 409)
+    set_status(db, task["id"], "COMPLETED")
+    deleted = client.delete(admin, headers=root.headers)
+    assert deleted.get_json() == {"message": f"Task {task['id']} deleted successfully"}
+    assert_error(client.delete(admin, headers=root.headers), 404)
+    assert_error(client.post(f"{API}/admin/tasks/{10**9}/retry", headers=root.headers), 404)
+    # Ann still sees only her own tasks.
+    mine = create(client, ann)
+    create(client, bob)
+    listed = client.get(f"{API}/tasks", headers=ann.headers).get_json()
+    assert [t["id"] for t in listed["results"]] == [mine["id"]]
+
+
+# ------------------------------------------------------------ snooze and progress
+
+
+def test_snooze_and_progress_are_fenced_by_the_claim(database_url, db):
+    (task_id,) = insert_tasks(db, 1, max_retries=0)
+    with (
+        claim_connection(database_url) as exchange,
+        psycopg.connect(database_url, autocommit=True) as listener,
+    ):
+        listener.execute("LISTEN taskq_progress")
+        (row,) = claim(exchange, 1)
+        report = {"task_id": task_id, "percent": 42.5, "message": "half"}
+        from sql import queries
+
+        db.execute(queries["report_progress"], {**report, "token": row.lease_token + 1})
+        db.execute(queries["report_progress"], {**report, "token": row.lease_token})
+        (note,) = listener.notifies(timeout=2, stop_after=1)
+        assert json.loads(note.payload)["p"] == 42.5 and json.loads(note.payload)["t"] == task_id
+        stale = Outcomes()
+        stale.snooze(task_id, row.lease_token + 1, 30)
+        write(exchange, stale)
+        assert db.execute("SELECT status::text AS s FROM tasks").fetchone()["s"] == "PROCESSING"
+        outcomes = Outcomes()
+        outcomes.snooze(task_id, row.lease_token, 30)
+        write(exchange, outcomes)
+    task = db.execute(
+        "SELECT status::text AS s, attempts, snoozes, progress, progress_message,"
+        " run_at - now() > interval '25 seconds' AS later FROM tasks"
+    ).fetchone()
+    assert task == {"s": "RETRYING", "attempts": 0, "snoozes": 1, "progress": 42.5,
+                    "progress_message": "half", "later": True}  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [-1, 101, "50", True])
+def test_progress_and_snooze_refuse_what_they_cannot_store(bad):
+    from taskq import Snooze, TaskContext
+
+    ctx = TaskContext(1, 1, "default", "echo", "w")
+    with pytest.raises((TypeError, ValueError)):
+        ctx.progress(bad)
+    with pytest.raises((TypeError, ValueError)):
+        Snooze(bad if bad != 101 else 10**9)
+    ctx.progress(50, "no worker: nothing written")
+
+
+def test_downgrade_makes_waiting_tasks_pending_and_drops_the_label(database_url, db):
+    from taskq.migrate import downgrade, upgrade
+
+    (parent,) = insert_tasks(db, 1)
+    (child,) = insert_tasks(db, 1, status="WAITING", pending_parents=1, depends_on=[parent])
+    db.execute("INSERT INTO task_dependencies (parent_id, task_id) VALUES (%s, %s)",
+               (parent, child))  # fmt: skip
+    db.close()
+    downgrade(database_url, "0008")
+    with psycopg.connect(database_url, row_factory=psycopg.rows.dict_row) as conn:
+        labels = conn.execute("SELECT enum_range(NULL::task_status)::text[] AS l").fetchone()["l"]
+        assert "WAITING" not in labels
+        row = conn.execute("SELECT status::text AS s FROM tasks WHERE id = %s", (child,)).fetchone()
+        assert row == {"s": "PENDING"}
+        assert history(conn, child) == [(None, "PENDING"), ("PENDING", "PENDING")]
+    upgrade(database_url)
