@@ -56,22 +56,26 @@ class TaskContext:
     settings: TaskSettings = field(default_factory=TaskSettings)
 
     def connection(self):
-        """An autocommit psycopg connection to the queue's database, shared per process."""
-        return shared_connection(self.database_url)
+        """An autocommit psycopg connection to the queue's database, shared per process.
+
+        Through a transaction pool (``settings.database_pooled``) each statement
+        may meet another server session: keep no session state on it.
+        """
+        return shared_connection(self.database_url, self.settings.database_pooled)
 
 
 _CONNECTIONS: dict[str | None, Any] = {}
 
 
-def shared_connection(database_url: str | None):
+def shared_connection(database_url: str | None, pooled: bool = False):
     """One lazily opened autocommit connection per process and URL, reopened when broken."""
-    import psycopg
+    from taskq.connections import TASK, connect
 
     if not database_url:
         raise LookupError("this task context has no database_url")
     conn = _CONNECTIONS.get(database_url)
     if conn is None or conn.closed or conn.broken:
-        conn = psycopg.connect(database_url, autocommit=True)
+        conn = connect(database_url, TASK, pooled, autocommit=True)
         _CONNECTIONS[database_url] = conn
     return conn
 

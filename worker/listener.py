@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from taskq.connections import LISTENER
 from taskq.listen import ListenConnection
 
 log = logging.getLogger("taskq.worker.listener")
@@ -41,7 +42,7 @@ class Listener:
         self.listens = 0  # LISTEN became active this many times
         channels = [WAKEUP] if on_cancel is None else [WAKEUP, CANCEL]
         self.link = ListenConnection(url, channels, self.deliver, on_ready=self.ready,
-                                     application_name="taskq-listener", **options)  # fmt: skip
+                                     application_name=LISTENER, **options)  # fmt: skip
         self.stopping = threading.Event()
         self.thread = threading.Thread(
             target=self.link.listen, args=(self.stopping,), name="taskq-listener", daemon=True

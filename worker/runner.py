@@ -134,7 +134,7 @@ class Runner:
         slot = self.slot
         slot[SLOT_TOKEN] = row.lease_token
         slot[SLOT_TASK] = row.id
-        slot[SLOT_DEADLINE_MS] = int((time.time() + hard) * 1000)
+        slot[SLOT_DEADLINE_MS] = int((time.monotonic() + hard) * 1000)  # one clock per host
         soft_at = started + hard * self.config.soft_limit_ratio
         try:
             kind, value = "completed", encode_result(self.call(row, soft_at))
