@@ -11,8 +11,10 @@ and, when pooled, no server-side prepared statements (psycopg's
 ``prepare_threshold`` is None; PgBouncer 1.18 cannot route them).
 
 Each role sets its own ``application_name``, so ``pg_stat_activity`` shows who
-holds what; ``budget`` is the most each role holds, the figure the README's
-deploy guide and ``tests/acceptance/test_topology.py`` use.
+holds what; a worker's roles add ``@host`` (``TASKQ_HOSTNAME``), so it also
+shows which host holds them, and which one leads (the ``taskq-leader@…`` session
+holding the advisory lock). ``budget`` is the most each role holds, the figure
+the README's deploy guide and ``tests/acceptance/test_topology.py`` use.
 """
 
 from __future__ import annotations
@@ -34,6 +36,16 @@ MAINTENANCE = "taskq-maintenance"  # the leader's reaper and periodic ticks
 
 DIRECT_ROLES = (NOTIFIER, LISTENER, LEADER)
 POOLED_ROLES = (API, CLAIM, TASK, SUPERVISOR, MAINTENANCE)
+
+
+def application_name(role: str, host: str | None = None) -> str:
+    """``role``, or ``role@host`` for a worker's connections (Postgres keeps 63 bytes)."""
+    return role if not host else f"{role}@{host}"[:63]
+
+
+def role_of(name: str | None) -> str:
+    """The role of an ``application_name`` (``taskq-claim@host-a`` -> ``taskq-claim``)."""
+    return (name or "").partition("@")[0]
 
 
 def connection_options(application_name: str, pooled: bool) -> dict[str, Any]:

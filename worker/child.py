@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from taskq.connections import LISTENER, application_name
 from worker.completer import Completer
 from worker.config import WorkerConfig
 from worker.exchange import Exchange
@@ -63,7 +64,8 @@ class Child:
         self.producer = Producer(config, self.exchange, self.completer,
                                  done=lambda: self.runner.done, gone=self.parent_gone)  # fmt: skip
         self.listener = Listener(config.listen_database_url, config.queues, self.producer.on_wakeup,
-                                 self.runner.cancel)  # fmt: skip
+                                 self.runner.cancel,
+                                 application_name(LISTENER, config.hostname))  # fmt: skip
         self.services = (self.runner, self.exchange, self.completer, self.producer, self.listener)
 
     def trap_signals(self) -> None:

@@ -26,7 +26,7 @@ import psycopg
 
 from sql import queries
 from taskq.backoff import Backoff
-from taskq.connections import CLAIM
+from taskq.connections import CLAIM, application_name
 from worker import completer
 from worker.completer import Outcomes, settle_worker_tasks
 from worker.config import WorkerConfig
@@ -190,7 +190,11 @@ class Exchange:
         tasks PROCESSING under our id that we never saw: give them back. The
         tasks we know of (held, or with an outcome in ``sending``) stay ours.
         """
-        self.conn = connect(self.config.database_url, CLAIM, self.config.database_pooled)
+        self.conn = connect(
+            self.config.database_url,
+            application_name(CLAIM, self.config.hostname),
+            self.config.database_pooled,
+        )
         self.pipe = Pipeline(self.conn)
         self.conn.execute(
             queries["register_worker"],

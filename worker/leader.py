@@ -43,8 +43,11 @@ KEEPALIVES = {"idle": "5", "interval": "2", "count": "3", "user_timeout": "10000
 class Leader:
     """Leadership through the advisory lock on ``url``: ``elect``, ``check``, ``step_down``."""
 
-    def __init__(self, url: str, check_every: float = 1.0, check_timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, name: str = LEADER, check_every: float = 1.0, check_timeout: float = 5.0
+    ) -> None:
         self.url = url
+        self.name = name  # its application_name
         self.check_every = check_every
         self.check_timeout = check_timeout
         self.conn: psycopg.Connection | None = None
@@ -56,7 +59,7 @@ class Leader:
         if self.is_leader:
             return True
         if self.conn is None or self.conn.closed or self.conn.broken:
-            self.conn = connect(self.url, LEADER)
+            self.conn = connect(self.url, self.name)
             self.conn.execute(queries["keep_session_alive"], KEEPALIVES)
         row = self.conn.execute(queries["try_leader_lock"], {"key": LEADER_LOCK_KEY}).fetchone()
         if row["leader"]:

@@ -25,7 +25,7 @@ from croniter import croniter
 from psycopg.types.json import Jsonb
 
 from sql import queries
-from taskq.connections import MAINTENANCE
+from taskq.connections import LEADER, MAINTENANCE, application_name
 from worker import metrics
 from worker.completer import NO_BACKOFF, Outcomes, write_outcomes
 from worker.config import PeriodicSchedule, WorkerConfig
@@ -97,7 +97,9 @@ class Maintenance:
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
         self.leadership = Leader(
-            config.listen_database_url, check_every=min(1.0, config.reaper_interval)
+            config.listen_database_url,
+            application_name(LEADER, config.hostname),
+            check_every=min(1.0, config.reaper_interval),
         )
         self.conn: psycopg.Connection | None = None
         self.clock: tuple[datetime, float] | None = None  # (database now(), monotonic then)
@@ -162,7 +164,11 @@ class Maintenance:
     def db(self) -> psycopg.Connection:
         """The maintenance connection, pooled (not the lock's: that one only holds the lock)."""
         if self.conn is None or self.conn.closed or self.conn.broken:
-            self.conn = connect(self.config.database_url, MAINTENANCE, self.config.database_pooled)
+            self.conn = connect(
+                self.config.database_url,
+                application_name(MAINTENANCE, self.config.hostname),
+                self.config.database_pooled,
+            )
         return self.conn
 
     def database_time(self) -> datetime:

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 
 from sql import queries
-from taskq.connections import SUPERVISOR
+from taskq.connections import SUPERVISOR, application_name
 from worker import child as child_process
 from worker import metrics
 from worker.completer import NO_BACKOFF, settle_worker_tasks
@@ -242,7 +242,11 @@ class Supervisor:
     def db(self) -> psycopg.Connection:
         """The supervisor's connection, reopened when lost."""
         if self.conn is None or self.conn.closed or self.conn.broken:
-            self.conn = connect(self.config.database_url, SUPERVISOR, self.config.database_pooled)
+            self.conn = connect(
+                self.config.database_url,
+                application_name(SUPERVISOR, self.config.hostname),
+                self.config.database_pooled,
+            )
         return self.conn
 
     def drop_db(self) -> None:
