@@ -110,7 +110,7 @@ ON CONFLICT (id) DO UPDATE
 DELETE FROM workers WHERE id = ANY(%(worker_ids)s::text[]);
 
 -- name: keep_session_alive
--- A direct session (the leader lock's) has the server probe its client: a vanished host's session ends in seconds.
+-- A direct session (LISTEN, the leader lock) has the server probe its client: a vanished host's session ends in seconds.
 SELECT set_config('tcp_keepalives_idle', %(idle)s, false),
        set_config('tcp_keepalives_interval', %(interval)s, false),
        set_config('tcp_keepalives_count', %(count)s, false),

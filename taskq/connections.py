@@ -48,6 +48,23 @@ def role_of(name: str | None) -> str:
     return (name or "").partition("@")[0]
 
 
+# Server-side TCP keepalives of a direct session: idle, interval (s), probes; and the send
+# timeout (ms) for unacknowledged data. A vanished host's session ends in ~11 s, not hours.
+KEEPALIVES = {"idle": "5", "interval": "2", "count": "3", "user_timeout": "10000"}
+
+
+def keep_session_alive(conn: psycopg.Connection) -> None:
+    """Have the server probe this direct session's client (LISTEN, the leader lock).
+
+    A host that vanishes without closing its sockets (power, partition) would
+    otherwise hold its sessions, and the leader lock, until the server's kernel
+    gives up on them (two hours by default), and count against the budget.
+    """
+    from sql import queries
+
+    conn.execute(queries["keep_session_alive"], KEEPALIVES)
+
+
 def connection_options(application_name: str, pooled: bool) -> dict[str, Any]:
     """``psycopg.connect`` keywords of a role: its name, and no prepared statements when pooled."""
     options: dict[str, Any] = {"application_name": application_name, "connect_timeout": 5}

@@ -10,7 +10,7 @@ and no host's clock takes part:
   once and the next supervisor to try takes over;
 - the leader's host vanishes without closing the socket: the session asks the
   server to probe its client (TCP keepalives, ``keep_session_alive``), so the
-  lock is freed in about ``KEEPALIVE_SECONDS``, not the kernel's two hours;
+  lock is freed in about 11 seconds, not the kernel's two hours;
 - the leader cannot reach the server: its check (a round trip with a
   timeout) fails and it steps down.
 
@@ -28,16 +28,13 @@ import time
 import psycopg
 
 from sql import queries
-from taskq.connections import LEADER
+from taskq.connections import LEADER, keep_session_alive
 from taskq.listen import ping
 from worker.db import connect
 
 log = logging.getLogger("taskq.worker.leader")
 
 LEADER_LOCK_KEY = 0x7461736B71  # "taskq"; advisory locks are per database
-# Server-side TCP keepalives of the lock's session: idle, interval (s), probes; and
-# the send timeout (ms) for unacknowledged data. A vanished host's lock is freed in ~11 s.
-KEEPALIVES = {"idle": "5", "interval": "2", "count": "3", "user_timeout": "10000"}
 
 
 class Leader:
@@ -60,7 +57,7 @@ class Leader:
             return True
         if self.conn is None or self.conn.closed or self.conn.broken:
             self.conn = connect(self.url, self.name)
-            self.conn.execute(queries["keep_session_alive"], KEEPALIVES)
+            keep_session_alive(self.conn)
         row = self.conn.execute(queries["try_leader_lock"], {"key": LEADER_LOCK_KEY}).fetchone()
         if row["leader"]:
             self.is_leader = True

@@ -74,6 +74,9 @@ def test_one_leader_and_takeover_when_it_dies(db: psycopg.Connection, database_u
         first.step()
         second.step()
         assert first.is_leader and not second.is_leader
+        # The server probes the lock's client: a vanished host frees the lock in seconds.
+        show = first.leadership.conn.execute("SHOW tcp_keepalives_idle").fetchone()
+        assert show == {"tcp_keepalives_idle": "5"}
         db.execute("SELECT pg_terminate_backend(%s)", [first.leadership.conn.info.backend_pid])
         first.leadership.next_check = 0
         first.step()  # notices its lock connection is gone
