@@ -15,6 +15,10 @@ PgBouncer's ``SHOW CLIENTS``): direct sessions, pooled server connections,
 and, behind PgBouncer, pooled clients.
 
     taskq bench --quick --system taskq_direct --system taskq_unprepared --system taskq_pgbouncer
+
+On a busy machine the variants' figures drift with the load between them;
+``python -m bench.taskq_topology URL`` runs their drains in turn instead
+(``--rounds`` of each), so a drift hits all three alike.
 """
 
 from __future__ import annotations
@@ -165,3 +169,43 @@ def host_connections(
     if port is not None:
         figures.append(("host_pooled_clients", float(sampler.clients), "conns"))
     return figures
+
+
+def alternate_drains(url: str, rounds: int, drain_n: int, children: int) -> dict[str, list[float]]:
+    """Drains of the three variants in turn, ``rounds`` times: load drifts hit each alike."""
+    from dataclasses import replace
+
+    from bench.harness import QUICK, fresh_database, measure_drain, system_template
+
+    sizes = replace(QUICK, drain_n=drain_n)
+    systems = [TaskqDirectSystem(), TaskqUnpreparedSystem(), TaskqPgbouncerSystem()]
+    runs: dict[str, list[float]] = {s.name: [] for s in systems}
+    with system_template(url, systems[0]) as template:
+        for _ in range(rounds):
+            for system in systems:
+                with fresh_database(url, template) as db:
+                    runs[system.name].append(measure_drain(system, db, sizes, children))
+    return runs
+
+
+def main() -> None:
+    """``python -m bench.taskq_topology URL``: alternating drains, median per variant."""
+    import argparse
+    import statistics
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("url", help="the server (like taskq bench --database-url)")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--drain", type=int, default=10_000)
+    parser.add_argument("--children", type=int, default=2)
+    args = parser.parse_args()
+    runs = alternate_drains(args.url, args.rounds, args.drain, args.children)
+    base = statistics.median(runs["taskq_direct"])
+    for name, values in runs.items():
+        median = statistics.median(values)
+        print(f"{name}: drain {median:,.0f} jobs/s [{min(values):,.0f}-{max(values):,.0f}] "
+              f"({median / base:.2f}x direct), runs {[round(v) for v in values]}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
