@@ -13,11 +13,13 @@ from typing import Any
 from taskq.settings import (
     SettingError,
     allow_private_urls,
+    database_pooled,
     env,
     env_bool,
     env_float,
     env_int,
     libpq_url,
+    listen_database_url,
     split_modules,
 )
 
@@ -32,8 +34,15 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
             raise SettingError("JWT_SECRET_KEY is required outside development (TASKQ_ENV)")
         secret = secrets.token_urlsafe(32)
     database_url = overrides.get("DATABASE_URL") or env("DATABASE_URL")
+    database_url = libpq_url(database_url) if database_url else None
+    listen_url = overrides.get("LISTEN_DATABASE_URL") or (
+        listen_database_url(database_url) if database_url else None
+    )
     config: dict[str, Any] = {
-        "DATABASE_URL": libpq_url(database_url) if database_url else None,
+        # DATABASE_URL may be a transaction pool (PgBouncer); LISTEN needs a session of its own.
+        "DATABASE_URL": database_url,
+        "LISTEN_DATABASE_URL": listen_url,
+        "DATABASE_POOLED": bool(database_url) and database_pooled(database_url, listen_url),
         "DB_POOL_MIN": env_int("TASKQ_DB_POOL_MIN", 1, minimum=0),
         "DB_POOL_MAX": env_int("TASKQ_DB_POOL_MAX", 10, minimum=1),
         "DB_POOL_TIMEOUT": env_float("TASKQ_DB_POOL_TIMEOUT", 5.0, minimum=0.1),

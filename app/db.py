@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from sql import queries
+from taskq.connections import API, connection_options
 
 T = TypeVar("T")
 
@@ -63,7 +64,11 @@ def get_pool() -> ConnectionPool:
             min_size=app.config["DB_POOL_MIN"],
             max_size=app.config["DB_POOL_MAX"],
             timeout=app.config["DB_POOL_TIMEOUT"],
-            kwargs={"row_factory": dict_row, "autocommit": False},
+            kwargs={
+                "row_factory": dict_row,
+                "autocommit": False,
+                **connection_options(API, app.config["DATABASE_POOLED"]),
+            },
             check=check_idle_connection,
             name="taskq-api",
             open=True,

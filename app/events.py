@@ -70,6 +70,7 @@ from app.db import fetch_one, get_conn
 from app.errors import ApiError
 from app.openapi import doc
 from app.streamguard import Binding, binding_of, guarded, refuse_revoked
+from taskq.connections import NOTIFIER
 from taskq.listen import ListenConnection
 from taskq.representation import json_value
 
@@ -323,7 +324,7 @@ class Notifier:
             self.database_url, [CHANNEL, PROGRESS_CHANNEL], self._dispatch,
             on_ready=self._listening,
             on_lost=self._lost, next_wakeup=lambda: self._recheck_at, on_wakeup=self._recheck,
-            application_name="taskq-notifier",
+            application_name=NOTIFIER,
         ).listen(self._stopping)  # fmt: skip
 
     def _listening(self) -> None:
@@ -821,6 +822,6 @@ def stream_token():
 
 def init_app(app: Flask) -> None:
     """Settings, the process's notifier, and the event endpoints."""
-    app.extensions["taskq_notifier"] = Notifier(app.config["DATABASE_URL"] or "")
+    app.extensions["taskq_notifier"] = Notifier(app.config["LISTEN_DATABASE_URL"] or "")
     streamguard.init_app(app)
     app.register_blueprint(bp)

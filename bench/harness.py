@@ -350,8 +350,15 @@ def available_systems() -> list[System]:
     systems: list[System] = []
     try:
         from bench.taskq_system import TaskqSystem
+        from bench.taskq_topology import (
+            TaskqDirectSystem,
+            TaskqPgbouncerSystem,
+            TaskqUnpreparedSystem,
+        )
 
         systems.append(TaskqSystem())
+        # The deploy guide's variants, benchmarked only when named.
+        systems += [TaskqDirectSystem(), TaskqUnpreparedSystem(), TaskqPgbouncerSystem()]
     except ImportError as exc:
         print(f"taskq left out: {exc}", file=sys.stderr)
     return [*systems, PgQueuerSystem(), ProcrastinateSystem()]
@@ -412,7 +419,7 @@ def run_bench(
     results: list[Result] = []
     started = time.monotonic()
     for system in [] if enqueue_only else available_systems():
-        if only and system.name not in only:
+        if (system.name not in only) if only else system.on_request:
             continue
         log(f"{system.name}: {sizes.label} sizes")
         results += bench_system(url, system, sizes, log)

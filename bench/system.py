@@ -36,6 +36,7 @@ class System:
     """Base of the adapters; subclasses fill in the blanks."""
 
     name = "system"
+    on_request = False  # True: benchmarked only when named (``taskq bench --system NAME``)
     # How many concurrent jobs one worker process runs (the system's fastest setting).
     unfinished_sql = ""
 

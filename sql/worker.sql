@@ -151,6 +151,17 @@ ON CONFLICT (id) DO UPDATE
 -- Worker processes that are gone.
 DELETE FROM workers WHERE id = ANY(%(worker_ids)s::text[]);
 
+-- name: keep_session_alive
+-- A direct session (LISTEN, the leader lock) has the server probe its client: a vanished host's session ends in seconds.
+SELECT set_config('tcp_keepalives_idle', %(idle)s, false),
+       set_config('tcp_keepalives_interval', %(interval)s, false),
+       set_config('tcp_keepalives_count', %(count)s, false),
+       set_config('tcp_user_timeout', %(user_timeout)s, false);
+
+-- name: database_now
+-- The database's clock: the one clock every host agrees on (periodic ticks).
+SELECT now() AS now;
+
 -- name: try_leader_lock
 -- Maintenance runs on one worker at a time: the holder of this session advisory lock.
 SELECT pg_try_advisory_lock(%(key)s) AS leader;

@@ -34,10 +34,15 @@ def required_database_url() -> str:
 
 @main.command()
 def migrate() -> None:
-    """Apply the migrations (alembic upgrade head) to DATABASE_URL."""
-    from taskq.migrate import upgrade
+    """Apply the migrations (alembic upgrade head) to DATABASE_URL.
 
-    upgrade(required_database_url())
+    Through TASKQ_LISTEN_DATABASE_URL when set: DDL waits on locks and belongs
+    on a direct connection, not in a transaction pool.
+    """
+    from taskq.migrate import upgrade
+    from taskq.settings import listen_database_url
+
+    upgrade(listen_database_url(required_database_url()))
     click.echo("database migrated to head")
 
 

@@ -34,6 +34,7 @@ import psycopg
 from psycopg import pq, sql
 
 from taskq.backoff import Backoff
+from taskq.connections import keep_session_alive
 
 log = logging.getLogger("taskq.listen")
 
@@ -88,6 +89,7 @@ class ListenConnection:
             try:
                 with psycopg.connect(self.url, autocommit=True, connect_timeout=5,
                                      application_name=self.application_name) as conn:  # fmt: skip
+                    keep_session_alive(conn)  # a vanished host's session ends in seconds
                     for channel in self.channels:
                         conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self.backoff.reset()

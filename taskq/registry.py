@@ -76,8 +76,12 @@ class TaskContext:
     lease_token: int | None = None
 
     def connection(self):
-        """An autocommit psycopg connection to the queue's database, shared per process."""
-        return shared_connection(self.database_url)
+        """An autocommit psycopg connection to the queue's database, shared per process.
+
+        Through a transaction pool (``settings.database_pooled``) each statement
+        may meet another server session: keep no session state on it.
+        """
+        return shared_connection(self.database_url, self.settings.database_pooled)
 
     def snooze(self, seconds: float) -> NoReturn:
         """End this run now and run the task again ``seconds`` later; no attempt is spent."""
@@ -106,15 +110,15 @@ class TaskContext:
 _CONNECTIONS: dict[str | None, Any] = {}
 
 
-def shared_connection(database_url: str | None):
+def shared_connection(database_url: str | None, pooled: bool = False):
     """One lazily opened autocommit connection per process and URL, reopened when broken."""
-    import psycopg
+    from taskq.connections import TASK, connect
 
     if not database_url:
         raise LookupError("this task context has no database_url")
     conn = _CONNECTIONS.get(database_url)
     if conn is None or conn.closed or conn.broken:
-        conn = psycopg.connect(database_url, autocommit=True)
+        conn = connect(database_url, TASK, pooled, autocommit=True)
         _CONNECTIONS[database_url] = conn
     return conn
 

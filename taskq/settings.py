@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,29 @@ def database_url() -> str:
     return libpq_url(url)
 
 
+def listen_database_url(default: str) -> str:
+    """TASKQ_LISTEN_DATABASE_URL: a direct session connection (LISTEN, the leader's lock).
+
+    Defaults to ``default``, the DATABASE_URL in use. When DATABASE_URL points at PgBouncer in
+    transaction pooling, this one must reach Postgres itself (or a session pool).
+    """
+    url = env("TASKQ_LISTEN_DATABASE_URL")
+    return default if url is None else libpq_url(url)
+
+
+def database_pooled(url: str, listen_url: str) -> bool:
+    """TASKQ_DATABASE_POOLED: is DATABASE_URL a transaction pool (no prepared statements).
+
+    Unset, it is guessed from the two URLs: a separate direct URL means a pool.
+    """
+    return env_bool("TASKQ_DATABASE_POOLED", listen_url != url)
+
+
+def hostname() -> str:
+    """TASKQ_HOSTNAME: this host's name in worker ids (default: the system's host name)."""
+    return env("TASKQ_HOSTNAME") or socket.gethostname()
+
+
 def libpq_url(url: str) -> str:
     """Strip a SQLAlchemy driver suffix: postgresql+psycopg:// -> postgresql://."""
     scheme, sep, rest = url.partition("://")
@@ -125,6 +149,7 @@ class TaskSettings:
     cleanup_days: int = 30
     webhook_timeout: float = 10.0
     allow_private_urls: bool = False
+    database_pooled: bool = False  # ctx.connection() goes through a transaction pool
 
 
 def task_settings() -> TaskSettings:

@@ -8,6 +8,10 @@ tests are isolated and two connections can really race for rows.
 
 Redis: ``TEST_REDIS_URL`` (default redis://127.0.0.1:6379/15). Tests that need
 it skip when none answers, unless ``TASKQ_REQUIRE_REDIS`` is set (CI sets it).
+
+PgBouncer: Debian's ``pgbouncer``, started in transaction pooling in front of
+the test server (``bench.pgbouncer``). Tests that need it skip when it is not
+installed, unless ``TASKQ_REQUIRE_PGBOUNCER`` is set (CI sets it).
 """
 
 from __future__ import annotations
@@ -22,7 +26,15 @@ import psycopg
 import pytest
 
 from taskq.migrate import upgrade
-from tests.helpers import ROOT, Account, admin_execute, close_app, register_account, with_database
+from tests.helpers import (
+    PGBOUNCER_POOL,
+    ROOT,
+    Account,
+    admin_execute,
+    close_app,
+    register_account,
+    with_database,
+)
 
 
 def _docker_available() -> bool:
@@ -101,6 +113,19 @@ def db(database_url: str) -> Iterator[psycopg.Connection]:
 
     with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as conn:
         yield conn
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_port(pg_server_url: str) -> Iterator[int]:
+    """Port of a transaction-mode PgBouncer (pool of 6 per database) in front of the server."""
+    from bench.pgbouncer import pgbouncer_binary, running_pgbouncer
+
+    if pgbouncer_binary() is None:
+        if os.environ.get("TASKQ_REQUIRE_PGBOUNCER"):
+            pytest.fail("TASKQ_REQUIRE_PGBOUNCER is set but pgbouncer is not installed")
+        pytest.skip("pgbouncer is not installed (apt-get install pgbouncer)")
+    with running_pgbouncer(pg_server_url, pool_size=PGBOUNCER_POOL) as port:
+        yield port
 
 
 @pytest.fixture

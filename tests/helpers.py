@@ -29,6 +29,7 @@ from bench.dashboard_latency import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
 API = "/api/v1"
+PGBOUNCER_POOL = 6  # server connections per database of the tests' transaction-mode PgBouncer
 
 # ---------------------------------------------------------------- waiting
 
@@ -148,12 +149,26 @@ def template_copy(server_url: str, template: str, prefix: str) -> Iterator[str]:
 
 @contextmanager
 def api_server(
-    server_url: str, template: str, prefix: str, secret: str, workers: int, **env: str
+    server_url: str,
+    template: str,
+    prefix: str,
+    secret: str,
+    workers: int,
+    pgbouncer_port: int | None = None,
+    **env: str,
 ) -> Iterator[tuple[str, str]]:
-    """``(url, database_url)`` of a real ``taskq api`` on a template copy of its own."""
+    """``(url, database_url)`` of a real ``taskq api`` on a template copy of its own.
+
+    With ``pgbouncer_port``, its DATABASE_URL goes through that PgBouncer and its
+    LISTEN straight to Postgres; ``database_url`` is the direct one either way.
+    """
+    from bench.pgbouncer import pooled_url
     from bench.sse_latency import start_api
 
     with template_copy(server_url, template, prefix) as database_url:
+        if pgbouncer_port is not None:
+            env = {"DATABASE_URL": pooled_url(database_url, pgbouncer_port),
+                   "TASKQ_LISTEN_DATABASE_URL": database_url, **env}  # fmt: skip
         url, proc = start_api(database_url, secret, workers=workers, **env)
         try:
             yield url, database_url

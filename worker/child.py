@@ -21,11 +21,11 @@ import gc
 import logging
 import os
 import signal
-import socket
 from typing import Any
 
 import psycopg
 
+from taskq.connections import LISTENER, application_name
 from worker.completer import Completer
 from worker.config import WorkerConfig
 from worker.exchange import Exchange
@@ -37,9 +37,9 @@ from worker.runner import SLOT_SIZE, Runner
 log = logging.getLogger("taskq.worker")
 
 
-def worker_id_for(pid: int) -> str:
-    """The ``tasks.worker_id`` / ``workers.id`` of the worker process ``pid`` on this host."""
-    return f"{socket.gethostname()}:{pid}"
+def worker_id_for(hostname: str, pid: int) -> str:
+    """The ``tasks.worker_id`` / ``workers.id`` of the worker process ``pid`` on ``hostname``."""
+    return f"{hostname}:{pid}"
 
 
 def die_with_parent() -> None:
@@ -56,15 +56,16 @@ class Child:
 
     def __init__(self, config: WorkerConfig, slot: Any = None, parent_pid: int | None = None):
         self.parent_pid = parent_pid
-        worker_id = worker_id_for(os.getpid())
+        worker_id = worker_id_for(config.hostname, os.getpid())
         self.exchange = Exchange(config, worker_id, held=self.held, gone=self.parent_gone)
         self.completer = Completer(config.batch_size, config.flush_ms, self.exchange)
         slot = slot if slot is not None else [0] * SLOT_SIZE
         self.runner = Runner(config, worker_id, slot, self.completer)
         self.producer = Producer(config, self.exchange, self.completer,
                                  done=lambda: self.runner.done, gone=self.parent_gone)  # fmt: skip
-        self.listener = Listener(config.database_url, config.queues, self.producer.on_wakeup,
-                                 self.runner.cancel)  # fmt: skip
+        self.listener = Listener(config.listen_database_url, config.queues, self.producer.on_wakeup,
+                                 self.runner.cancel,
+                                 application_name(LISTENER, config.hostname))  # fmt: skip
         self.services = (self.runner, self.exchange, self.completer, self.producer, self.listener)
 
     def trap_signals(self) -> None:

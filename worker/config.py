@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from taskq.settings import (
     SettingError,
     TaskSettings,
+    database_pooled,
     database_url,
     env,
     env_float,
     env_int,
     history_days,
+    hostname,
+    listen_database_url,
     split_modules,
     task_settings,
 )
@@ -40,7 +43,10 @@ class PeriodicSchedule:
 class WorkerConfig:
     """Everything a supervisor and its children need; plain data, so it pickles."""
 
-    database_url: str
+    database_url: str  # pooled, maybe (TASKQ_DATABASE_POOLED)
+    listen_database_url: str = ""  # direct: LISTEN and the leader lock; "" = database_url
+    database_pooled: bool = False
+    hostname: str = ""  # in worker ids; "" = the system's host name
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 2
     max_tasks: int = 0
@@ -64,6 +70,15 @@ class WorkerConfig:
     log_level: str = "INFO"
     imports: tuple[str, ...] = ()
     tasks: TaskSettings = field(default_factory=TaskSettings)
+
+    def __post_init__(self) -> None:
+        if not self.listen_database_url:
+            object.__setattr__(self, "listen_database_url", self.database_url)
+        if not self.hostname:
+            object.__setattr__(self, "hostname", hostname())
+        if self.tasks.database_pooled != self.database_pooled:  # ctx.connection() pools too
+            tasks = replace(self.tasks, database_pooled=self.database_pooled)
+            object.__setattr__(self, "tasks", tasks)
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain data (for a child process)."""
@@ -155,8 +170,13 @@ def load_config(**options: Any) -> WorkerConfig:
     from worker.registry import load_task_modules
 
     load_task_modules(imports)  # a module that does not import stops the worker here
+    url = given.pop("database_url", None) or database_url()
+    listen_url = given.pop("listen_database_url", None) or listen_database_url(url)
     config = WorkerConfig(
-        database_url=given.pop("database_url", None) or database_url(),
+        database_url=url,
+        listen_database_url=listen_url,
+        database_pooled=database_pooled(url, listen_url),
+        hostname=hostname(),
         queues=split_queues(queues) if isinstance(queues, str) else tuple(queues),
         concurrency=env_int("TASKQ_CONCURRENCY", os.cpu_count() or 1, minimum=1),
         max_tasks=env_int("TASKQ_MAX_TASKS", 0, minimum=0),
@@ -183,6 +203,4 @@ def load_config(**options: Any) -> WorkerConfig:
     )
     if config.soft_limit_ratio > 1:
         raise SettingError("TASKQ_SOFT_LIMIT_RATIO must be at most 1")
-    from dataclasses import replace
-
     return replace(config, **given)

@@ -21,6 +21,7 @@ from psycopg.adapt import Transformer
 from psycopg.rows import dict_row
 
 from sql import queries
+from taskq import connections
 
 T = TypeVar("T")
 Statement = tuple[str, dict[str, Any]]  # a query's name and its parameters
@@ -31,10 +32,19 @@ PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 
 
-def connect(url: str) -> psycopg.Connection:
-    """An autocommit connection whose statements are prepared on first use."""
-    conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=5)
-    conn.prepare_threshold = 0
+def connect(
+    url: str, application_name: str = "taskq-worker", pooled: bool = False
+) -> psycopg.Connection:
+    """An autocommit connection of one role (``taskq.connections``).
+
+    Direct, its statements are prepared on first use; through a transaction
+    pool (``pooled``) never: the next transaction may run on another server
+    connection, which does not know them.
+    """
+    conn = connections.connect(url, application_name, pooled, autocommit=True,
+                               row_factory=dict_row)  # fmt: skip
+    if not pooled:
+        conn.prepare_threshold = 0
     return conn
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 from collections.abc import Callable
 from operator import attrgetter
@@ -27,6 +26,7 @@ import psycopg
 
 from sql import queries
 from taskq.backoff import Backoff
+from taskq.connections import CLAIM, application_name
 from worker import completer
 from worker.completer import Outcomes, settle_worker_tasks
 from worker.config import WorkerConfig
@@ -196,13 +196,17 @@ class Exchange:
         tasks PROCESSING under our id that we never saw: give them back. The
         tasks we know of (held, or with an outcome in ``sending``) stay ours.
         """
-        self.conn = connect(self.config.database_url)
+        self.conn = connect(
+            self.config.database_url,
+            application_name(CLAIM, self.config.hostname),
+            self.config.database_pooled,
+        )
         self.pipe = Pipeline(self.conn)
         self.conn.execute(
             queries["register_worker"],
             {
                 "id": self.worker_id,
-                "hostname": socket.gethostname(),
+                "hostname": self.config.hostname,
                 "pid": os.getpid(),
                 "queues": self.queues,
                 "concurrency": 1,

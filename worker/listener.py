@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from taskq.connections import LISTENER
 from taskq.listen import ListenConnection
 
 log = logging.getLogger("taskq.worker.listener")
@@ -33,6 +34,7 @@ class Listener:
         queues: list[str] | tuple[str, ...],
         on_wakeup: Callable[[str | None], None],
         on_cancel: Callable[[int], None] | None = None,
+        application_name: str = LISTENER,
         **options: Any,
     ) -> None:
         self.queues = set(queues)
@@ -41,7 +43,7 @@ class Listener:
         self.listens = 0  # LISTEN became active this many times
         channels = [WAKEUP] if on_cancel is None else [WAKEUP, CANCEL]
         self.link = ListenConnection(url, channels, self.deliver, on_ready=self.ready,
-                                     application_name="taskq-listener", **options)  # fmt: skip
+                                     application_name=application_name, **options)  # fmt: skip
         self.stopping = threading.Event()
         self.thread = threading.Thread(
             target=self.link.listen, args=(self.stopping,), name="taskq-listener", daemon=True

@@ -2,17 +2,20 @@
 roll-up of the task counters (``taskq.counters``) and the history partitions.
 
 It runs in a thread of the supervisor (start/stop), a round every tenth of
-a second; each round paces itself. Leadership is a session advisory lock
-held on a dedicated connection: when the leader dies, or its connection
-does, Postgres releases the lock and the next worker to try takes over. The
-periodic enqueuer is safe even with two leaders: each tick's row in
-``periodic_ticks`` has a primary key, and the task is inserted in the same
-transaction as the tick (clean-up of old finished tasks is itself a periodic
-task, ``cleanup_old_tasks``). Every ten minutes the leader creates the
-``task_history`` partitions of the next days and drops the whole days older
-than TASKQ_HISTORY_DAYS (migration 0010): retention is a catalog change; when
-a long reader holds the table, the short lock wait gives up and a later round
-tries again.
+a second; each round paces itself. Leadership (``worker.leader``) is a
+session advisory lock on a direct connection: when the leader dies, or its
+connection does, Postgres releases the lock and the next worker to try takes
+over. The work itself runs on the pooled URL. No decision reads this host's
+clock: leases expire by the database's ``now()``, and the periodic enqueuer
+follows the database's clock too (``database_time``), so hosts whose clocks
+disagree agree on every tick. The periodic enqueuer is safe even with two
+leaders: each tick's row in ``periodic_ticks`` has a primary key, and the task
+is inserted in the same transaction as the tick (clean-up of old finished
+tasks is itself a periodic task, ``cleanup_old_tasks``).
+Every ten minutes the leader creates the ``task_history`` partitions of the
+next days and drops the whole days older than TASKQ_HISTORY_DAYS (migration
+0010): retention is a catalog change; when a long reader holds the table, the
+short lock wait gives up and a later round tries again.
 """
 
 from __future__ import annotations
@@ -27,20 +30,22 @@ from croniter import croniter
 from psycopg.types.json import Jsonb
 
 from sql import queries
+from taskq.connections import LEADER, MAINTENANCE, application_name
 from taskq.counters import forget_empty_task_counts, roll_up_task_counts
 from worker import metrics
 from worker.completer import NO_BACKOFF, Outcomes, write_outcomes
 from worker.config import PeriodicSchedule, WorkerConfig
 from worker.db import connect
+from worker.leader import Leader
 
 log = logging.getLogger("taskq.worker.maintenance")
 
-LEADER_LOCK_KEY = 0x7461736B71  # "taskq"
 ROUND = 0.1  # seconds between rounds
 FORGET_EMPTY_COUNTS = 3600.0  # seconds between sweeps of counters at zero
 HISTORY_DAYS_AHEAD = 3  # daily history partitions made ahead (the default one catches the rest)
 HISTORY_INTERVAL = 600.0  # seconds between partition rounds
 HISTORY_RETRY = 60.0  # seconds before a partition round that met a busy table tries again
+CLOCK_READ = 1.0  # seconds between reads of the database's clock
 
 
 def reap_expired_leases(conn: psycopg.Connection, limit: int = 1000) -> int:
@@ -118,9 +123,13 @@ class Maintenance:
 
     def __init__(self, config: WorkerConfig) -> None:
         self.config = config
-        self.lock_conn: psycopg.Connection | None = None
+        self.leadership = Leader(
+            config.listen_database_url,
+            application_name(LEADER, config.hostname),
+            check_every=min(1.0, config.reaper_interval),
+        )
         self.conn: psycopg.Connection | None = None
-        self.leader = False
+        self.clock: tuple[datetime, float] | None = None  # (database now(), monotonic then)
         self.next_attempt = 0.0
         self.next_reap = 0.0
         self.next_roll_up = 0.0
@@ -154,16 +163,21 @@ class Maintenance:
                 self.step_down()
             self.stopping.wait(ROUND)
 
+    @property
+    def is_leader(self) -> bool:
+        """This worker leads maintenance right now."""
+        return self.leadership.is_leader
+
     def step(self) -> None:
         """One round (call it often; it paces itself); never raises on a lost database."""
         now = time.monotonic()
         try:
-            if not self.leader and now >= self.next_attempt:
+            if not self.is_leader and now >= self.next_attempt:
                 self.next_attempt = now + self.config.reaper_interval
-                self.try_lead()
-            elif self.leader:
-                self.check_lock()
-            if not self.leader:
+                self.leadership.elect()
+            elif self.is_leader:
+                self.leadership.check()
+            if not self.is_leader:
                 return
             if now >= self.next_reap:
                 self.next_reap = now + self.config.reaper_interval
@@ -173,7 +187,8 @@ class Maintenance:
                     log.info("reaper returned %d tasks with expired leases", count)
             if now >= self.next_partitions:
                 self.maintain_partitions(now)
-            self.enqueue_periodic(datetime.now(UTC))
+            if self.config.periodic:
+                self.enqueue_periodic(self.database_time())
             self.roll_up_counts(now)
         except psycopg.Error as exc:
             log.warning("maintenance: database error (%s); stepping down", exc)
@@ -192,34 +207,35 @@ class Maintenance:
             log.info("history partitions: %d created, %d dropped", made, dropped)
 
     def db(self) -> psycopg.Connection:
-        """The maintenance connection (not the lock's: that one only holds the lock)."""
+        """The maintenance connection, pooled (not the lock's: that one only holds the lock)."""
         if self.conn is None or self.conn.closed or self.conn.broken:
-            self.conn = connect(self.config.database_url)
+            self.conn = connect(
+                self.config.database_url,
+                application_name(MAINTENANCE, self.config.hostname),
+                self.config.database_pooled,
+            )
         return self.conn
 
-    def try_lead(self) -> None:
-        """Take the advisory lock if nobody holds it."""
-        if self.lock_conn is None or self.lock_conn.closed or self.lock_conn.broken:
-            self.lock_conn = connect(self.config.database_url)
-        row = self.lock_conn.execute(
-            queries["try_leader_lock"], {"key": LEADER_LOCK_KEY}
-        ).fetchone()
-        if row["leader"]:
-            self.leader = True
-            log.info("this worker leads maintenance (reaper, periodic tasks)")
+    def database_time(self) -> datetime:
+        """The database's ``now()``: read once a second, carried forward on the monotonic clock.
 
-    def check_lock(self) -> None:
-        """Our lock lives as long as its connection: make sure it still does."""
-        assert self.lock_conn is not None
-        self.lock_conn.execute("SELECT 1")
+        A host whose wall clock is wrong still enqueues each tick when the
+        database's clock says it is due, like every other host.
+        """
+        mono = time.monotonic()
+        if self.clock is None or mono - self.clock[1] >= CLOCK_READ:
+            now = self.db().execute(queries["database_now"]).fetchone()["now"]
+            self.clock = (now.astimezone(UTC), mono)  # cron schedules are in UTC
+        read_at, read_mono = self.clock
+        return read_at + timedelta(seconds=mono - read_mono)
 
     def step_down(self) -> None:
         """Give up leadership (closing the lock connection releases the lock)."""
-        self.leader = False
-        for conn in (self.lock_conn, self.conn):
-            if conn is not None:
-                conn.close()
-        self.lock_conn = self.conn = None
+        self.leadership.step_down()
+        if self.conn is not None:
+            self.conn.close()
+        self.conn = None
+        self.clock = None
 
     def roll_up_counts(self, now: float) -> None:
         """Fold the pending counter deltas every TASKQ_COUNTS_INTERVAL; sweep zeros hourly."""

@@ -135,7 +135,7 @@ class Runner:
         slot = self.slot
         slot[SLOT_TOKEN] = row.lease_token
         slot[SLOT_TASK] = row.id
-        slot[SLOT_DEADLINE_MS] = int((time.time() + hard) * 1000)
+        slot[SLOT_DEADLINE_MS] = int((time.monotonic() + hard) * 1000)  # one clock per host
         soft_at = started + hard * self.config.soft_limit_ratio
         ctx = TaskContext(row.id, row.attempts, row.queue, row.task_type, self.worker_id,
                           self.config.database_url, self.config.tasks, row.lease_token)  # fmt: skip

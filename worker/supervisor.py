@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from sql import queries
+from taskq.connections import SUPERVISOR, application_name
 from worker import child as child_process
 from worker import metrics
 from worker.completer import NO_BACKOFF, settle_worker_tasks
@@ -143,7 +144,11 @@ class Supervisor:
         )
         process.start()
         self.children[index] = ChildProcess(
-            index, process, slot, child_process.worker_id_for(process.pid), time.monotonic()
+            index,
+            process,
+            slot,
+            child_process.worker_id_for(self.config.hostname, process.pid),
+            time.monotonic(),
         )
 
     def watch(self) -> None:
@@ -202,7 +207,7 @@ class Supervisor:
 
     def enforce_time_limits(self) -> None:
         """Kill a child whose task passed its hard limit; its task fails, the child is replaced."""
-        now_ms = time.time() * 1000
+        now_ms = time.monotonic() * 1000  # the children's clock: Linux shares it across processes
         for child in list(self.children.values()):
             deadline = child.slot[SLOT_DEADLINE_MS]
             task_id = child.slot[SLOT_TASK]
@@ -237,7 +242,11 @@ class Supervisor:
     def db(self) -> psycopg.Connection:
         """The supervisor's connection, reopened when lost."""
         if self.conn is None or self.conn.closed or self.conn.broken:
-            self.conn = connect(self.config.database_url)
+            self.conn = connect(
+                self.config.database_url,
+                application_name(SUPERVISOR, self.config.hostname),
+                self.config.database_pooled,
+            )
         return self.conn
 
     def drop_db(self) -> None:

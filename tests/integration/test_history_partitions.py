@@ -162,7 +162,7 @@ def test_the_leader_makes_missing_days_and_waits_out_a_busy_table(database_url, 
     leader = Maintenance(config)
     try:
         leader.step()
-        assert leader.leader
+        assert leader.is_leader
         assert last in partitions(db)
     finally:
         leader.stop()

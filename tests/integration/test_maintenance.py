@@ -36,7 +36,7 @@ def test_reaper_returns_expired_tasks_counting_the_attempt(db: psycopg.Connectio
     leader = Maintenance(config(database_url))
     try:
         leader.step()
-        assert leader.leader
+        assert leader.is_leader
     finally:
         leader.stop()
     rows = db.execute("SELECT id, status::text, attempts, error FROM tasks ORDER BY id").fetchall()
@@ -57,10 +57,10 @@ def test_maintenance_runs_its_rounds_in_a_thread_until_stopped(db, database_url)
         db.execute("UPDATE tasks SET lease_expires_at = now() - interval '1 s'")
         wait_for(lambda: db.execute("SELECT status::text AS s FROM tasks").fetchone()["s"]
                  == "RETRYING", 5, "the reaper's round")  # fmt: skip
-        assert maintenance.leader
+        assert maintenance.is_leader
     finally:
         maintenance.stop()
-    assert not maintenance.thread.is_alive() and not maintenance.leader
+    assert not maintenance.thread.is_alive() and not maintenance.is_leader
     # Leadership released: the lock goes when the server has ended the closed session.
     held = (
         "SELECT count(*) AS n FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
@@ -74,20 +74,24 @@ def test_one_leader_and_takeover_when_it_dies(db: psycopg.Connection, database_u
     try:
         first.step()
         second.step()
-        assert first.leader and not second.leader
-        db.execute("SELECT pg_terminate_backend(%s)", [first.lock_conn.info.backend_pid])
+        assert first.is_leader and not second.is_leader
+        # The server probes the lock's client: a vanished host frees the lock in seconds.
+        show = first.leadership.conn.execute("SHOW tcp_keepalives_idle").fetchone()
+        assert show == {"tcp_keepalives_idle": "5"}
+        db.execute("SELECT pg_terminate_backend(%s)", [first.leadership.conn.info.backend_pid])
+        first.leadership.next_check = 0
         first.step()  # notices its lock connection is gone
-        assert not first.leader
+        assert not first.is_leader
 
         def second_leads() -> bool:
             second.next_attempt = 0
             second.step()
-            return second.leader
+            return second.is_leader
 
         wait_for(second_leads, 5, "takeover")
         first.next_attempt = 0
         first.step()
-        assert not first.leader
+        assert not first.is_leader
     finally:
         first.stop()
         second.stop()
@@ -118,7 +122,6 @@ def test_periodic_enqueuer_follows_the_cron(db: psycopg.Connection, database_url
     leader = Maintenance(config(database_url, periodic=(EVERY_SECOND,)))
     try:
         now = datetime(2030, 1, 1, 12, 0, 0, 500_000, tzinfo=UTC)
-        leader.leader = True
         for step in range(4):  # four calls within two distinct seconds
             leader.enqueue_periodic(now + timedelta(seconds=step // 2, milliseconds=step))
     finally:
@@ -126,6 +129,23 @@ def test_periodic_enqueuer_follows_the_cron(db: psycopg.Connection, database_url
     ticks = db.execute("SELECT tick_at FROM periodic_ticks ORDER BY 1").fetchall()
     assert [t["tick_at"].second for t in ticks] == [0, 1]
     assert latest_tick("0 0 * * *", now) == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+def test_periodic_ticks_follow_the_database_clock_in_utc(db, database_url) -> None:
+    # The database's sessions run 14 hours ahead (UTC+14): the ticks are still UTC instants
+    # of the database's clock, the same for every host whatever its own clock and zone.
+    db.execute("SELECT set_config('timezone', 'Pacific/Kiritimati', false)")
+    db.execute(f"ALTER DATABASE {db.info.dbname} SET timezone TO 'Pacific/Kiritimati'")
+    leader = Maintenance(config(database_url, periodic=(EVERY_SECOND,)))
+    try:
+        wait_for(lambda: leader.step() or leader.is_leader, 5, "leadership")
+        assert leader.database_time().utcoffset() == timedelta(0)
+        wait_for(lambda: leader.step() or db.execute("SELECT 1 FROM periodic_ticks").fetchone(),
+                 5, "a tick")  # fmt: skip
+        row = db.execute("SELECT min(tick_at) AS tick, now() AS now FROM periodic_ticks").fetchone()
+        assert timedelta(0) <= row["now"] - row["tick"] < timedelta(seconds=5)
+    finally:
+        leader.stop()
 
 
 def test_schedule_validation() -> None:

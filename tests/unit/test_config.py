@@ -32,3 +32,40 @@ def test_database_urls_are_normalised():
     assert sqlalchemy_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     with pytest.raises(SettingError):
         libpq_url("mysql://u@h/db")
+
+
+def test_the_listen_url_defaults_to_database_url_and_a_separate_one_means_pooled(monkeypatch):
+    from worker.config import WorkerConfig
+    from worker.config import load_config as load_worker_config
+
+    monkeypatch.setenv("JWT_SECRET_KEY", "x" * 32)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u@pgbouncer:6432/db")
+    for name in ("TASKQ_LISTEN_DATABASE_URL", "TASKQ_DATABASE_POOLED", "TASKQ_HOSTNAME"):
+        monkeypatch.delenv(name, raising=False)
+    api, worker = load_config(), load_worker_config()
+    assert api["LISTEN_DATABASE_URL"] == worker.listen_database_url == api["DATABASE_URL"]
+    assert not api["DATABASE_POOLED"] and not worker.database_pooled
+    monkeypatch.setenv("TASKQ_LISTEN_DATABASE_URL", "postgresql+psycopg://u@primary:5432/db")
+    monkeypatch.setenv("TASKQ_HOSTNAME", "host-a")
+    api, worker = load_config(), load_worker_config()
+    direct = "postgresql://u@primary:5432/db"
+    assert api["LISTEN_DATABASE_URL"] == worker.listen_database_url == direct
+    assert api["DATABASE_POOLED"] and worker.database_pooled and worker.tasks.database_pooled
+    assert worker.hostname == "host-a"
+    # The child gets the same settings through to_dict/from_dict.
+    assert WorkerConfig.from_dict(worker.to_dict()) == worker
+    monkeypatch.setenv("TASKQ_DATABASE_POOLED", "0")  # a session pool, say: said explicitly
+    assert not load_config()["DATABASE_POOLED"] and not load_worker_config().database_pooled
+    monkeypatch.setenv("TASKQ_DATABASE_POOLED", "sometimes")
+    with pytest.raises(SettingError, match="TASKQ_DATABASE_POOLED"):
+        load_config()
+
+
+def test_the_connection_budget_formula():
+    from taskq.connections import application_name, budget, direct_total, role_of
+
+    counts = budget(api_processes=16, api_pool_max=10, worker_hosts=10, concurrency=8)
+    assert direct_total(counts) == 16 + 10 * (8 + 1)
+    assert sum(counts.values()) - direct_total(counts) == 16 * 10 + 10 * (1 + 2 * 8) + 1
+    assert role_of(application_name("taskq-claim", "host-a")) == "taskq-claim"
+    assert len(application_name("taskq-claim", "h" * 100)) == 63
