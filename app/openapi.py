@@ -25,8 +25,13 @@ from app.schemas import BIGINT_MAX, MAX_JSON_DEPTH, ErrorSchema, TaskCreateSchem
 bp = Blueprint("openapi", __name__)
 
 PATH_ARGUMENT = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
-# Pages, not API operations.
+# Pages and WebSocket endpoints (OpenAPI 3.0 cannot describe a WebSocket: DESCRIPTION
+# names them), not API operations.
 HIDDEN_ENDPOINTS = {
+    "websocket.task_socket",
+    "websocket.tasks_socket",
+    "websocket.task_socket_plain",
+    "websocket.tasks_socket_plain",
     "static",
     "openapi.openapi_json",
     "openapi.docs",
@@ -40,7 +45,11 @@ DESCRIPTION = (
     '`{"error": "...", "field_errors": {"field": ["..."]}}` (components/schemas/Error). '
     "What Postgres cannot store is refused with 400: a string holding NUL (U+0000) or an "
     "unpaired surrogate, anywhere in a body or a query, and JSON nested deeper than "
-    f"{MAX_JSON_DEPTH} levels; a body over TASKQ_MAX_BODY_BYTES, chunked or not, gets 413."
+    f"{MAX_JSON_DEPTH} levels; a body over TASKQ_MAX_BODY_BYTES, chunked or not, gets 413. "
+    "WebSocket streams (not operations of this document): `/ws/tasks/{task_id}/` and "
+    "`/ws/tasks/` carry the events of GET /api/v1/tasks/{task_id}/events and "
+    "GET /api/v1/events, one JSON message per event (its data, plus `event` and "
+    "`last_event_id`), with the same `?token=` and `?last_event_id=`."
 )
 # The error answers every operation may give, each one shared response component
 # (the one error shape, components/schemas/Error) that operations reference.
