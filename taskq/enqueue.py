@@ -50,6 +50,7 @@ COLUMN_DEFAULTS: dict[str, Any] = {
     "callback_headers": None,
     "callback_secret": None,
     "callback_max_attempts": 5,
+    "callback_format": None,
 }
 # The columns of copy_tasks, in its order, with the types psycopg writes them as. jsonb
 # columns go as bytea: their binary form is a version byte and the JSON text, which
@@ -75,6 +76,7 @@ COPY_COLUMNS = (
     ("callback_headers", "bytea"),
     ("callback_secret", "text"),
     ("callback_max_attempts", "int4"),
+    ("callback_format", "text"),
 )
 COPY_TYPES = [pg_type for _, pg_type in COPY_COLUMNS]
 JSONB_VERSION = b"\x01"
@@ -155,6 +157,7 @@ def copy_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
         jsonb_bytes(row["callback_headers"]),
         row["callback_secret"],
         row["callback_max_attempts"],
+        row["callback_format"],
     )
 
 
@@ -213,7 +216,8 @@ def new_task_row(
         "started_at": None,
         "completed_at": None,
         "updated_at": now,
-        "idempotency_fingerprint": None,  # migration 0007 added it last
+        "idempotency_fingerprint": None,  # migration 0007 added it
+        "callback_format": task["callback_format"],  # migration 0014, last
     }
 
 

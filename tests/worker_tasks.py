@@ -61,3 +61,9 @@ def kill_worker(payload: dict, ctx: TaskContext) -> None:
     """Writes a ledger row and SIGKILLs its whole worker, supervisor and children included."""
     write(ctx, "start")
     os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+@register("add_numbers", positional=True)
+def add_numbers(arg1, arg2, scale=1):
+    """Seed 002's task function: positional and keyword arguments, no payload, no ctx."""
+    return (arg1 + arg2) * scale

@@ -169,6 +169,6 @@ class Runner:
             if self.alarm_at is None or self.alarm_at > soft_at:
                 self.alarm_at = soft_at
                 signal.setitimer(signal.ITIMER_REAL, max(soft_at - time.monotonic(), 1e-6))
-            return task_type.func(payload, ctx)
+            return task_type.run(payload, ctx)
         finally:
             self.running = None

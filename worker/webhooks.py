@@ -40,7 +40,7 @@ from psycopg.rows import dict_row
 from sql import queries
 from taskq.builtins import DeliverySchema  # noqa: F401  (its old home, for one release)
 from taskq.registry import TaskContext, implement
-from taskq.representation import task_to_json
+from taskq.representation import SEED_STATUS, task_to_json
 from taskq.settings import TaskSettings
 from taskq.urlguard import UnsafeURLError, fetch
 
@@ -74,9 +74,22 @@ class WebhookDeliveryError(RuntimeError):
 
 
 def webhook_body(event: str, task_snapshot: dict[str, Any], sent_at: datetime) -> bytes:
-    """The raw body: ``{"event", "sent_at", "task"}`` with the API's task representation."""
-    body = {"event": event, "sent_at": sent_at.isoformat(), "task": task_to_json(task_snapshot)}
+    """The raw body: ``{"event", "sent_at", "task"}`` with the API's task representation,
+    or with seed 001's field names when the task's ``callback_format`` is ``seed``."""
+    task = task_to_json(task_snapshot)
+    if task_snapshot.get("callback_format") == "seed":
+        task = seed_task(task)
+    body = {"event": event, "sent_at": sent_at.isoformat(), "task": task}
     return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def seed_task(task: dict[str, Any]) -> dict[str, Any]:
+    """A task as seed 001's webhooks carry it: ``name`` for title, lowercase ``status`` with
+    its aliases (``success``, ``retry``), ``error_message`` ("" when none) for error."""
+    renamed = {"name" if key == "title" else key: value for key, value in task.items()}
+    renamed["status"] = SEED_STATUS.get(task["status"], str(task["status"]).lower())
+    renamed["error_message"] = renamed.pop("error") or ""
+    return renamed
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> dict[str, str]:

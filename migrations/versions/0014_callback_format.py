@@ -1,0 +1,45 @@
+"""The body format a task's webhooks are sent in: ``tasks.callback_format``.
+
+NULL is taskq's own body (``{"event", "sent_at", "task"}`` with the API's task
+fields); ``'seed'`` the field names of the earlier systems' webhooks (seed 001:
+``name``, ``status: "success"``, ``error_message``), chosen per task at create.
+
+Safe on a big table and beside running workers: a nullable column without a
+default is a catalog change only (no rewrite, a brief ACCESS EXCLUSIVE lock),
+and the CHECK is added ``NOT VALID`` then validated, which scans under a lock
+that lets reads and writes go on. Old workers and API processes neither read
+nor write the column: their tasks get NULL, the old format.
+
+Revision ID: 0014
+Revises: 0008
+"""
+
+from alembic import op
+
+revision = "0014"
+down_revision = "0008"
+branch_labels = None
+depends_on = None
+
+UPGRADE = r"""
+ALTER TABLE tasks ADD COLUMN callback_format text;
+ALTER TABLE tasks ADD CONSTRAINT ck_tasks_callback_format
+    CHECK (callback_format IN ('seed')) NOT VALID;
+ALTER TABLE tasks VALIDATE CONSTRAINT ck_tasks_callback_format;
+COMMENT ON COLUMN tasks.callback_format IS
+    'Webhook body format: NULL taskq''s own, ''seed'' the earlier systems'' field names.';
+"""
+
+DOWNGRADE = r"""
+ALTER TABLE tasks DROP COLUMN callback_format;
+"""
+
+
+def upgrade() -> None:
+    """Add tasks.callback_format."""
+    op.execute(UPGRADE)
+
+
+def downgrade() -> None:
+    """Back to 0008: no callback_format."""
+    op.execute(DOWNGRADE)
