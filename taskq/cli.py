@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from taskq import settings
 from taskq.settings import SettingError, database_url, env, split_modules
 
 
@@ -178,7 +179,7 @@ def worker(
             concurrency=concurrency,
             max_tasks=max_tasks,
             poll_interval=poll_interval,
-            log_level=log_level.upper() if log_level else None,
+            log_level=settings.log_level(log_level, "--log-level") if log_level else None,
             metrics_port=metrics_port,
         )
     except SettingError as exc:

@@ -68,6 +68,21 @@ def env_float(name: str, default: float, minimum: float | None = None) -> float:
     return number
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value: str | None, name: str, default: str = "INFO") -> str:
+    """A logging level name (any case; WARN for WARNING), checked; ``name`` is where it came
+    from, for the error."""
+    if value is None or value.strip() == "":
+        return default
+    level = value.strip().upper()
+    level = "WARNING" if level == "WARN" else level
+    if level not in LOG_LEVELS:
+        raise SettingError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
 def database_url() -> str:
     """DATABASE_URL as a libpq URL (``postgresql://``); an error when unset."""
     url = env("DATABASE_URL")
