@@ -38,7 +38,7 @@ def migrate() -> None:
     """Apply the migrations (alembic upgrade head) to DATABASE_URL."""
     from taskq.migrate import upgrade
 
-    upgrade(required_database_url())
+    upgrade(required_database_url(), progress=lambda line: click.echo(f"ran {line}"))
     click.echo("database migrated to head")
 
 
@@ -49,8 +49,9 @@ def api(bind: str, workers: int) -> None:
     """Serve the API under gunicorn."""
     from taskq.serve import gunicorn_options, serve_api
 
-    required_database_url()
+    url = required_database_url()
     try:
+        settings.metrics_dir(url)  # shared with a taskq worker of this database on this host
         from app.config import load_config
 
         load_config()  # every API setting checked here, before gunicorn forks
@@ -170,9 +171,9 @@ def worker(
 ) -> None:
     """A supervised pool of worker processes; SIGTERM drains it."""
     from worker.config import load_config, split_queues
-    from worker.supervisor import run_worker
 
     try:
+        settings.metrics_dir(required_database_url())  # before worker.metrics is imported
         config = load_config(
             database_url=required_database_url(),
             queues=split_queues(queues) if queues else None,
@@ -184,6 +185,8 @@ def worker(
         )
     except SettingError as exc:
         fail(str(exc))
+    from worker.supervisor import run_worker
+
     sys.exit(run_worker(config))
 
 

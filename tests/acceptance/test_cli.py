@@ -46,6 +46,8 @@ def taskq(
 def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url):
     first = taskq("migrate", database_url=empty_database_url)
     assert first.returncode == 0, first.stderr
+    steps = [line.split(":")[0] for line in first.stdout.splitlines() if line.startswith("ran ")]
+    assert steps[0] == "ran 0001" and steps[-1] == f"ran {head_revision()}"  # progress per step
     again = taskq("migrate", database_url=empty_database_url)
     assert again.returncode == 0, again.stderr
     with psycopg.connect(empty_database_url) as conn:
