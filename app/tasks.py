@@ -27,6 +27,7 @@ from app.errors import ApiError, get_json_body
 from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
 from sql import queries
+from taskq import tracing
 from taskq.enqueue import insert_tasks
 from taskq.registry import user_task_types
 from taskq.representation import (
@@ -183,11 +184,12 @@ def task_columns(data: dict[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def task_params(data: dict[str, Any], user_id: int) -> dict[str, Any]:
-    """Parameters of insert_task."""
+def task_params(data: dict[str, Any], user_id: int, trace: dict | None) -> dict[str, Any]:
+    """Parameters of insert_task (``trace``: the creating span's context, taskq.tracing)."""
     params = task_columns(data)
     params["user_id"] = user_id
-    for name in ("payload", "metadata", "callback_headers"):
+    params["trace_context"] = trace
+    for name in ("payload", "metadata", "callback_headers", "trace_context"):
         if params[name] is not None:
             params[name] = Jsonb(params[name])
     return params
@@ -244,12 +246,15 @@ def create_task():
     """
     data = TASK_CREATE_SCHEMA.load(get_json_body())
     key = idempotency_key()
-    params = {
-        **task_params(data, current_user_id()),
-        "idempotency_key": key,
-        "idempotency_fingerprint": request_fingerprint(task_columns(data)) if key else None,
-    }
-    row = fetch_one("insert_task", params)
+    with tracing.span("taskq.create", tracing.request_parent(request.headers)) as span:
+        params = {
+            **task_params(data, current_user_id(), tracing.carrier()),
+            "idempotency_key": key,
+            "idempotency_fingerprint": request_fingerprint(task_columns(data)) if key else None,
+        }
+        row = fetch_one("insert_task", params)
+        if span is not None and row is not None:
+            span.set_attribute("taskq.task_id", row["id"])
     if row is None:
         return first_task_of_key(params)
     count_created([row])
@@ -302,8 +307,13 @@ def create_tasks_batch():
         raise ApiError(400, "Batch too large.", {"tasks": [f"At most {maximum} tasks."]})
     data = schemas.TaskBatchSchema().load(body)
     user_id = current_user_id()
-    with get_conn() as conn:
-        rows = insert_tasks(conn, user_id, [task_columns(task) for task in data["tasks"]])
+    with (
+        tracing.span("taskq.create", tracing.request_parent(request.headers), taskq__batch=True),
+        get_conn() as conn,
+    ):
+        trace = tracing.carrier()
+        tasks = [{**task_columns(task), "trace_context": trace} for task in data["tasks"]]
+        rows = insert_tasks(conn, user_id, tasks)
     count_created(rows)
     tasks = [task_to_json(row) for row in rows]
     return {"tasks": tasks, "count": len(tasks), "message": f"{len(tasks)} tasks created"}, 201

@@ -3,13 +3,14 @@
 INSERT INTO tasks (user_id, title, description, task_type, payload, queue, priority,
                    scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
                    idempotency_key, idempotency_fingerprint, callback_url, callback_events,
-                   callback_headers, callback_secret, callback_max_attempts, callback_format)
+                   callback_headers, callback_secret, callback_max_attempts, callback_format,
+                   trace_context)
 VALUES (%(user_id)s, %(title)s, %(description)s, %(task_type)s, %(payload)s, %(queue)s,
         %(priority)s, %(scheduled_at)s, greatest(%(scheduled_at)s::timestamptz, now()),
         %(max_retries)s, %(retry_delay)s, %(timeout)s, %(tags)s, %(metadata)s,
         %(idempotency_key)s, %(idempotency_fingerprint)s, %(callback_url)s,
         %(callback_events)s, %(callback_headers)s, %(callback_secret)s,
-        %(callback_max_attempts)s, %(callback_format)s)
+        %(callback_max_attempts)s, %(callback_format)s, %(trace_context)s)
 ON CONFLICT (user_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
@@ -29,7 +30,7 @@ SELECT ARRAY(SELECT nextval((SELECT pg_get_serial_sequence('tasks', 'id')::regcl
 COPY tasks (id, user_id, title, description, task_type, payload, queue, priority,
             scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
             callback_url, callback_events, callback_headers, callback_secret,
-            callback_max_attempts, callback_format)
+            callback_max_attempts, callback_format, trace_context)
 FROM STDIN (FORMAT BINARY);
 
 -- name: list_tasks

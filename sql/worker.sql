@@ -27,7 +27,8 @@ UPDATE tasks t
   FROM next
  WHERE t.id = next.id
 RETURNING t.id, t.lease_token, t.task_type, t.payload::text AS payload, t.queue, t.attempts,
-          t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited, next.n;
+          t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited, next.n,
+          t.trace_context::text AS trace_context;
 
 -- name: complete_tasks
 -- Store results and COMPLETED, fenced: only while our claim (lease_token) still holds the row.

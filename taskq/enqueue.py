@@ -51,6 +51,7 @@ COLUMN_DEFAULTS: dict[str, Any] = {
     "callback_secret": None,
     "callback_max_attempts": 5,
     "callback_format": None,
+    "trace_context": None,
 }
 # The columns of copy_tasks, in its order, with the types psycopg writes them as. jsonb
 # columns go as bytea: their binary form is a version byte and the JSON text, which
@@ -77,6 +78,7 @@ COPY_COLUMNS = (
     ("callback_secret", "text"),
     ("callback_max_attempts", "int4"),
     ("callback_format", "text"),
+    ("trace_context", "bytea"),
 )
 COPY_TYPES = [pg_type for _, pg_type in COPY_COLUMNS]
 JSONB_VERSION = b"\x01"
@@ -158,6 +160,7 @@ def copy_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
         row["callback_secret"],
         row["callback_max_attempts"],
         row["callback_format"],
+        jsonb_bytes(row["trace_context"]),
     )
 
 
@@ -217,7 +220,8 @@ def new_task_row(
         "completed_at": None,
         "updated_at": now,
         "idempotency_fingerprint": None,  # migration 0007 added it
-        "callback_format": task["callback_format"],  # migration 0014, last
+        "callback_format": task["callback_format"],  # migration 0014
+        "trace_context": jsonb_value(task["trace_context"]),  # migration 0014, last
     }
 
 

@@ -140,6 +140,7 @@ class Task(Base):
     callback_secret: Mapped[str | None] = mapped_column(Text)
     callback_max_attempts: Mapped[int] = mapped_column(Integer, server_default="5")
     callback_format: Mapped[str | None] = mapped_column(Text)  # migration 0014
+    trace_context: Mapped[dict | None] = mapped_column(JSONB)  # migration 0014
     created_at: Mapped[datetime] = now_default()
     started_at: Mapped[datetime | None] = mapped_column(TZ)
     completed_at: Mapped[datetime | None] = mapped_column(TZ)

@@ -38,6 +38,7 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from sql import queries
+from taskq import tracing
 from taskq.builtins import DeliverySchema  # noqa: F401  (its old home, for one release)
 from taskq.registry import TaskContext, implement
 from taskq.representation import SEED_STATUS, task_to_json
@@ -181,7 +182,17 @@ def deliver_webhook(payload: dict, ctx: TaskContext) -> dict:
         delivery = cur.execute(queries["claim_webhook_delivery"], params).fetchone()
     if delivery is None:
         return {"skipped": refusal(conn, payload["delivery_id"])}
-    status_code, duration_ms, error = send(delivery, ctx.settings)
+    with tracing.continued(
+        "taskq.webhook",
+        delivery.get("trace_context"),
+        taskq__task_id=delivery["task_id"],
+        taskq__delivery_id=delivery["id"],
+        taskq__event=delivery["event"],
+        taskq__attempt=delivery["attempt"],
+    ) as span:
+        status_code, duration_ms, error = send(delivery, ctx.settings)
+        if span is not None:
+            span.set_attribute("http.response.status_code", status_code or 0)
     delivered = error is None
     refused = error is not None and error.startswith("refused:")
     with conn.cursor(row_factory=dict_row) as cur:
