@@ -174,6 +174,14 @@ class JsonObject(fields.Dict):
         return obj
 
 
+class JsonValue(fields.Raw):
+    """Any JSON value jsonb can store."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        check_json(value)
+        return value
+
+
 class Priority(fields.Field):
     """low/normal/high/critical (1/5/10/20) or an integer 0..100."""
 
@@ -653,12 +661,11 @@ class TaskCreateSchema(Schema):
         metadata={"description": "Alias of queue."},
     )
     args = fields.List(
-        fields.Raw(),
+        JsonValue(),
         load_only=True,
         metadata={"description": "payload.args (a positional task type's arguments)."},
     )
-    kwargs = fields.Dict(
-        keys=fields.String(),
+    kwargs = JsonObject(
         load_only=True,
         metadata={"description": "payload.kwargs. Give args/kwargs or payload, not both."},
     )
