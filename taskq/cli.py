@@ -147,7 +147,10 @@ def bench(
     if url is None:  # like taskq up: a fresh install benchmarks on the embedded Postgres
         from taskq.embedded import start_embedded_postgres
 
-        url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
+        try:
+            url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
+        except SettingError as exc:
+            fail(str(exc))
         click.echo(f"taskq: no DATABASE_URL, benchmarking on the embedded Postgres at {url}")
     run_bench(url, sizes, Path(json_path) if json_path else None, list(systems) or None)
 
