@@ -40,6 +40,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         openapi,
         tasks,
         webhooks,
+        websocket,
     )
 
     for module in (
@@ -54,6 +55,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         cache,
         metrics,
         webhooks,
+        websocket,
         dashboard,
     ):
         module.init_app(app)

@@ -23,6 +23,27 @@ from taskq.settings import (
     split_modules,
 )
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def redis_url(url: str | None) -> str | None:
+    """REDIS_URL, checked for a scheme redis-py connects with."""
+    if url is not None and not url.startswith(REDIS_SCHEMES):
+        raise SettingError(f"REDIS_URL must start with {', '.join(REDIS_SCHEMES)}, got {url!r}")
+    return url
+
+
+def rate_limit(name: str, default: str) -> str:
+    """A flask-limiter limit string (``20/minute;60/hour``), checked."""
+    from limits import parse_many
+
+    value = env(name, default) or default
+    try:
+        parse_many(value)
+    except ValueError:
+        raise SettingError(f"{name} must be like '20/minute;60/hour', got {value!r}") from None
+    return value
+
 
 def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the app config from the environment, with ``overrides`` on top."""
@@ -46,7 +67,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "DB_POOL_MIN": env_int("TASKQ_DB_POOL_MIN", 1, minimum=0),
         "DB_POOL_MAX": env_int("TASKQ_DB_POOL_MAX", 10, minimum=1),
         "DB_POOL_TIMEOUT": env_float("TASKQ_DB_POOL_TIMEOUT", 5.0, minimum=0.1),
-        "REDIS_URL": env("REDIS_URL"),
+        "REDIS_URL": redis_url(env("REDIS_URL")),
         "SECRET_KEY": secret,
         "JWT_SECRET_KEY": secret,
         "JWT_ACCESS_TOKEN_EXPIRES": timedelta(
@@ -75,8 +96,8 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "TASKQ_IMPORTS": split_modules(env("TASKQ_IMPORTS")),
         "TASKQ_PROXY_HOPS": env_int("TASKQ_PROXY_HOPS", 0, minimum=0),
         "RATELIMIT_ENABLED": env_bool("TASKQ_RATELIMIT_ENABLED", True),
-        "TASKQ_RATELIMIT_DEFAULT": env("TASKQ_RATELIMIT_DEFAULT", "6000/minute"),
-        "TASKQ_RATELIMIT_AUTH": env("TASKQ_RATELIMIT_AUTH", "20/minute;60/hour"),
+        "TASKQ_RATELIMIT_DEFAULT": rate_limit("TASKQ_RATELIMIT_DEFAULT", "6000/minute"),
+        "TASKQ_RATELIMIT_AUTH": rate_limit("TASKQ_RATELIMIT_AUTH", "20/minute;60/hour"),
         "TASKQ_SSE_KEEPALIVE": env_float("TASKQ_SSE_KEEPALIVE", 15.0, minimum=0.05),
         "TASKQ_SSE_RETRY_MS": env_int("TASKQ_SSE_RETRY_MS", 3000, minimum=0),
         "TASKQ_SSE_QUEUE_SIZE": env_int("TASKQ_SSE_QUEUE_SIZE", 1000, minimum=10),

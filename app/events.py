@@ -709,7 +709,27 @@ def open_notifier() -> Notifier:
 )
 def task_events(task_id: int):
     """Stream one task's transitions (its history first; closes once it is finished)."""
-    binding = stream_binding()
+    stream = open_task_stream(stream_binding(), task_id)
+    if stream is None:
+        return Response(status=204)  # finished and fully seen: EventSource stops reconnecting
+    return sse_response(stream.body)
+
+
+@dataclass(frozen=True)
+class Stream:
+    """An opened stream: its SSE frames (guarded by its credential), and how to end it now.
+
+    The SSE endpoints send ``body`` as it is; the WebSocket endpoints (``app.websocket``)
+    turn each frame into a message: both sit on the one subscription and replay.
+    """
+
+    body: Iterator[bytes]
+    close: Callable[[], None]
+
+
+def open_task_stream(binding: Binding, task_id: int) -> Stream | None:
+    """Subscribe to a task, replay its history after the resume point; None when the task
+    is finished and the client has seen all of it. 404 unless the caller owns the task."""
     user_id = binding.user_id
     after = last_event_id()
     notifier = open_notifier()
@@ -728,9 +748,18 @@ def task_events(task_id: int):
         raise
     if not replayed and task["status"] in TERMINAL:
         notifier.unsubscribe(sub)
-        return Response(status=204)  # finished and fully seen: EventSource stops reconnecting
+        return None
     body = stream_body(notifier, sub, replayed, after, follow_task=True)
-    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
+    return guarded_stream(body, binding, sub)
+
+
+def guarded_stream(body: Iterator[bytes], binding: Binding, sub: Subscription) -> Stream:
+    """``body`` watched by the stream guard; closing puts CLOSE in the mailbox."""
+
+    def close() -> None:
+        sub.put(CLOSE)
+
+    return Stream(guarded(body, binding, close=close), close)
 
 
 def owned_task(
@@ -751,7 +780,7 @@ def owned_task(
 
 def all_tasks_stream(
     binding: Binding, query: str, params: dict[str, Any], **subscription: Any
-) -> Response:
+) -> Stream:
     """A stream in the all-tasks order: subscribe, replay ``query`` after the resume place, go
     live. ``subscription``: ``user_id=`` (one user's tasks) or ``everything=True``."""
     resume = last_event_id(places=True)
@@ -767,7 +796,13 @@ def all_tasks_stream(
         notifier.unsubscribe(sub)
         raise
     body = stream_body(notifier, sub, replayed, after, follow_task=False)
-    return sse_response(guarded(body, binding, close=lambda: sub.put(CLOSE)))
+    return guarded_stream(body, binding, sub)
+
+
+def open_user_stream(binding: Binding) -> Stream:
+    """Every transition of the caller's tasks (replay only after a resume point)."""
+    user_id = binding.user_id
+    return all_tasks_stream(binding, "user_events_since", {"user_id": user_id}, user_id=user_id)
 
 
 @bp.get("/events")
@@ -782,9 +817,7 @@ def all_tasks_stream(
 )
 def user_events():
     """Stream every transition of the caller's tasks (replay only after a Last-Event-ID)."""
-    binding = stream_binding()
-    user_id = binding.user_id
-    return all_tasks_stream(binding, "user_events_since", {"user_id": user_id}, user_id=user_id)
+    return sse_response(open_user_stream(stream_binding()).body)
 
 
 @bp.get("/admin/events")
@@ -804,7 +837,7 @@ def admin_events():
     user = fetch_one("get_user", {"user_id": binding.user_id})
     if user is None or not user["is_admin"] or not user["is_active"]:
         raise ApiError(403, "Admins only.")
-    return all_tasks_stream(binding, "all_events_since", {}, everything=True)
+    return sse_response(all_tasks_stream(binding, "all_events_since", {}, everything=True).body)
 
 
 @bp.post("/events/token")

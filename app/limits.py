@@ -23,7 +23,7 @@ from functools import lru_cache
 from math import ceil
 from typing import Any
 
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from flask_jwt_extended import decode_token
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -219,6 +219,16 @@ def init_app(app: Flask) -> Limiter:
         headers_enabled=True,
         swallow_errors=True,
     )
+
+    @app.after_request
+    def retry_after_only_when_refused(response: Response) -> Response:
+        """Retry-After means "wait, then again": flask-limiter puts it on every limited
+        answer; keep it on 429 and 503 only. (Registered before the limiter's own hook,
+        so it runs after it.)"""
+        if response.status_code not in (429, 503):
+            response.headers.pop("Retry-After", None)
+        return response
+
     limiter.init_app(app)
     by_ip = limiter.limit(auth_limit, key_func=ip_key, scope="auth-ip", methods=["POST"])
     endpoints = {r.endpoint for r in app.url_map.iter_rules() if AUTH_RULE.match(r.rule)}

@@ -176,7 +176,8 @@ def metrics():
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(given.encode(), token.encode()):
             raise ApiError(401, "A valid metrics token is required.")
-    return Response(generate_latest(scrape_registry()), mimetype=CONTENT_TYPE_LATEST)
+    # content_type, not mimetype: Flask would add a second "; charset=utf-8" to it.
+    return Response(generate_latest(scrape_registry()), content_type=CONTENT_TYPE_LATEST)
 
 
 def init_app(app: Flask) -> None:

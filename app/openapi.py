@@ -31,8 +31,13 @@ from app.schemas import (
 bp = Blueprint("openapi", __name__)
 
 PATH_ARGUMENT = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
-# Pages, not API operations.
+# Pages and WebSocket endpoints (OpenAPI 3.0 cannot describe a WebSocket: DESCRIPTION
+# names them), not API operations.
 HIDDEN_ENDPOINTS = {
+    "websocket.task_socket",
+    "websocket.tasks_socket",
+    "websocket.task_socket_plain",
+    "websocket.tasks_socket_plain",
     "static",
     "openapi.openapi_json",
     "openapi.docs",
@@ -50,7 +55,11 @@ DESCRIPTION = (
     "Lists page by `cursor` (the `next_cursor` of the page before: keyset, so any page costs "
     "what the first does; a cursor the list did not give is a 400) or by `page` (an offset, "
     "for compatibility). `count` is exact when `count_exact` is true, else a lower bound "
-    "(counting stopped at TASKQ_COUNT_LIMIT)."
+    "(counting stopped at TASKQ_COUNT_LIMIT). "
+    "WebSocket streams (not operations of this document): `/ws/tasks/{task_id}/` and "
+    "`/ws/tasks/` carry the events of GET /api/v1/tasks/{task_id}/events and "
+    "GET /api/v1/events, one JSON message per event (its data, plus `event` and "
+    "`last_event_id`), with the same `?token=` and `?last_event_id=`."
 )
 # The error answers every operation may give, each one shared response component
 # (the one error shape, components/schemas/Error) that operations reference.

@@ -30,7 +30,7 @@ from app.errors import error_response
 from taskq.fields import HttpHeaders, OutboundUrl
 from taskq.queues import MAX_CONCURRENCY, RATE_SYNTAX, parse_rate
 from taskq.registry import SYSTEM_QUEUES, user_task_types
-from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES
+from taskq.representation import CALLBACK_EVENTS, PRIORITY_NAMES, STATUS_ALIASES
 
 STATUSES = ("WAITING", "PENDING", "PROCESSING", "COMPLETED", "FAILED", "RETRYING", "CANCELLED")
 MAX_PARENTS = 100
@@ -67,7 +67,7 @@ def comma_list(item: str, most: int | None = None) -> str:
     return f"^ *(?:{item}) *(?:, *(?:{item}) *){repeat}$"
 
 
-STATUS_LIST_PATTERN = comma_list("|".join(any_case(s) for s in STATUSES))
+STATUS_LIST_PATTERN = comma_list("|".join(any_case(s) for s in (*STATUSES, *STATUS_ALIASES)))
 ORDERING_PATTERN = comma_list("-?(?:" + "|".join(ORDERING_FIELDS) + ")", MAX_ORDERING_TERMS)
 # int() also reads Arabic-Indic and fullwidth digits, "1_000" and " 7 " (and isdigit()
 # passes superscripts, which int() then refuses): a number a client writes is ASCII digits.
@@ -174,6 +174,14 @@ class JsonObject(fields.Dict):
         obj = super()._deserialize(value, attr, data, **kwargs)
         check_json(obj)
         return obj
+
+
+class JsonValue(fields.Raw):
+    """Any JSON value jsonb can store."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        check_json(value)
+        return value
 
 
 class Priority(fields.Field):
@@ -321,6 +329,12 @@ class DateBound(fields.Field):
             return bound + step
         except OverflowError:
             return datetime.max.replace(tzinfo=UTC)
+
+
+def canonical_status(name: str) -> str | None:
+    """A status as taskq names it, from its name or an alias in any case; None if neither."""
+    status = name.strip().upper()
+    return status if status in STATUSES else STATUS_ALIASES.get(name.strip().lower())
 
 
 def rename_alias(data: Any, alias: str, name: str) -> Any:
@@ -540,7 +554,7 @@ class TaskCreateSchema(Schema):
 
     # For /openapi.json: what the fields cannot say (title, or its alias name, is required).
     OPENAPI_EXTRA: ClassVar[dict[str, Any]] = {
-        "anyOf": [{"required": ["title"]}, {"required": ["name"]}]
+        "anyOf": [{"required": ["title"]}, {"required": ["name"]}, {"required": ["task_name"]}]
     }
 
     title = Text(validate=validate.Length(min=1, max=255))
@@ -659,6 +673,57 @@ class TaskCreateSchema(Schema):
             "is not the caller's, 409 for one already FAILED or CANCELLED."
         },
     )
+    callback_format = fields.String(
+        allow_none=True,
+        load_default=None,
+        validate=validate.OneOf(["taskq", "seed"]),
+        metadata={
+            "description": "Webhook body: taskq (the default) or seed, the earlier systems' "
+            'field names (name, status "success", error_message).'
+        },
+    )
+    # Seed 002's create body: read as the fields above before loading (``seed_aliases``), so
+    # they are checked by those fields' rules; declared here for the document only.
+    task_name = Text(
+        load_only=True,
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "Alias of task_type; also the title when none is given."},
+    )
+    queue_name = Text(
+        load_only=True,
+        validate=FullMatch(NAME_PATTERN),
+        metadata={"description": "Alias of queue."},
+    )
+    args = fields.List(
+        JsonValue(),
+        load_only=True,
+        metadata={"description": "payload.args (a positional task type's arguments)."},
+    )
+    kwargs = JsonObject(
+        load_only=True,
+        metadata={"description": "payload.kwargs. Give args/kwargs or payload, not both."},
+    )
+
+    @pre_load
+    def seed_aliases(self, data: Any, **kwargs: Any) -> Any:
+        """Seed 002's ``task_name``, ``queue_name``, ``args`` and ``kwargs``."""
+        if not isinstance(data, dict):
+            return data
+        if "task_name" in data and not ({"title", "name"} & data.keys()):
+            data = {**data, "title": data["task_name"]}
+        data = rename_alias(rename_alias(data, "task_name", "task_type"), "queue_name", "queue")
+        if not ({"args", "kwargs"} & data.keys()):
+            return data
+        data = dict(data)
+        call = {"args": data.pop("args", []), "kwargs": data.pop("kwargs", {})}
+        if not isinstance(call["args"], list):
+            raise ValidationError("Not a valid list.", "args")
+        if not isinstance(call["kwargs"], dict):
+            raise ValidationError("Not a valid mapping type.", "kwargs")
+        if "payload" in data:
+            raise ValidationError("Give payload, or args and kwargs, not both.", "args")
+        data["payload"] = call
+        return data
 
     @post_load
     def resolve(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -671,6 +736,8 @@ class TaskCreateSchema(Schema):
         data["title"] = data.get("title") or alias
         if not data["title"]:
             raise ValidationError("Missing data for required field.", "title")
+        if data["callback_format"] == "taskq":
+            data["callback_format"] = None  # NULL is taskq's own format
         alias_time = data.pop("scheduled_time", None)
         data["scheduled_at"] = data.get("scheduled_at") or alias_time
         if data["queue"] in SYSTEM_QUEUES:
@@ -784,7 +851,10 @@ class TaskListQuerySchema(Schema):
         validate=FullMatch(
             STATUS_LIST_PATTERN, error=f"Must be among {', '.join(STATUSES)} (comma-separated)."
         ),
-        metadata={"description": "One status or several, comma-separated (case-insensitive)."},
+        metadata={
+            "description": "One status or several, comma-separated (case-insensitive); the "
+            "aliases " + ", ".join(f"{a} ({s})" for a, s in STATUS_ALIASES.items()) + " too."
+        },
     )
     task_type = Text()
     queue = Text()
@@ -813,13 +883,12 @@ class TaskListQuerySchema(Schema):
 
     @post_load
     def split_status(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """status=pending,failed as a list of enum values."""
+        """status=pending,success as a list of enum values (aliases read as their status)."""
         if "status" in data:
-            statuses = [s.strip().upper() for s in data["status"].split(",") if s.strip()]
-            unknown = [s for s in statuses if s not in STATUSES]
-            if unknown or not statuses:
+            statuses = [canonical_status(s) for s in data["status"].split(",") if s.strip()]
+            if None in statuses or not statuses:
                 raise ValidationError(f"Must be among {', '.join(STATUSES)}.", "status")
-            data["status"] = statuses
+            data["status"] = list(dict.fromkeys(statuses))
         return data
 
 
@@ -887,6 +956,7 @@ class TaskSchema(Schema):
     callback_url = fields.String(allow_none=True)
     callback_events = fields.List(fields.String(), allow_none=True)
     callback_max_attempts = fields.Integer()
+    callback_format = fields.String(allow_none=True)
     has_callback_secret = fields.Boolean()
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)

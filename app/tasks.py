@@ -28,6 +28,7 @@ from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
 from app.pagination import Term, order_sql, page_body, page_request
 from sql import queries
+from taskq import tracing
 from taskq.enqueue import enqueue_tasks
 from taskq.queues import service_warnings
 from taskq.registry import user_task_types
@@ -231,12 +232,14 @@ def task_columns(data: dict[str, Any]) -> dict[str, Any]:
     return columns
 
 
-def task_params(data: dict[str, Any], user_id: int) -> dict[str, Any]:
-    """Parameters of insert_task (a task without parents is PENDING)."""
+def task_params(data: dict[str, Any], user_id: int, trace: dict | None) -> dict[str, Any]:
+    """Parameters of insert_task (a task without parents is PENDING; ``trace``: the
+    creating span's context, taskq.tracing)."""
     params = task_columns(data)
     params["user_id"] = user_id
     params["status"], params["pending_parents"] = "PENDING", 0
-    for name in ("payload", "metadata", "callback_headers"):
+    params["trace_context"] = trace
+    for name in ("payload", "metadata", "callback_headers", "trace_context"):
         if params[name] is not None:
             params[name] = Jsonb(params[name])
     return params
@@ -334,29 +337,36 @@ def create_task():
     """
     data = TASK_CREATE_SCHEMA.load(get_json_body())
     key = idempotency_key()
-    params = {
-        **task_params(data, current_user_id()),
-        "idempotency_key": key,
-        "idempotency_fingerprint": request_fingerprint(task_columns(data)) if key else None,
+    with tracing.span("taskq.create", tracing.request_parent(request.headers)) as span:
+        params = {
+            **task_params(data, current_user_id(), tracing.carrier()),
+            "idempotency_key": key,
+            "idempotency_fingerprint": request_fingerprint(task_columns(data)) if key else None,
+        }
+        for _ in range(CREATE_TRIES):
+            try:
+                row = insert_one(params)
+            except errors.DeadlockDetected:
+                continue  # with a worker finishing one of the parents: both locked them
+            if row is not None:
+                if span is not None:
+                    span.set_attribute("taskq.task_id", row["id"])
+                break
+            answer = existing_task_of_keys(params)
+            if answer is not None:
+                return answer
+        else:
+            raise ApiError(
+                409, "The task holding this key just ended or was deleted: send it again."
+            )
+    count_created([row])
+    location = url_for("tasks.get_task", task_id=row["id"])
+    body = {
+        "task": task_to_json(row),
+        "message": "Task created successfully",
+        "warnings": create_warnings([row["queue"]]),
     }
-    for _ in range(CREATE_TRIES):
-        try:
-            row = insert_one(params)
-        except errors.DeadlockDetected:
-            continue  # with a worker finishing one of the parents: both locked them
-        if row is not None:
-            count_created([row])
-            location = url_for("tasks.get_task", task_id=row["id"])
-            body = {
-                "task": task_to_json(row),
-                "message": "Task created successfully",
-                "warnings": create_warnings([row["queue"]]),
-            }
-            return body, 201, {"Location": location}
-        answer = existing_task_of_keys(params)
-        if answer is not None:
-            return answer
-    raise ApiError(409, "The task holding this key just ended or was deleted: send it again.")
+    return body, 201, {"Location": location}
 
 
 def insert_one(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -461,8 +471,13 @@ def create_tasks_batch():
         raise ApiError(400, "Batch too large.", {"tasks": [f"At most {maximum} tasks."]})
     data = schemas.TaskBatchSchema().load(body)
     user_id = current_user_id()
-    with get_conn() as conn:
-        result = enqueue_tasks(conn, user_id, [task_columns(task) for task in data["tasks"]])
+    with (
+        tracing.span("taskq.create", tracing.request_parent(request.headers), taskq__batch=True),
+        get_conn() as conn,
+    ):
+        trace = tracing.carrier()
+        columns = [{**task_columns(task), "trace_context": trace} for task in data["tasks"]]
+        result = enqueue_tasks(conn, user_id, columns)
     existing = set(result.existing)
     created = [row for i, row in enumerate(result.rows) if i not in existing]
     count_created(created)

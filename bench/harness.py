@@ -311,13 +311,15 @@ def bench_system(
         log(f"  {system.name} {metric} = {value:,.1f}")
 
     with system_template(url, system) as template:
-        for _ in range(sizes.repeats):
+        for repeat in range(sizes.repeats):
+            log(f"  {system.name}: run {repeat + 1} of {sizes.repeats}")
             for metric, measure in (
                 ("enqueue_single_jobs_per_s", measure_enqueue_single),
                 ("enqueue_batch_jobs_per_s", measure_enqueue_batch),
                 ("drain_1proc_jobs_per_s", lambda s, u, z: measure_drain(s, u, z, 1)),
                 ("drain_2proc_jobs_per_s", lambda s, u, z: measure_drain(s, u, z, 2)),
             ):
+                log(f"  {system.name} {metric} …")  # a drain can take a minute: say what runs
                 with fresh_database(url, template) as db:
                     record(metric, measure(system, db, sizes))
             runs.setdefault("drain_jobs_per_s", []).append(

@@ -14,7 +14,12 @@ def run_migrations() -> None:
     url = config.get_main_option("sqlalchemy.url")
     engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        context.configure(connection=connection, target_metadata=metadata)
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            # taskq migrate prints each step as it is applied (taskq.migrate.upgrade)
+            on_version_apply=config.attributes.get("on_version_apply"),
+        )
         with context.begin_transaction():
             context.run_migrations()
 

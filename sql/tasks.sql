@@ -3,15 +3,15 @@
 INSERT INTO tasks (user_id, title, description, task_type, payload, queue, priority, status,
                    scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
                    idempotency_key, idempotency_fingerprint, callback_url, callback_events,
-                   callback_headers, callback_secret, callback_max_attempts, unique_key,
-                   unique_for, unique_window, depends_on, pending_parents)
+                   callback_headers, callback_secret, callback_max_attempts, callback_format,
+                   trace_context, unique_key, unique_for, unique_window, depends_on, pending_parents)
 VALUES (%(user_id)s, %(title)s, %(description)s, %(task_type)s, %(payload)s, %(queue)s,
         %(priority)s, %(status)s, %(scheduled_at)s,
         greatest(%(scheduled_at)s::timestamptz, now()), %(max_retries)s, %(retry_delay)s,
         %(timeout)s, %(tags)s, %(metadata)s, %(idempotency_key)s, %(idempotency_fingerprint)s,
         %(callback_url)s, %(callback_events)s, %(callback_headers)s, %(callback_secret)s,
-        %(callback_max_attempts)s, %(unique_key)s, %(unique_for)s,
-        taskq_unique_window(%(unique_for)s), %(depends_on)s, %(pending_parents)s)
+        %(callback_max_attempts)s, %(callback_format)s, %(trace_context)s, %(unique_key)s,
+        %(unique_for)s, taskq_unique_window(%(unique_for)s), %(depends_on)s, %(pending_parents)s)
 ON CONFLICT DO NOTHING
 RETURNING *;
 
@@ -62,7 +62,7 @@ SELECT ARRAY(SELECT nextval((SELECT pg_get_serial_sequence('tasks', 'id')::regcl
 COPY tasks (id, user_id, title, description, task_type, payload, queue, priority,
             scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
             callback_url, callback_events, callback_headers, callback_secret,
-            callback_max_attempts)
+            callback_max_attempts, callback_format, trace_context)
 FROM STDIN (FORMAT BINARY);
 
 -- name: list_tasks
@@ -192,19 +192,21 @@ SELECT d.*, t.status::text AS task_status
 INSERT INTO tasks (id, user_id, title, description, task_type, payload, queue, priority,
                    scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
                    callback_url, callback_events, callback_headers, callback_secret,
-                   callback_max_attempts, unique_key, unique_for, unique_window)
+                   callback_max_attempts, callback_format, trace_context, unique_key,
+                   unique_for, unique_window)
 OVERRIDING SYSTEM VALUE
 SELECT r.id, r.user_id, r.title, r.description, r.task_type, r.payload, r.queue, r.priority,
        r.scheduled_at, r.run_at, r.max_retries, r.retry_delay, r.timeout, r.tags, r.metadata,
        r.callback_url, r.callback_events, r.callback_headers, r.callback_secret,
-       r.callback_max_attempts, r.unique_key, r.unique_for, taskq_unique_window(r.unique_for)
+       r.callback_max_attempts, r.callback_format, r.trace_context, r.unique_key, r.unique_for,
+       taskq_unique_window(r.unique_for)
   FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
            id bigint, user_id bigint, title text, description text, task_type text,
            payload jsonb, queue text, priority smallint, scheduled_at timestamptz,
            run_at timestamptz, max_retries integer, retry_delay integer, timeout integer,
            tags text[], metadata jsonb, callback_url text, callback_events text[],
            callback_headers jsonb, callback_secret text, callback_max_attempts integer,
-           unique_key text, unique_for integer)
+           callback_format text, trace_context jsonb, unique_key text, unique_for integer)
  WHERE %(ids)s::bigint[] IS NULL OR r.id = ANY(%(ids)s::bigint[])
  ORDER BY r.id
 ON CONFLICT DO NOTHING

@@ -2,7 +2,8 @@
 -- Count the next attempt of a delivery that is due (pending, attempts left, asked by its running sender task); what sending needs.
 -- One conditional UPDATE, so a task that is not the delivery's sender (a stray deliver_webhook made in psql),
 -- a sender not claimed yet (its run_at, the next attempt time, still ahead) or a re-run after the
--- delivery finished sends nothing and changes nothing. Secret and headers stay in Postgres until now.
+-- delivery finished sends nothing and changes nothing. Secret and headers stay in Postgres until now;
+-- the task's trace context continues its trace (taskq.tracing).
 WITH claimed AS (
     UPDATE webhook_deliveries w
        SET attempt = w.attempt + 1
@@ -12,7 +13,7 @@ WITH claimed AS (
        AND w.attempt < w.max_attempts
        AND EXISTS (SELECT 1 FROM tasks s WHERE s.id = w.sender_task_id AND s.status = 'PROCESSING')
     RETURNING w.id, w.task_id, w.event, w.url, w.payload, w.attempt, w.max_attempts)
-SELECT c.*, t.callback_secret, t.callback_headers
+SELECT c.*, t.callback_secret, t.callback_headers, t.trace_context
   FROM claimed c
   LEFT JOIN tasks t ON t.id = c.task_id;
 

@@ -33,7 +33,8 @@ WITH gate AS (
       FROM next
      WHERE t.id = next.id
     RETURNING t.id, t.lease_token, t.task_type, t.payload::text AS payload, t.queue, t.attempts,
-              t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited, next.n
+              t.timeout, extract(epoch FROM now() - t.run_at)::float8 AS waited, next.n,
+              t.trace_context::text AS trace_context
 ), started AS (
     INSERT INTO queue_starts (queue, started_at, tasks)
     SELECT c.queue, now(), count(*) FROM claimed c JOIN gate g ON g.queue = c.queue AND g.rated
@@ -41,7 +42,8 @@ WITH gate AS (
 )
 SELECT * FROM claimed
 UNION ALL
-SELECT NULL, NULL, NULL, NULL, g.queue, NULL, NULL, g.wait, NULL FROM gate g WHERE g.wait IS NOT NULL;
+SELECT NULL, NULL, NULL, NULL, g.queue, NULL, NULL, g.wait, NULL, NULL
+  FROM gate g WHERE g.wait IS NOT NULL;
 
 -- name: complete_tasks
 -- Store results and COMPLETED, fenced: only while our claim (lease_token) still holds the row.

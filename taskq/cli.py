@@ -11,6 +11,7 @@ import sys
 
 import click
 
+from taskq import settings
 from taskq.settings import SettingError, database_url, env, split_modules
 
 
@@ -42,7 +43,10 @@ def migrate() -> None:
     from taskq.migrate import upgrade
     from taskq.settings import listen_database_url
 
-    upgrade(listen_database_url(required_database_url()))
+    upgrade(
+        listen_database_url(required_database_url()),
+        progress=lambda line: click.echo(f"ran {line}"),
+    )
     click.echo("database migrated to head")
 
 
@@ -53,8 +57,9 @@ def api(bind: str, workers: int) -> None:
     """Serve the API under gunicorn."""
     from taskq.serve import gunicorn_options, serve_api
 
-    required_database_url()
+    url = required_database_url()
     try:
+        settings.metrics_dir(url)  # shared with a taskq worker of this database on this host
         from app.config import load_config
 
         load_config()  # every API setting checked here, before gunicorn forks
@@ -171,7 +176,10 @@ def bench(
     if url is None:  # like taskq up: a fresh install benchmarks on the embedded Postgres
         from taskq.embedded import start_embedded_postgres
 
-        url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
+        try:
+            url = start_embedded_postgres(Path.cwd() / ".taskq" / "pgdata")
+        except SettingError as exc:
+            fail(str(exc))
         click.echo(f"taskq: no DATABASE_URL, benchmarking on the embedded Postgres at {url}")
     json_file = Path(json_path) if json_path else None
     if scale or soak:
@@ -204,20 +212,22 @@ def worker(
 ) -> None:
     """A supervised pool of worker processes; SIGTERM drains it."""
     from worker.config import load_config, split_queues
-    from worker.supervisor import run_worker
 
     try:
+        settings.metrics_dir(required_database_url())  # before worker.metrics is imported
         config = load_config(
             database_url=required_database_url(),
             queues=split_queues(queues) if queues else None,
             concurrency=concurrency,
             max_tasks=max_tasks,
             poll_interval=poll_interval,
-            log_level=log_level.upper() if log_level else None,
+            log_level=settings.log_level(log_level, "--log-level") if log_level else None,
             metrics_port=metrics_port,
         )
     except SettingError as exc:
         fail(str(exc))
+    from worker.supervisor import run_worker
+
     sys.exit(run_worker(config))
 
 

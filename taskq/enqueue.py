@@ -61,6 +61,8 @@ COLUMN_DEFAULTS: dict[str, Any] = {
     "unique_key": None,
     "unique_for": None,
     "depends_on": None,
+    "callback_format": None,
+    "trace_context": None,
 }
 # A batch whose unique keys keep meeting tasks that end or vanish before they are read
 # gives up after this many rounds.
@@ -89,6 +91,8 @@ COPY_COLUMNS = (
     ("callback_headers", "bytea"),
     ("callback_secret", "text"),
     ("callback_max_attempts", "int4"),
+    ("callback_format", "text"),
+    ("trace_context", "bytea"),
 )
 COPY_TYPES = [pg_type for _, pg_type in COPY_COLUMNS]
 # The columns insert_unique_tasks loads (its jsonb_to_recordset column list).
@@ -244,6 +248,8 @@ def copy_values(row: Mapping[str, Any]) -> tuple[Any, ...]:
         jsonb_bytes(row["callback_headers"]),
         row["callback_secret"],
         row["callback_max_attempts"],
+        row["callback_format"],
+        jsonb_bytes(row["trace_context"]),
     )
 
 
@@ -302,7 +308,7 @@ def new_task_row(
         "started_at": None,
         "completed_at": None,
         "updated_at": now,
-        "idempotency_fingerprint": None,  # migration 0007 added it last
+        "idempotency_fingerprint": None,  # migration 0007 added it
         "unique_key": task["unique_key"],  # migration 0012 added these
         "unique_for": task["unique_for"] if task["unique_key"] is not None else None,
         "unique_window": None,
@@ -313,6 +319,8 @@ def new_task_row(
         "depends_on": None,
         "pending_parents": 0,
         "has_dependents": False,
+        "callback_format": task["callback_format"],  # migration 0013 added these
+        "trace_context": jsonb_value(task["trace_context"]),
     }
 
 

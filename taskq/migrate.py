@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -23,9 +26,23 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def upgrade(url: str, revision: str = "head") -> None:
-    """Migrate the database at ``url`` up to ``revision``."""
-    command.upgrade(alembic_config(url), revision)
+def upgrade(
+    url: str, revision: str = "head", progress: Callable[[str], None] | None = None
+) -> None:
+    """Migrate the database at ``url`` up to ``revision``; ``progress`` hears each step
+    as it is applied (a migration on a big table can take minutes)."""
+    config = alembic_config(url)
+    if progress is not None:
+        last = [time.monotonic()]
+
+        def applied(*, step: Any, **_: Any) -> None:
+            now = time.monotonic()
+            doc = (step.up_revision.doc or "").strip().splitlines()
+            progress(f"{step.up_revision_id}: {doc[0] if doc else ''} ({now - last[0]:.1f}s)")
+            last[0] = now
+
+        config.attributes["on_version_apply"] = applied
+    command.upgrade(config, revision)
 
 
 def downgrade(url: str, revision: str = "base") -> None:

@@ -140,6 +140,8 @@ class Task(Base):
     callback_headers: Mapped[dict | None] = mapped_column(JSONB)
     callback_secret: Mapped[str | None] = mapped_column(Text)
     callback_max_attempts: Mapped[int] = mapped_column(Integer, server_default="5")
+    callback_format: Mapped[str | None] = mapped_column(Text)  # migration 0013
+    trace_context: Mapped[dict | None] = mapped_column(JSONB)  # migration 0013
     created_at: Mapped[datetime] = now_default()
     started_at: Mapped[datetime | None] = mapped_column(TZ)
     completed_at: Mapped[datetime | None] = mapped_column(TZ)
@@ -159,6 +161,7 @@ class Task(Base):
         CheckConstraint("unique_for IS NULL OR unique_for > 0", name="unique_for"),
         CheckConstraint("progress BETWEEN 0 AND 100", name="progress"),
         CheckConstraint("max_retries >= 0", name="max_retries"),
+        CheckConstraint("callback_format IN ('seed')", name="callback_format"),
         CheckConstraint("retry_delay >= 0", name="retry_delay"),
         CheckConstraint("timeout IS NULL OR timeout > 0", name="timeout"),
         Index(

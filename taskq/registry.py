@@ -8,6 +8,11 @@ worker looks the function up by name. The built-in types register when
 own in modules named by ``TASKQ_IMPORTS``, which each process imports once at
 start-up (``import_task_modules``).
 
+A type registered with ``positional=True`` is a plain function of positional and
+keyword arguments, ``fn(*args, **kwargs)``, as seed 002's task functions are: its
+payload is ``{"args": [...], "kwargs": {...}}`` (``ArgsPayload``; the create
+body's ``args``/``kwargs`` fill it) and it gets no ``ctx``.
+
 A type registered with ``internal=True`` is the system's own (clean-up, webhook
 delivery): only the system enqueues it (triggers, the periodic scheduler), so
 the API neither lists it nor creates it, for anyone. The core *declares* these
@@ -23,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 
-from marshmallow import EXCLUDE, Schema
+from marshmallow import EXCLUDE, Schema, fields
 
 from taskq.fields import outbound_policy
 from taskq.settings import SettingError, TaskSettings
@@ -128,6 +133,13 @@ def not_implemented(payload: Any, ctx: TaskContext) -> Any:
     raise LookupError(f"task type {ctx.task_type!r} is not implemented in this process")
 
 
+class ArgsPayload(Schema):
+    """The payload of a ``positional`` type: the call's positional and keyword arguments."""
+
+    args = fields.List(fields.Raw(), load_default=list)
+    kwargs = fields.Dict(keys=fields.String(), load_default=dict)
+
+
 @dataclass(frozen=True)
 class TaskType:
     """One registered task type (``implemented`` is False for a bare declaration)."""
@@ -138,6 +150,13 @@ class TaskType:
     payload_schema: type[Schema] | None
     internal: bool = False
     implemented: bool = True
+    positional: bool = False
+
+    def run(self, payload: Any, ctx: TaskContext) -> Any:
+        """Call the function: ``func(payload, ctx)``, or ``func(*args, **kwargs)``."""
+        if self.positional:
+            return self.func(*payload["args"], **payload["kwargs"])
+        return self.func(payload, ctx)
 
     def validate(self, payload: Any, settings: TaskSettings | None = None) -> dict[str, Any]:
         """The payload as the task will see it; raises marshmallow.ValidationError.
@@ -170,13 +189,18 @@ def register(
     payload: type[Schema] | None = None,
     description: str | None = None,
     internal: bool = False,
+    positional: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register the decorated function as task type ``name`` (``internal``: the system's only)."""
+    """Register the decorated function as task type ``name`` (``internal``: the system's only;
+    ``positional``: called as ``func(*args, **kwargs)`` from an ``ArgsPayload``)."""
+    if positional and payload is None:
+        payload = ArgsPayload
 
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY and REGISTRY[name].func is not func:
             raise ValueError(f"task type {name!r} is registered twice")
-        REGISTRY[name] = TaskType(name, func, summary_of(func, description), payload, internal)
+        summary = summary_of(func, description)
+        REGISTRY[name] = TaskType(name, func, summary, payload, internal, positional=positional)
         return func
 
     return decorator

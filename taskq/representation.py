@@ -37,6 +37,7 @@ TASK_FIELDS = (
     "callback_url",
     "callback_events",
     "callback_max_attempts",
+    "callback_format",
     "created_at",
     "started_at",
     "completed_at",
@@ -52,6 +53,19 @@ TASK_FIELDS = (
 )
 
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 10, "critical": 20}
+
+# Status names the seeds (and Celery) use, read wherever a request names a status, in any
+# letter case; answers keep taskq's names. SEED_STATUS is the other way round, for the
+# seed-style webhook body (``callback_format: "seed"``): the first alias of each status.
+STATUS_ALIASES = {
+    "success": "COMPLETED",
+    "retry": "RETRYING",
+    "failure": "FAILED",
+    "started": "PROCESSING",
+    "revoked": "CANCELLED",
+    "canceled": "CANCELLED",
+}
+SEED_STATUS = {"COMPLETED": "success", "RETRYING": "retry"}
 
 # Webhook events of a transition to each status, first choice first. The
 # database's copy is taskq_webhook_events() (migration 0005), which the trigger

@@ -69,6 +69,21 @@ def env_float(name: str, default: float, minimum: float | None = None) -> float:
     return number
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level(value: str | None, name: str, default: str = "INFO") -> str:
+    """A logging level name (any case; WARN for WARNING), checked; ``name`` is where it came
+    from, for the error."""
+    if value is None or value.strip() == "":
+        return default
+    level = value.strip().upper()
+    level = "WARNING" if level == "WARN" else level
+    if level not in LOG_LEVELS:
+        raise SettingError(f"{name} must be one of {', '.join(LOG_LEVELS)}, got {value!r}")
+    return level
+
+
 def database_url() -> str:
     """DATABASE_URL as a libpq URL (``postgresql://``); an error when unset."""
     url = env("DATABASE_URL")
@@ -106,6 +121,55 @@ def libpq_url(url: str) -> str:
     if not sep or not scheme.startswith(("postgresql", "postgres")):
         raise SettingError(f"not a PostgreSQL URL: {url!r}")
     return "postgresql://" + rest
+
+
+def metrics_dir(database_url: str) -> str:
+    """PROMETHEUS_MULTIPROC_DIR, set (and made) when unset: one directory per user, host and
+    database, so a ``taskq api`` and a ``taskq worker`` started apart on one machine find
+    each other's samples with nothing configured.
+
+    It lives under ``$XDG_RUNTIME_DIR`` (else the temp directory), mode 0700, and must be
+    the user's own, not a link. Live gauges left by processes that are gone are dropped.
+    """
+    given = env("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        return given
+    import hashlib
+    import stat
+    import tempfile
+
+    digest = hashlib.sha256(libpq_url(database_url).encode()).hexdigest()[:12]
+    root = Path(env("XDG_RUNTIME_DIR") or tempfile.gettempdir())
+    path = root / f"taskq-metrics-{os.getuid()}-{digest}"
+    path.mkdir(mode=0o700, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise SettingError(f"{path} is not a private directory of this user: set "
+                           "PROMETHEUS_MULTIPROC_DIR to one")  # fmt: skip
+    drop_dead_gauges(path)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+    return str(path)
+
+
+def drop_dead_gauges(path: Path) -> None:
+    """Forget the live gauges (``gauge_live*_<pid>.db``) of processes that no longer run."""
+    from prometheus_client import multiprocess
+
+    for file in path.glob("gauge_live*_*.db"):
+        pid = int(file.stem.rpartition("_")[2]) if file.stem.rpartition("_")[2].isdigit() else 0
+        if pid and not pid_alive(pid):
+            multiprocess.mark_process_dead(pid, str(path))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (of any user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def sqlalchemy_url(url: str) -> str:

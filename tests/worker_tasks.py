@@ -103,3 +103,9 @@ def reporter(payload: dict, ctx: TaskContext) -> dict:
 def fail(payload: dict, ctx: TaskContext) -> None:
     """Always raises."""
     raise RuntimeError("this task always fails")
+
+
+@register("add_numbers", positional=True)
+def add_numbers(arg1, arg2, scale=1):
+    """Seed 002's task function: positional and keyword arguments, no payload, no ctx."""
+    return (arg1 + arg2) * scale

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime
 from typing import Any
 
 from taskq.settings import (
@@ -18,6 +19,7 @@ from taskq.settings import (
     history_days,
     hostname,
     listen_database_url,
+    log_level,
     split_modules,
     task_settings,
 )
@@ -133,12 +135,17 @@ def periodic_schedules(imports: tuple[str, ...] = ()) -> tuple[PeriodicSchedule,
     ):
         items = [*items, {"name": "cleanup_old_tasks", "schedule": cleanup,
                           "task_type": "cleanup_old_tasks"}]  # fmt: skip
-    return tuple(check_schedule(item, imports) for item in items)
+    return tuple(
+        check_schedule(item, imports, "TASKQ_CLEANUP_SCHEDULE" if item.get("schedule") == cleanup
+                       and item.get("name") == "cleanup_old_tasks" else "TASKQ_PERIODIC")
+        for item in items
+    )  # fmt: skip
 
 
-def check_schedule(item: dict, imports: tuple[str, ...] = ()) -> PeriodicSchedule:
+def check_schedule(
+    item: dict, imports: tuple[str, ...] = (), setting: str = "TASKQ_PERIODIC"
+) -> PeriodicSchedule:
     """A validated schedule: known fields, a valid cron expression, a payload the type accepts."""
-    from croniter import croniter
     from marshmallow import ValidationError
 
     from worker.registry import load_task_modules
@@ -147,16 +154,37 @@ def check_schedule(item: dict, imports: tuple[str, ...] = ()) -> PeriodicSchedul
         schedule = PeriodicSchedule(**item)
     except TypeError as exc:
         raise SettingError(f"TASKQ_PERIODIC entry {item!r}: {exc}") from None
-    if not croniter.is_valid(schedule.schedule):
-        raise SettingError(f"periodic {schedule.name!r}: bad cron {schedule.schedule!r}")
+    if not valid_cron(schedule.schedule):
+        raise SettingError(
+            f"{setting} {schedule.name!r}: bad cron {schedule.schedule!r} (5 fields: minute "
+            "hour day month weekday; or 6 with seconds first; or @hourly, @daily, …)"
+        )
     registry = load_task_modules(imports)
     if schedule.task_type not in registry:
-        raise SettingError(f"periodic {schedule.name!r}: unknown task type {schedule.task_type!r}")
+        raise SettingError(f"{setting} {schedule.name!r}: unknown task type {schedule.task_type!r}")
     try:
         registry[schedule.task_type].validate(schedule.payload)
     except ValidationError as exc:
-        raise SettingError(f"periodic {schedule.name!r}: bad payload {exc.messages}") from None
+        raise SettingError(f"{setting} {schedule.name!r}: bad payload {exc.messages}") from None
     return schedule
+
+
+def valid_cron(expression: str) -> bool:
+    """A schedule ``cron_ticks`` reads: 5 fields, 6 with seconds first, or an @-name."""
+    from croniter import croniter
+
+    fields = expression.split()
+    if not (len(fields) in (5, 6) or (len(fields) == 1 and expression.startswith("@"))):
+        return False  # croniter also reads 7 fields (a year): not a form we promise
+    return croniter.is_valid(expression, second_at_beginning=True)
+
+
+def cron_ticks(expression: str, start: datetime) -> Any:
+    """croniter over ``expression`` from ``start``; six fields put the seconds first, as
+    Quartz, Spring and node-cron write them (croniter's own default puts them last)."""
+    from croniter import croniter
+
+    return croniter(expression, start, second_at_beginning=True)
 
 
 def load_config(**options: Any) -> WorkerConfig:
@@ -197,7 +225,7 @@ def load_config(**options: Any) -> WorkerConfig:
         history_days=history_days(),
         periodic=periodic_schedules(imports),
         metrics_port=env_int("TASKQ_METRICS_PORT", 0, minimum=0) or None,
-        log_level=(env("TASKQ_LOG_LEVEL", "INFO") or "INFO").upper(),
+        log_level=log_level(env("TASKQ_LOG_LEVEL"), "TASKQ_LOG_LEVEL"),
         imports=imports,
         tasks=task_settings(),
     )

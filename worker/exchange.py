@@ -49,6 +49,7 @@ class Claim(NamedTuple):
     timeout: int | None
     waited: float  # seconds from due to claimed
     n: int  # claim order
+    trace_context: str | None = None  # JSON text of the stored W3C context (taskq.tracing)
 
 
 class Reply(NamedTuple):

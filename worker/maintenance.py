@@ -26,7 +26,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-from croniter import croniter
 from psycopg.types.json import Jsonb
 
 from sql import queries
@@ -34,7 +33,7 @@ from taskq.connections import LEADER, MAINTENANCE, application_name
 from taskq.counters import forget_empty_task_counts, roll_up_task_counts
 from worker import metrics
 from worker.completer import NO_BACKOFF, Outcomes, write_outcomes
-from worker.config import PeriodicSchedule, WorkerConfig
+from worker.config import PeriodicSchedule, WorkerConfig, cron_ticks
 from worker.db import connect
 from worker.leader import Leader
 
@@ -114,7 +113,7 @@ def enqueue_tick(
 
 def latest_tick(schedule: str, now: datetime) -> datetime:
     """The most recent tick of cron ``schedule`` at or before ``now`` (UTC)."""
-    itr = croniter(schedule, now + timedelta(microseconds=1))
+    itr = cron_ticks(schedule, now + timedelta(microseconds=1))
     return itr.get_prev(datetime)
 
 

@@ -10,16 +10,19 @@ thread with SIGUSR1 (TaskCancelled); a task that ignores it is killed after
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from marshmallow import ValidationError
 
+from taskq import tracing
 from worker.completer import Completer, encode_result
 from worker.config import WorkerConfig
 from worker.exchange import Claim
@@ -139,25 +142,44 @@ class Runner:
         soft_at = started + hard * self.config.soft_limit_ratio
         ctx = TaskContext(row.id, row.attempts, row.queue, row.task_type, self.worker_id,
                           self.config.database_url, self.config.tasks, row.lease_token)  # fmt: skip
-        try:
-            kind, value = "completed", encode_result(self.call(row, soft_at, ctx))
-        except TaskCancelled:
-            kind, value = "cancelled", None
-        except Snooze as snooze:
-            kind, value = "snoozed", snooze.seconds
-        except ValidationError as exc:
-            kind, value = "failed", f"ValidationError: invalid payload {exc.messages}"
-        except Exception as exc:
-            kind, value = "failed", format_error(exc)
-        finally:
-            slot[SLOT_DEADLINE_MS] = 0
-            slot[SLOT_TASK] = 0
+        with self.traced(row) as span:
+            try:
+                kind, value = "completed", encode_result(self.call(row, soft_at, ctx))
+            except TaskCancelled:
+                kind, value = "cancelled", None
+            except Snooze as snooze:
+                kind, value = "snoozed", snooze.seconds
+            except ValidationError as exc:
+                kind, value = "failed", f"ValidationError: invalid payload {exc.messages}"
+            except Exception as exc:
+                kind, value = "failed", format_error(exc)
+            finally:
+                slot[SLOT_DEADLINE_MS] = 0
+                slot[SLOT_TASK] = 0
+            if span is not None:
+                span.set_attribute("taskq.outcome", kind)
         ctx.flush_progress()  # the last value lands before the outcome
         seconds = time.monotonic() - started
         self.completer.record(row, kind, value, seconds)
         self.cancelled.discard(row.id)
         slot[SLOT_DONE] = self.done
         return seconds
+
+    @contextlib.contextmanager
+    def traced(self, row: Claim) -> Iterator[Any]:
+        """The task's spans, continuing the trace stored with it: ``taskq.claim`` (from due
+        to claimed), then ``taskq.run`` around the run; nothing for an untraced task."""
+        if row.trace_context is None or not tracing.enabled():
+            yield None
+            return
+        ids = {"taskq__task_id": row.id, "taskq__attempt": row.attempts,
+               "taskq__queue": row.queue, "taskq__task_type": row.task_type}  # fmt: skip
+        due_ns = time.time_ns() - int(max(row.waited, 0.0) * 1e9)
+        with tracing.continued("taskq.claim", row.trace_context, start_time=due_ns,
+                               taskq__worker_id=self.worker_id, **ids):  # fmt: skip
+            claimed = tracing.carrier()
+        with tracing.continued("taskq.run", claimed, **ids) as span:
+            yield span
 
     def call(self, row: Claim, soft_at: float, ctx: TaskContext) -> Any:
         """The task function's result for ``row``, with the soft limit armed for ``soft_at``."""
@@ -173,6 +195,6 @@ class Runner:
             if self.alarm_at is None or self.alarm_at > soft_at:
                 self.alarm_at = soft_at
                 signal.setitimer(signal.ITIMER_REAL, max(soft_at - time.monotonic(), 1e-6))
-            return task_type.func(payload, ctx)
+            return task_type.run(payload, ctx)
         finally:
             self.running = None

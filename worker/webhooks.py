@@ -38,9 +38,10 @@ from typing import Any
 from psycopg.rows import dict_row
 
 from sql import queries
+from taskq import tracing
 from taskq.builtins import DeliverySchema  # noqa: F401  (its old home, for one release)
 from taskq.registry import TaskContext, implement
-from taskq.representation import task_to_json
+from taskq.representation import SEED_STATUS, task_to_json
 from taskq.settings import TaskSettings
 from taskq.urlguard import UnsafeURLError, fetch
 
@@ -74,9 +75,22 @@ class WebhookDeliveryError(RuntimeError):
 
 
 def webhook_body(event: str, task_snapshot: dict[str, Any], sent_at: datetime) -> bytes:
-    """The raw body: ``{"event", "sent_at", "task"}`` with the API's task representation."""
-    body = {"event": event, "sent_at": sent_at.isoformat(), "task": task_to_json(task_snapshot)}
+    """The raw body: ``{"event", "sent_at", "task"}`` with the API's task representation,
+    or with seed 001's field names when the task's ``callback_format`` is ``seed``."""
+    task = task_to_json(task_snapshot)
+    if task_snapshot.get("callback_format") == "seed":
+        task = seed_task(task)
+    body = {"event": event, "sent_at": sent_at.isoformat(), "task": task}
     return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
+def seed_task(task: dict[str, Any]) -> dict[str, Any]:
+    """A task as seed 001's webhooks carry it: ``name`` for title, lowercase ``status`` with
+    its aliases (``success``, ``retry``), ``error_message`` ("" when none) for error."""
+    renamed = {"name" if key == "title" else key: value for key, value in task.items()}
+    renamed["status"] = SEED_STATUS.get(task["status"], str(task["status"]).lower())
+    renamed["error_message"] = renamed.pop("error") or ""
+    return renamed
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> dict[str, str]:
@@ -168,7 +182,17 @@ def deliver_webhook(payload: dict, ctx: TaskContext) -> dict:
         delivery = cur.execute(queries["claim_webhook_delivery"], params).fetchone()
     if delivery is None:
         return {"skipped": refusal(conn, payload["delivery_id"])}
-    status_code, duration_ms, error = send(delivery, ctx.settings)
+    with tracing.continued(
+        "taskq.webhook",
+        delivery.get("trace_context"),
+        taskq__task_id=delivery["task_id"],
+        taskq__delivery_id=delivery["id"],
+        taskq__event=delivery["event"],
+        taskq__attempt=delivery["attempt"],
+    ) as span:
+        status_code, duration_ms, error = send(delivery, ctx.settings)
+        if span is not None:
+            span.set_attribute("http.response.status_code", status_code or 0)
     delivered = error is None
     refused = error is not None and error.startswith("refused:")
     with conn.cursor(row_factory=dict_row) as cur:

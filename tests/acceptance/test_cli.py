@@ -46,6 +46,8 @@ def taskq(
 def test_migrate_creates_the_schema_and_is_idempotent(empty_database_url):
     first = taskq("migrate", database_url=empty_database_url)
     assert first.returncode == 0, first.stderr
+    steps = [line.split(":")[0] for line in first.stdout.splitlines() if line.startswith("ran ")]
+    assert steps[0] == "ran 0001" and steps[-1] == f"ran {head_revision()}"  # progress per step
     again = taskq("migrate", database_url=empty_database_url)
     assert again.returncode == 0, again.stderr
     with psycopg.connect(empty_database_url) as conn:
@@ -200,10 +202,13 @@ def test_a_bad_api_setting_stops_taskq_api_with_one_line(database_url, monkeypat
         ("TASKQ_STREAM_TOKEN_SECONDS", "1"),
         ("TASKQ_WORKER_CONNECTIONS", "many"),
         ("TASKQ_MAX_BODY_BYTES", "lots"),
+        ("TASKQ_RATELIMIT_AUTH", "plenty"),  # a gunicorn traceback before
     ):
         monkeypatch.setenv(setting, value)
         one_line_failure(taskq("api", "--bind", "127.0.0.1:1", database_url=database_url), setting)
         monkeypatch.delenv(setting)
+    no_scheme = taskq("api", database_url=database_url, redis_url="localhost:6379")
+    one_line_failure(no_scheme, "REDIS_URL")  # likewise
 
 
 def test_a_bad_task_setting_stops_taskq_worker_with_one_line(database_url, monkeypatch):
@@ -215,7 +220,12 @@ def test_a_bad_task_setting_stops_taskq_worker_with_one_line(database_url, monke
         ("TASKQ_PROCESS_SECONDS", "x"),
         ("TASKQ_ALLOW_PRIVATE_URLS", "perhaps"),
         ("TASKQ_IMPORTS", "no_such_module_of_tasks"),
+        ("TASKQ_LOG_LEVEL", "LOUD"),  # logging's ValueError traceback before
+        ("TASKQ_CLEANUP_SCHEDULE", "61 * * * *"),
+        ("TASKQ_PERIODIC", '[{"name": "x", "schedule": "* * * * * * 2030", "task_type": "noop"}]'),
     ):
         monkeypatch.setenv(setting, value)
         one_line_failure(taskq("worker", "--concurrency", "1", database_url=database_url), setting)
         monkeypatch.delenv(setting)
+    loud = taskq("worker", "--log-level", "loud", database_url=database_url)
+    one_line_failure(loud, "--log-level")

@@ -43,7 +43,7 @@ def test_1000_completions_after_six_batches_keep_a_batch_sized_plan(database_url
     try:
         db.execute("LOAD 'auto_explain'")
     except psycopg.errors.UndefinedFile:
-        pytest.skip("this Postgres build ships no auto_explain (the embedded pgserver)")
+        pytest.skip("this Postgres build ships no auto_explain (contrib is not installed)")
     insert_tasks(db, PRIOR_BATCHES * 2 + BATCH)
     plans: list[dict] = []
 

@@ -39,6 +39,7 @@ def test_default_limit_is_per_user(app_with_limits, database_url):
         ok = client.get("/api/v1/tasks", headers=ann)
         assert ok.status_code == 200
         assert ok.headers["X-RateLimit-Limit"] == "5"
+        assert "Retry-After" not in ok.headers  # only a 429 or a 503 says "wait, then again"
     assert_429(client.get("/api/v1/tasks", headers=ann))
     assert client.get("/api/v1/tasks", headers=bob).status_code == 200
     assert client.get("/healthz").status_code == 200  # outside /api: never limited

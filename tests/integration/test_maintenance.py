@@ -129,6 +129,9 @@ def test_periodic_enqueuer_follows_the_cron(db: psycopg.Connection, database_url
     ticks = db.execute("SELECT tick_at FROM periodic_ticks ORDER BY 1").fetchall()
     assert [t["tick_at"].second for t in ticks] == [0, 1]
     assert latest_tick("0 0 * * *", now) == datetime(2030, 1, 1, tzinfo=UTC)
+    # six fields: seconds first (Quartz, Spring, node-cron), not croniter's seconds-last
+    assert latest_tick("30 59 11 * * *", now) == datetime(2030, 1, 1, 11, 59, 30, tzinfo=UTC)
+    assert latest_tick("*/20 * * * * *", now) == datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def test_periodic_ticks_follow_the_database_clock_in_utc(db, database_url) -> None:
@@ -156,6 +159,8 @@ def test_schedule_validation() -> None:
     assert check_schedule({"name": "c", "schedule": "0 0 * * *", "task_type": "cleanup_old_tasks"})
     for bad in (
         {"name": "x", "schedule": "not cron", "task_type": "noop"},
+        {"name": "x", "schedule": "* * * * * * 2030", "task_type": "noop"},  # a year field
+        {"name": "x", "schedule": "60 * * * * *", "task_type": "noop"},  # second 60
         {"name": "x", "schedule": "* * * * *", "task_type": "nope"},
         {"name": "x", "schedule": "* * * * *", "task_type": "compute", "payload": {}},
         {"name": "x", "schedule": "* * * * *", "task_type": "noop", "colour": "red"},

@@ -24,6 +24,7 @@ def test_metrics_show_queue_depth_age_and_webhook_deliveries(client, db):
     response = client.get("/metrics")
     assert response.status_code == 200
     assert response.mimetype == "text/plain"
+    assert response.headers["Content-Type"].count("charset") == 1
     found = samples(response.get_data(as_text=True))
     assert found[("taskq_queue_depth", (("queue", "mail"),))] == 2
     assert found[("taskq_queue_depth", (("queue", "x"),))] == 1

@@ -173,6 +173,8 @@ def strategies(name: str, field: fields.Field) -> tuple[st.SearchStrategy, st.Se
         return good, bad_headers | wrong_type
     if isinstance(field, schemas.JsonObject):
         return json_objects, bad_json_objects | wrong_type
+    if isinstance(field, schemas.JsonValue):
+        return json_scalars | json_objects, bad_json_objects
     if isinstance(field, fields.List):
         inner_good, inner_bad = strategies(name, field.inner)
         low, high = bounds(field, validate.Length)
@@ -185,10 +187,10 @@ def strategies(name: str, field: fields.Field) -> tuple[st.SearchStrategy, st.Se
         outside = st.sampled_from([low - 1, high + 1, 1.5, True, str(low), *EDGE_INTEGERS])
         return good, outside.filter(lambda v: type(v) is not int or not low <= v <= high)
     if isinstance(field, fields.String):
-        if name == "task_type":
+        if name in ("task_type", "task_name"):  # task_name: seed 002's alias
             others = sorted(set(load_task_modules()) - set(ANY_PAYLOAD_TYPES))
             return st.sampled_from(ANY_PAYLOAD_TYPES), st.sampled_from(others) | texts()
-        if name == "queue":
+        if name in ("queue", "queue_name"):
             return st.from_regex(schemas.NAME_PATTERN, fullmatch=True), texts() | wrong_type
         allowed = choices(field)
         if allowed:

@@ -46,3 +46,21 @@ def test_children_share_the_stored_secret_unless_one_is_given(tmp_path, monkeypa
     assert stat.S_IMODE((tmp_path / ".taskq").stat().st_mode) == 0o700
     monkeypatch.setenv("JWT_SECRET_KEY", "explicit-secret-0123456789abcdef")
     assert child_environment()["JWT_SECRET_KEY"] == "explicit-secret-0123456789abcdef"
+
+
+def test_a_data_directory_of_another_postgres_version_is_refused_or_made_anew(tmp_path):
+    from taskq.embedded import check_data_version, embedded_major
+    from taskq.settings import SettingError
+
+    old = tmp_path / "pgdata"
+    old.mkdir()
+    (old / "PG_VERSION").write_text("16\n")  # what pgserver (PostgreSQL 16) left behind
+    with pytest.raises(SettingError, match="PostgreSQL 16 database"):
+        check_data_version(old, scratch=False)
+    assert old.exists()
+    check_data_version(old, scratch=True)
+    assert not old.exists()
+    (tmp_path / "same").mkdir()
+    (tmp_path / "same" / "PG_VERSION").write_text(embedded_major() + "\n")
+    check_data_version(tmp_path / "same", scratch=False)  # its own version: kept, no error
+    assert (tmp_path / "same" / "PG_VERSION").exists()
