@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from bench.system import System
+from bench.system import System, SystemUnavailable
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -321,6 +321,8 @@ def bench_system(
 
 def available_systems() -> list[System]:
     """taskq (when its engine is installed) and the peers."""
+    from bench.peers_chancy import ChancySystem
+    from bench.peers_oban import ObanSystem
     from bench.peers_pgqueuer import PgQueuerSystem
     from bench.peers_procrastinate import ProcrastinateSystem
 
@@ -331,7 +333,7 @@ def available_systems() -> list[System]:
         systems.append(TaskqSystem())
     except ImportError as exc:
         print(f"taskq left out: {exc}", file=sys.stderr)
-    return [*systems, PgQueuerSystem(), ProcrastinateSystem()]
+    return [*systems, PgQueuerSystem(), ProcrastinateSystem(), ObanSystem(), ChancySystem()]
 
 
 METRIC_ORDER = [
@@ -388,6 +390,11 @@ def run_bench(
     started = time.monotonic()
     for system in available_systems():
         if only and system.name not in only:
+            continue
+        try:
+            system.prepare()
+        except SystemUnavailable as exc:
+            log(f"{system.name} skipped: {exc}")
             continue
         log(f"{system.name}: {sizes.label} sizes")
         results += bench_system(url, system, sizes, log)
