@@ -15,6 +15,7 @@ The pipe adds one round trip and the JSON of the keys to each workload call
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import glob
 import json
@@ -111,6 +112,7 @@ def bench_pythonpath() -> str:
     global _bench_path
     if _bench_path is None or not Path(_bench_path).exists():
         _bench_path = tempfile.mkdtemp(prefix="taskq_bench_path_")
+        atexit.register(shutil.rmtree, _bench_path, True)
         os.symlink(BENCH_PACKAGE, Path(_bench_path) / "bench")
     return _bench_path
 
@@ -150,12 +152,13 @@ class RemoteClient:
 
     def close(self) -> None:
         """Close the peer's client and wait for its process."""
-        if self.popen.poll() is None:
-            try:
+        try:
+            if self.popen.poll() is None:
                 self.call("close")
-            finally:
-                self.popen.stdin.close()
-                self.popen.wait(30)
+        finally:
+            self.popen.stdin.close()
+            self.popen.wait(30)
+            self.popen.stdout.close()
 
 
 class IsolatedSystem(System):
