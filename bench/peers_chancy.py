@@ -8,8 +8,9 @@ template every figure's database is cloned from):
 - ``executor=Chancy.Executor.Async`` with an ``async def`` job: the docs'
   choice for many small IO-bound jobs (the default process pool pays a
   process hop per job);
-- ``concurrency`` ``CONCURRENCY`` = 100: the AsyncExecutor's own default and
-  the best of 10, 50, 100 and 200 here (``BENCH_CHANCY_CONCURRENCY``);
+- ``concurrency`` ``CONCURRENCY`` = 100: the AsyncExecutor's own default;
+  10, 100 and 200 were within the noise of a trial on the shared 2-core
+  machine (``BENCH_CHANCY_CONCURRENCY`` overrides it);
 - ``eager_polling=True``: refetch as soon as a job completes (the docs'
   setting "where jobs are expected to be continuously available");
 - notifications on (the default): a push wakes the queue at once;

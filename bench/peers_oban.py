@@ -8,8 +8,9 @@ speed: uvloop and orjson for psycopg's JSON. Fastest documented settings:
 
 - an ``async def process`` worker: it runs on the event loop, no thread hop;
 - ``limit`` (jobs run at once, and the most one fetch claims) ``LIMIT`` = 100:
-  the best of 10 (the docs' example), 50, 100 and 200 on the 2-core bench
-  machine (``BENCH_OBAN_LIMIT`` overrides it);
+  a drain at 10 (the docs' example) ran at half the rate of 100 or 200 in a
+  trial on the shared 2-core machine, and 100 and 200 were within its noise
+  (``BENCH_OBAN_LIMIT`` overrides it; worth a retune on a quiet machine);
 - the producer's ``debounce_interval`` left at its 5 ms default (the docs' only
   example raises it to 50 ms; lower refetches more often per completion);
 - insert notifications (the default): a job is fetched when its NOTIFY
