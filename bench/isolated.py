@@ -124,7 +124,11 @@ class RemoteClient:
         self.popen = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
-        self.call("open")
+        try:
+            self.call("open")
+        except BaseException:
+            self.close()
+            raise
 
     def call(self, op: str, **args) -> dict:
         """Send one command; its reply (raises what the peer raised)."""

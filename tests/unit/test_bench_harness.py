@@ -114,6 +114,23 @@ def test_an_isolated_peers_client_runs_every_workload_in_its_own_process(tmp_pat
     assert len(committed) == 1 and before <= committed[0] <= time.time()
 
 
+class BrokenFileSystem(FileSystem):
+    """An isolated peer whose client cannot connect."""
+
+    def local_client(self, url: str):
+        raise ConnectionError(f"no server at {url}")
+
+
+def test_an_isolated_client_that_cannot_open_says_why_and_leaves_no_process():
+    import psutil
+
+    before = {child.pid for child in psutil.Process().children()}
+    opening = BrokenFileSystem().client("x")
+    with pytest.raises(RuntimeError, match="peer client open: ConnectionError: no server at x"):
+        opening.__enter__()
+    assert {child.pid for child in psutil.Process().children()} <= before
+
+
 def test_find_python_takes_an_interpreter_that_is_new_enough(monkeypatch):
     monkeypatch.delenv("TASKQ_BENCH_PYTHON", raising=False)
     python, version = find_python(sys.version_info[:2])
