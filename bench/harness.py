@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 import psycopg
 from psycopg import sql
 
-from bench.system import System
+from bench.system import System, SystemUnavailable
 
 RESULTS_DIR = Path(__file__).parent / "results"
 
@@ -346,6 +346,8 @@ def bench_system(
 
 def available_systems() -> list[System]:
     """taskq (when its engine is installed) and the peers."""
+    from bench.peers_chancy import ChancySystem
+    from bench.peers_oban import ObanSystem
     from bench.peers_pgqueuer import PgQueuerSystem
     from bench.peers_procrastinate import ProcrastinateSystem
 
@@ -363,7 +365,7 @@ def available_systems() -> list[System]:
         systems += [TaskqDirectSystem(), TaskqUnpreparedSystem(), TaskqPgbouncerSystem()]
     except ImportError as exc:
         print(f"taskq left out: {exc}", file=sys.stderr)
-    return [*systems, PgQueuerSystem(), ProcrastinateSystem()]
+    return [*systems, PgQueuerSystem(), ProcrastinateSystem(), ObanSystem(), ChancySystem()]
 
 
 METRIC_ORDER = [
@@ -415,13 +417,22 @@ def run_bench(
     only: list[str] | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
     enqueue_only: bool = False,
+    systems: list[System] | None = None,
 ) -> list[Result]:
-    """Benchmark every system (``enqueue_only``: taskq's enqueue workloads, without and with
-    unique keys); print the table; write JSON (and, full runs of everything, results/)."""
+    """Benchmark every system (default: ``available_systems()``; ``enqueue_only``: taskq's
+    enqueue workloads, without and with unique keys); print the table; write JSON (and, full
+    runs of everything, results/). A system that cannot run here is skipped with one line."""
     results: list[Result] = []
     started = time.monotonic()
-    for system in [] if enqueue_only else available_systems():
+    if systems is None:
+        systems = [] if enqueue_only else available_systems()
+    for system in systems:
         if (system.name not in only) if only else system.on_request:
+            continue
+        try:
+            system.prepare()
+        except SystemUnavailable as exc:
+            log(f"{system.name} skipped: {exc}")
             continue
         log(f"{system.name}: {sizes.label} sizes")
         results += bench_system(url, system, sizes, log)

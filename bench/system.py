@@ -32,6 +32,10 @@ class Client(Protocol):
         """One job per call, ``gap`` seconds apart; the wall-clock time of each commit."""
 
 
+class SystemUnavailable(RuntimeError):
+    """A system that cannot run here (no interpreter for it, its pin does not install)."""
+
+
 class System:
     """Base of the adapters; subclasses fill in the blanks."""
 
@@ -39,6 +43,9 @@ class System:
     on_request = False  # True: benchmarked only when named (``taskq bench --system NAME``)
     # How many concurrent jobs one worker process runs (the system's fastest setting).
     unfinished_sql = ""
+
+    def prepare(self) -> None:
+        """Get ready to run, once per bench run (raise SystemUnavailable to be skipped)."""
 
     def install(self, url: str) -> None:
         """Create the system's schema in the (empty) database ``url``."""
@@ -97,8 +104,11 @@ class AsyncClient:
     the harness's own overhead out of the peer's figures.
     """
 
+    # The event loop a peer documents as its fastest (oban-py's CLI runs uvloop); None: asyncio's.
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+
     def __init__(self) -> None:
-        self.runner = asyncio.Runner()
+        self.runner = asyncio.Runner(loop_factory=self.loop_factory)
 
     async def enqueue_one(self, key: str) -> None:
         """Enqueue one job (one commit)."""
@@ -157,12 +167,16 @@ def async_client(client: AsyncClient, opened: Callable[[], Awaitable[None]]) -> 
 Serve = Callable[[dict[str, float], asyncio.Event], Awaitable]
 
 
-def serve_worker(record: str, serve: Serve) -> None:
+def serve_worker(
+    record: str,
+    serve: Serve,
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None,
+) -> None:
     """Main of a peer worker process: serve until SIGTERM, then write the start record.
 
     ``serve(started, stop)`` runs the peer's worker, stores ``key → time.time()``
     in ``started`` when a job starts, prints ``ready`` once listening, and
-    returns soon after ``stop`` is set.
+    returns soon after ``stop`` is set. ``loop_factory`` picks the event loop.
     """
     started: dict[str, float] = {}
 
@@ -171,7 +185,8 @@ def serve_worker(record: str, serve: Serve) -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         await serve(started, stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
     Path(record).write_text(json.dumps(started))
 
 

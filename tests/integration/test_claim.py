@@ -308,6 +308,29 @@ def test_exchange_is_one_transaction_even_on_error(db: psycopg.Connection, datab
     assert status_counts(db) == {"COMPLETED": 1, "PROCESSING": 1}
 
 
+def test_the_claim_is_prepared_once_per_connection_and_again_after_an_abort(db, database_url):
+    ids = insert_tasks(db, 3)
+
+    def prepared(exchange) -> list[str]:
+        # psycopg's own (prepare_threshold 0) are _pg3_*; the pipeline's carry the query's name
+        rows = exchange.conn.execute(
+            "SELECT name FROM pg_prepared_statements WHERE name NOT LIKE '\\_pg3\\_%'"
+        )
+        return [r["name"] for r in rows]
+
+    with claim_connection(database_url) as exchange:
+        bad = Outcomes()
+        bad.complete(ids[0], 1, "{not json")
+        exchange.send(bad, 1)  # the claim's Parse comes after the failing write: aborted too
+        with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+            exchange.receive()
+        assert prepared(exchange) == []
+        assert [r.id for r in claim(exchange, 1)] == ids[:1]  # parsed now
+        assert [r.id for r in claim(exchange, 2)] == ids[1:]  # by name
+        assert prepared(exchange) == ["claim_tasks"]
+        assert claim(exchange, 1) == []
+
+
 def test_array_parameters_survive_quotes_and_backslashes(db, database_url: str) -> None:
     (task_id,) = insert_tasks(db, 1, max_retries=0)
     error = 'Bad "quote" \\ back\\slash, {brace} NULL'

@@ -1,15 +1,22 @@
-"""The benchmark harness's pure parts: statistics, table, JSON rows, the pgbench script."""
+"""The benchmark harness's parts that need no database: statistics, table, JSON rows, the
+pgbench script, and the isolated peers' plumbing (interpreter, piped client, skipping)."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import time
+from contextlib import nullcontext
 
 import pytest
 
 from bench.ceiling import PLACEHOLDER, fill, script
-from bench.harness import TINY, Result, format_table, percentile, summarize
+from bench.harness import TINY, Result, format_table, percentile, run_bench, summarize
+from bench.isolated import IsolatedSystem, find_python, python_version
 from bench.scale import label, parse_count, parse_sizes
 from sql import queries
+from tests.helpers import ROOT
 
 
 def test_percentile_inclusive_interpolates():
@@ -58,3 +65,98 @@ def test_scale_sizes_parse_counts_with_suffixes_in_ascending_order():
     for bad in ("", "ten", "-5", "0"):
         with pytest.raises(ValueError):
             parse_sizes(bad)
+
+
+class FileClient:
+    """A peer client that notes each call in a file (with its process id)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def note(self, kind: str, keys) -> None:
+        with open(self.path, "a") as out:
+            out.write(f"{os.getpid()} {kind} {' '.join(keys)}\n")
+
+    def enqueue_single(self, keys) -> None:
+        for key in keys:
+            self.note("single", [key])
+
+    def enqueue_batch(self, keys, batch: int) -> None:
+        for start in range(0, len(keys), batch):  # batch 0: ValueError, in the peer
+            self.note("batch", keys[start : start + batch])
+
+    def enqueue_paced(self, keys, gap: float) -> list[float]:
+        committed = []
+        for key in keys:
+            self.note("paced", [key])
+            committed.append(time.time())
+        return committed
+
+
+class FileSystem(IsolatedSystem):
+    """An isolated peer whose 'database' is a file, run in this very interpreter."""
+
+    name = "file"
+    python = sys.executable
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), "PYTHONPATH": str(ROOT)}  # this test module is importable
+
+    def local_client(self, url: str):
+        return nullcontext(FileClient(url))
+
+
+def test_an_isolated_peers_client_runs_every_workload_in_its_own_process(tmp_path):
+    notes = tmp_path / "calls"
+    before = time.time()
+    with FileSystem().client(str(notes)) as client:
+        client.enqueue_single(["a", "b"])
+        client.enqueue_batch(["c", "d", "e"], 2)
+        committed = client.enqueue_paced(["f"], 0.01)
+        with pytest.raises(RuntimeError, match="peer client batch: ValueError"):
+            client.enqueue_batch(["g"], 0)
+        client.enqueue_single(["h"])  # an error leaves the client usable
+    lines = [line.split(" ", 1) for line in notes.read_text().splitlines()]
+    assert {pid for pid, _ in lines} != {str(os.getpid())} and len({pid for pid, _ in lines}) == 1
+    assert [call for _, call in lines] == [
+        "single a", "single b", "batch c d", "batch e", "paced f", "single h"
+    ]  # fmt: skip
+    assert len(committed) == 1 and before <= committed[0] <= time.time()
+
+
+class BrokenFileSystem(FileSystem):
+    """An isolated peer whose client cannot connect."""
+
+    def local_client(self, url: str):
+        raise ConnectionError(f"no server at {url}")
+
+
+def test_an_isolated_client_that_cannot_open_says_why_and_leaves_no_process():
+    import psutil
+
+    before = {child.pid for child in psutil.Process().children()}
+    opening = BrokenFileSystem().client("x")
+    with pytest.raises(RuntimeError, match="peer client open: ConnectionError: no server at x"):
+        opening.__enter__()
+    assert {child.pid for child in psutil.Process().children()} <= before
+
+
+def test_find_python_takes_an_interpreter_that_is_new_enough(monkeypatch):
+    monkeypatch.delenv("TASKQ_BENCH_PYTHON", raising=False)
+    python, version = find_python(sys.version_info[:2])
+    assert version >= sys.version_info[:2] and python_version(python) == version
+    assert python_version("/nonexistent/python3") is None
+
+
+def test_a_peer_that_cannot_run_here_is_skipped_with_one_line(monkeypatch, capsys):
+    class FuturePeer(IsolatedSystem):
+        name = "future"
+        requirement = "future-peer==1.0"
+        min_python = (99, 0)
+
+    monkeypatch.delenv("TASKQ_BENCH_PYTHON", raising=False)
+    lines: list[str] = []
+    results = run_bench("postgresql://unused", TINY, None, log=lines.append, systems=[FuturePeer()])
+    assert results == []
+    assert lines == ["future skipped: no Python >= 99.0 found (set TASKQ_BENCH_PYTHON)"]
+    assert "| metric | unit |" in capsys.readouterr().out
