@@ -12,6 +12,8 @@ schema as shipped with the write path as it was before migration 0009 (its
 ``tasks_derived_*`` triggers disabled, ``ix_tasks_created`` dropped): the
 machine is shared and noisy, so compare the ratios of neighbouring runs.
 
+``python -m bench.scale_read shares`` reads, from EXPLAIN ANALYZE of each statement,
+the share of its server time spent in 0009's trigger (load weighs on both alike).
 ``python -m bench.scale_read statements`` times the server side alone: a batch
 of 1,000 tasks inserted (COPY), claimed and completed (set-wise UPDATEs), with
 0009's triggers enabled and disabled in alternation, medians per task.
@@ -264,6 +266,43 @@ def run_statements(server: str, rounds: int, n: int) -> dict[str, Any]:
     return result
 
 
+def run_shares(server: str, rounds: int, n: int) -> dict[str, Any]:
+    """The share of a statement's server time spent in 0009's trigger, from EXPLAIN ANALYZE
+    of the statement itself (so the machine's load weighs on both parts alike): a batch of
+    ``n`` tasks inserted, claimed and completed, ``rounds`` times, medians."""
+    from bench.harness import create_database, drop_database
+    from taskq.migrate import upgrade
+
+    name = f"scale_read_{uuid.uuid4().hex[:8]}"
+    url = create_database(server, name)
+    shares: dict[str, list[float]] = {}
+    steps = {
+        "insert": "INSERT INTO tasks (title, task_type, queue) SELECT 'report ' || g || ' w' "
+        "|| (g %% 1000), 'noop', 'bench' FROM generate_series(1, %(n)s) g",
+        "claim": "UPDATE tasks SET status = 'PROCESSING', attempts = attempts + 1, "
+        "started_at = now() WHERE queue = 'bench' AND status = 'PENDING'",
+        "complete": "UPDATE tasks SET status = 'COMPLETED', completed_at = now() "
+        "WHERE queue = 'bench' AND status = 'PROCESSING'",
+    }
+    try:
+        upgrade(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            for _ in range(rounds):
+                for step, statement in steps.items():
+                    explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + statement
+                    plan = conn.execute(explain, {"n": n}).fetchone()[0][0]
+                    ours = sum(t["Time"] for t in plan.get("Triggers", [])
+                               if t["Trigger Name"].startswith("tasks_derived"))  # fmt: skip
+                    shares.setdefault(step, []).append(ours / plan["Execution Time"])
+                conn.execute("UPDATE tasks SET queue = 'done' WHERE queue = 'bench'")
+    finally:
+        drop_database(server, name)
+    result = {step: round(statistics.median(values), 4) for step, values in shares.items()}
+    for step, share in result.items():
+        print(f"{step:10s} 0009's trigger: {share:.1%} of the statement's server time (median)")
+    return result
+
+
 def as_before_0009(url: str) -> None:
     """The write path as it was before migration 0009: its triggers off, its index gone."""
     with psycopg.connect(url, autocommit=True) as conn:
@@ -277,7 +316,7 @@ def as_before_0009(url: str) -> None:
 def main() -> None:
     """Command line: ``reads`` or ``drain``."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["reads", "drain", "statements"])
+    parser.add_argument("what", choices=["reads", "drain", "statements", "shares"])
     parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--rounds", type=int, default=4)
@@ -286,6 +325,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.what == "reads":
         result: Any = run_reads(args.database_url, [int(s) for s in args.sizes.split(",")])
+    elif args.what == "shares":
+        result = run_shares(args.database_url, args.rounds, 1000)
     elif args.what == "statements":
         result = run_statements(args.database_url, args.rounds, 1000)
     else:
