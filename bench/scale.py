@@ -326,7 +326,8 @@ def measure_cleanup(grown: Grown, fraction: float = 0.1) -> dict[str, float]:
 def table_sizes(conn: psycopg.Connection) -> dict[str, dict[str, Any]]:
     """The ``table_health`` rows of tasks and task_history, and the claim index's bytes."""
     rows = conn.execute(
-        "SELECT table_name, live_tuples, dead_tuples, table_bytes, index_bytes FROM table_health"
+        "SELECT table_name, live_tuples, dead_tuples, table_bytes, index_bytes,"
+        " last_vacuum::text AS last_vacuum FROM table_health"
         " WHERE table_name IN ('tasks', 'task_history')"
     ).fetchall()
     sizes = {row["table_name"]: dict(row) for row in rows}
