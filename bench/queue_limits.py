@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--database-url", default=None)
-    parser.add_argument("--quick", action="store_true", help="drain 5,000 instead of 20,000")
+    parser.add_argument("--quick", action="store_true", help="drain 10,000 instead of 20,000")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
     url = args.database_url or database_url()
