@@ -64,6 +64,14 @@ def test_detail_is_cached_then_invalidated_by_a_psql_transition(cache_app, datab
     fresh = client.get(url, headers=account.headers).get_json()
     assert fresh == {"task": fresh["task"], "cached": False}
     assert fresh["task"]["status"] == "PROCESSING"
+    # A running task is read fresh every time: its progress changes without a transition.
+    assert client.get(url, headers=account.headers).get_json()["cached"] is False
+
+    batches = get_notifier(cache_app).batches
+    transition(database_url, task["id"], "COMPLETED")
+    wait_for(lambda: get_notifier(cache_app).batches > batches, 5, "the next notification batch")
+    done = client.get(url, headers=account.headers).get_json()
+    assert done["cached"] is False and done["task"]["status"] == "COMPLETED"
     assert client.get(url, headers=account.headers).get_json()["cached"] is True
 
 
