@@ -94,13 +94,15 @@ class Pipeline:
     The outcome queries are unnamed, so each is planned for its own arrays
     (see ``worker.completer.write_outcomes`` on why a generic plan is slow);
     those in ``PREPARED`` are prepared on first use (a Parse in the same
-    pipeline) and run by name after.
+    pipeline) and run by name after — unless ``pooled``: through a transaction
+    pool the next pipeline may reach another server, which never saw the Parse.
     """
 
     reply_timeout = 60.0  # seconds; a claim or completion batch takes milliseconds
 
-    def __init__(self, conn: psycopg.Connection) -> None:
+    def __init__(self, conn: psycopg.Connection, pooled: bool = False) -> None:
         self.conn = conn
+        self.prepares = frozenset() if pooled else PREPARED
         self.pgconn = conn.pgconn
         self.loader = Transformer(conn)
         self.names: list[str | None] | None = None  # the queries in flight (None: a Parse)
@@ -119,7 +121,7 @@ class Pipeline:
         for name, params in statements:
             query, names = positional(name)
             values = [encode_param(params[n]) for n in names]
-            if name not in PREPARED:
+            if name not in self.prepares:
                 pgconn.send_query_params(query, values)
             else:
                 if name not in self.prepared:

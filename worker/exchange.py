@@ -202,7 +202,7 @@ class Exchange:
             application_name(CLAIM, self.config.hostname),
             self.config.database_pooled,
         )
-        self.pipe = Pipeline(self.conn)
+        self.pipe = Pipeline(self.conn, self.config.database_pooled)
         self.conn.execute(
             queries["register_worker"],
             {

@@ -331,6 +331,16 @@ def test_the_claim_is_prepared_once_per_connection_and_again_after_an_abort(db, 
         assert claim(exchange, 1) == []
 
 
+def test_a_pooled_claim_connection_prepares_nothing(db, database_url):
+    # Through a transaction pool the next pipeline may reach another server: no Parse at all.
+    ids = insert_tasks(db, 2)
+    with claim_connection(database_url, database_pooled=True) as exchange:
+        assert [r.id for r in claim(exchange, 1)] == ids[:1]
+        assert [r.id for r in claim(exchange, 1)] == ids[1:]
+        prepared = exchange.conn.execute("SELECT count(*) AS n FROM pg_prepared_statements")
+        assert prepared.fetchone()["n"] == 0
+
+
 def test_array_parameters_survive_quotes_and_backslashes(db, database_url: str) -> None:
     (task_id,) = insert_tasks(db, 1, max_retries=0)
     error = 'Bad "quote" \\ back\\slash, {brace} NULL'
