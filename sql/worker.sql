@@ -132,10 +132,18 @@ SELECT id, lease_token, worker_id FROM tasks
    FOR UPDATE SKIP LOCKED;
 
 -- name: extend_leases
--- Heartbeat: push the lease of every task the live worker processes hold.
-UPDATE tasks
+-- Heartbeat: push the lease of every task the live worker processes hold. A row another
+-- transaction holds (a completion batch locks its rows in its own order) is skipped, not
+-- waited for: waiting deadlocked with completions; that writer ends the lease or the next
+-- heartbeat (a third of a lease later) extends it.
+WITH held AS (
+    SELECT id FROM tasks
+     WHERE status = 'PROCESSING' AND worker_id = ANY(%(worker_ids)s::text[])
+       FOR UPDATE SKIP LOCKED)
+UPDATE tasks t
    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
- WHERE status = 'PROCESSING' AND worker_id = ANY(%(worker_ids)s::text[]);
+  FROM held
+ WHERE t.id = held.id;
 
 -- name: touch_workers
 -- Heartbeat: the worker processes are alive.

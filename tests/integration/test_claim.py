@@ -250,6 +250,22 @@ def test_heartbeat_extends_only_live_workers(db: psycopg.Connection, database_ur
     assert db.execute("SELECT running FROM live_workers").fetchone()["running"] == 1
 
 
+def test_heartbeat_skips_a_row_another_transaction_holds(db, database_url: str) -> None:
+    # Waiting for it deadlocked with completion batches that lock rows in another order.
+    held, free = insert_tasks(db, 2)
+    with claim_connection(database_url, "live", lease_seconds=1) as exchange:
+        claim(exchange, 2)
+    with psycopg.connect(database_url, autocommit=True) as other, other.transaction():
+        other.execute("SELECT 1 FROM tasks WHERE id = %s FOR UPDATE", [held])
+        with psycopg.connect(database_url, autocommit=True, row_factory=dict_row) as beat:
+            beat.execute("SET lock_timeout = '5s'")  # a wait would fail here, not hang
+            extend_leases(beat, ["live"], 60)
+    leases = db.execute(
+        "SELECT id, lease_expires_at - now() > interval '30 s' AS long FROM tasks"
+    ).fetchall()
+    assert {r["id"]: r["long"] for r in leases} == {held: False, free: True}
+
+
 @pytest.mark.parametrize("limit", [0, 5])
 def test_exchange_writes_and_claims_in_one_transaction(
     db: psycopg.Connection, database_url: str, limit: int
