@@ -28,9 +28,10 @@ import psycopg
 
 from taskq.queues import Rate, set_queue
 
-# metric, the bench queue's controls (None: no row).
+# metric, the bench queue's controls (None: no row). ``taskq bench`` runs LIMITS (its own
+# drain_2proc row is the unlimited one; --tiny runs the first only); this module adds UNLIMITED.
+UNLIMITED = ("drain_2proc_unlimited_jobs_per_s", None)
 LIMITS: tuple[tuple[str, dict[str, Any] | None], ...] = (
-    ("drain_2proc_unlimited_jobs_per_s", None),
     ("drain_2proc_concurrency_10000_jobs_per_s", {"concurrency": 10_000}),
     ("drain_2proc_rate_1000000_per_s_jobs_per_s", {"rate": Rate(1_000_000, timedelta(seconds=1))}),
     ("drain_2proc_concurrency_1000_jobs_per_s", {"concurrency": 1000}),
@@ -40,14 +41,16 @@ LIMITS: tuple[tuple[str, dict[str, Any] | None], ...] = (
 
 
 def limit_metrics(
-    system: Any, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+    system: Any, fresh: Callable[[], AbstractContextManager[str]], sizes: Any, rows=None
 ) -> list[tuple[str, float, str]]:
-    """Every row of LIMITS: the drain's jobs/s with 2 worker processes."""
+    """The drain's jobs/s with 2 worker processes for each of ``rows`` (default: LIMITS)."""
     from bench.harness import measure_drain
     from bench.taskq_system import QUEUE
 
+    if rows is None:
+        rows = LIMITS[:1] if sizes.label == "tiny" else LIMITS
     figures = []
-    for metric, controls in LIMITS:
+    for metric, controls in rows:
         with fresh() as db:
             if controls is not None:
                 with psycopg.connect(db) as conn:
@@ -75,13 +78,13 @@ def main(argv: list[str] | None = None) -> None:
     with system_template(url, system) as template:
         for _ in range(args.repeats):
             for metric, value, _unit in limit_metrics(
-                system, lambda: fresh_database(url, template), sizes
+                system, lambda: fresh_database(url, template), sizes, (UNLIMITED, *LIMITS)
             ):
                 runs.setdefault(metric, []).append(value)
-    unlimited = statistics.median(runs[LIMITS[0][0]])
+    unlimited = statistics.median(runs[UNLIMITED[0]])
     print(f"drain {sizes.drain_n:,} no-op jobs, 2 worker processes, {args.repeats} runs\n")
     print("| bench queue | jobs/s, median [min-max] | vs unlimited |\n|---|---|---|")
-    for metric, controls in LIMITS:
+    for metric, controls in (UNLIMITED, *LIMITS):
         values = runs[metric]
         median = statistics.median(values)
         label = ", ".join(f"{k} {v}" for k, v in (controls or {}).items()) or "unlimited"

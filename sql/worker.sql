@@ -3,13 +3,15 @@
 -- One index-ordered scan per queue (ix_tasks_claim), so a deep backlog costs a LIMIT, not a sort.
 -- The gate (taskq_claim_gate) caps each queue: 0 while paused, the free slots of a concurrency
 -- limit, what is left of a rate window (logged in queue_starts); unlimited queues take no lock.
+-- started_at is the gate's time: now() without a limit, the time the queue's lock was taken
+-- with one (the rate window's clock).
 -- A lean row for the worker: payload as JSON text (decoded when the task runs), n = claim order
 -- (UPDATE … RETURNING promises no order). A rate-limited queue that is full adds a row with no
 -- id whose waited is the seconds until its window opens.
 WITH gate AS (
     SELECT * FROM taskq_claim_gate(%(queues)s::text[])
 ), next AS (
-    SELECT c.id, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS n
+    SELECT c.id, g.at, row_number() OVER (ORDER BY c.priority DESC, c.run_at, c.id) AS n
       FROM gate g
      CROSS JOIN LATERAL (
             SELECT id, priority, run_at FROM tasks
@@ -28,7 +30,7 @@ WITH gate AS (
            worker_id = %(worker_id)s,
            lease_token = nextval('task_lease_token_seq'),
            lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-           started_at = now(),
+           started_at = next.at,
            updated_at = now()
       FROM next
      WHERE t.id = next.id
@@ -37,8 +39,8 @@ WITH gate AS (
               t.trace_context::text AS trace_context
 ), started AS (
     INSERT INTO queue_starts (queue, started_at, tasks)
-    SELECT c.queue, now(), count(*) FROM claimed c JOIN gate g ON g.queue = c.queue AND g.rated
-     GROUP BY c.queue
+    SELECT c.queue, g.at, count(*) FROM claimed c JOIN gate g ON g.queue = c.queue AND g.rated
+     GROUP BY c.queue, g.at
 )
 SELECT * FROM claimed
 UNION ALL

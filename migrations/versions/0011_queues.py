@@ -70,7 +70,7 @@ CREATE TABLE queue_starts (
 );
 CREATE INDEX ix_queue_starts_queue ON queue_starts (queue, started_at);
 COMMENT ON TABLE queue_starts IS 'Rate-limit log: tasks started per claim of a rate-limited queue; older than the window is pruned.';
-COMMENT ON COLUMN queue_starts.started_at IS 'The claim''s now(), the tasks'' started_at.';
+COMMENT ON COLUMN queue_starts.started_at IS 'When the claim took the queue''s lock: its tasks'' started_at.';
 COMMENT ON COLUMN queue_starts.tasks IS 'How many tasks that claim started.';
 
 CREATE FUNCTION taskq_queues_touch() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -97,8 +97,10 @@ CREATE TRIGGER queues_deleted AFTER DELETE ON queues REFERENCING OLD TABLE AS ch
     FOR EACH STATEMENT EXECUTE FUNCTION taskq_queues_changed();
 
 CREATE FUNCTION taskq_claim_gate(names text[])
-RETURNS TABLE (queue text, allowed integer, rated boolean, wait float8)
+RETURNS TABLE (queue text, allowed integer, rated boolean, wait float8, at timestamptz)
 LANGUAGE plpgsql VOLATILE ROWS 10 AS $$
+DECLARE
+    locked_at timestamptz;
 BEGIN
     -- Lock the limited queues' rows in name order (no deadlock between workers); a claim
     -- of the same queue waits here until this transaction ends.
@@ -109,14 +111,19 @@ BEGIN
         FOR UPDATE;
     IF NOT FOUND THEN  -- no limit to keep: paused queues get 0, the rest no limit
         RETURN QUERY
-        SELECT n.name, CASE WHEN q.paused THEN 0 END, false, NULL::float8
+        SELECT n.name, CASE WHEN q.paused THEN 0 END, false, NULL::float8, now()
           FROM unnest(names) AS n(name) LEFT JOIN queues q ON q.name = n.name;
         RETURN;
     END IF;
+    -- The start time of this claim's tasks, read once the locks are held: the holders of a
+    -- queue's lock follow one another, so their times only grow (now(), the transaction's
+    -- start, would not: a transaction that waited here began before the one it waited for,
+    -- and its pruning or counting by now() could miss starts still inside the window).
+    locked_at := clock_timestamp();
     -- This statement's snapshot is taken after the locks: it sees every claim that held them.
     DELETE FROM queue_starts s USING queues q
      WHERE q.name = ANY(names) AND s.queue = q.name AND q.rate_limit IS NOT NULL
-       AND s.started_at <= now() - q.rate_period;
+       AND s.started_at <= locked_at - q.rate_period;
     RETURN QUERY
     SELECT n.name,
            CASE WHEN q.paused THEN 0
@@ -125,8 +132,9 @@ BEGIN
                                        q.rate_limit - w.started)) END,
            q.rate_limit IS NOT NULL AND NOT q.paused,
            CASE WHEN NOT q.paused AND w.started >= q.rate_limit
-                THEN greatest(0, extract(epoch FROM w.first_at + q.rate_period - clock_timestamp()))
-           END::float8
+                THEN greatest(0, extract(epoch FROM w.first_at + q.rate_period - locked_at))
+           END::float8,
+           locked_at
       FROM unnest(names) AS n(name)
       LEFT JOIN queues q ON q.name = n.name
       LEFT JOIN LATERAL (
@@ -143,10 +151,10 @@ BEGIN
             SELECT coalesce(sum(s.tasks), 0)::integer AS started, min(s.started_at) AS first_at
               FROM queue_starts s
              WHERE q.rate_limit IS NOT NULL AND NOT q.paused
-               AND s.queue = n.name AND s.started_at > now() - q.rate_period) w ON true;
+               AND s.queue = n.name AND s.started_at > locked_at - q.rate_period) w ON true;
 END $$;
 COMMENT ON FUNCTION taskq_claim_gate(text[]) IS
-    'Per queue: tasks a claim may start now (NULL: unlimited, 0: paused or full), whether starts are logged, seconds until the rate window opens.';
+    'Per queue: tasks a claim may start now (NULL: unlimited, 0: paused or full), whether starts are logged, seconds until the rate window opens, the start time to record.';
 
 CREATE VIEW queue_controls AS
 WITH RECURSIVE waiting AS (

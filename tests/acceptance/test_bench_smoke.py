@@ -17,6 +17,7 @@ TASKQ_ONLY = {
     "worker_rss_mb",
     "api_rss_mb",
     "ceiling_jobs_per_s",
+    "drain_2proc_concurrency_10000_jobs_per_s",  # bench.queue_limits (--tiny: its first row)
 }
 
 
