@@ -265,7 +265,8 @@ def test_two_workers_finishing_many_parents_at_once_release_their_children(
     server: Server,
 ) -> None:
     headers = server.headers("deps-ann")
-    tasks = [{"title": f"p{n}", "task_type": "noop"} for n in range(100)]
+    later = "2100-01-01T00:00:00Z"  # not due until both workers are up (then due at once)
+    tasks = [{"title": f"p{n}", "task_type": "noop", "scheduled_at": later} for n in range(100)]
     batch = server.post("/tasks/batch", headers, tasks=tasks)
     parents = [t["id"] for t in batch.json()["tasks"]]
     children = []
@@ -281,6 +282,11 @@ def test_two_workers_finishing_many_parents_at_once_release_their_children(
     procs = [start_worker(server.database_url, "--concurrency", "4", TASKQ_BATCH_SIZE="10",
                           **IMPORTS) for _ in range(2)]  # fmt: skip
     try:
+        registered = "SELECT count(*) AS n FROM workers"
+        wait_for(lambda: server.sql(registered)[0]["n"] >= 8, 60, "8 worker children")
+        server.sql("UPDATE tasks SET scheduled_at = NULL, run_at = now() WHERE id = ANY(%s)",
+                   (parents,))  # fmt: skip
+        server.sql("SELECT pg_notify('taskq_wakeup', 'default')")
         wait_for(lambda: finished(server, [*parents, *children, grandchild]), 90, "all done")
     finally:
         outputs = [stop_worker(proc) for proc in procs]
@@ -297,10 +303,19 @@ def test_two_workers_finishing_many_parents_at_once_release_their_children(
         (parents,),
     )
     assert workers_seen[0]["n"] >= 2  # the parents really finished on different workers
+    # History times are clock_timestamp() (tasks' timestamps are their transaction's start):
+    # no child started before the last parent completed.
     last_parent = server.sql(
-        "SELECT max(completed_at) AS at FROM tasks WHERE id = ANY(%s)", (parents,)
+        "SELECT max(created_at) AS at FROM task_history WHERE task_id = ANY(%s)"
+        " AND to_status = 'COMPLETED'",
+        (parents,),
     )[0]["at"]
-    assert all(r["started_at"] >= last_parent for r in rows)
+    first_start = server.sql(
+        "SELECT min(created_at) AS at FROM task_history WHERE task_id = ANY(%s)"
+        " AND to_status = 'PROCESSING'",
+        ([*children, grandchild],),
+    )[0]["at"]
+    assert first_start >= last_parent
     for child in children:
         assert [(f, t) for f, t, _, _ in server.history(child)] == [
             (None, "WAITING"),
