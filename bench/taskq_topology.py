@@ -120,6 +120,7 @@ class ConnectionSampler:
         self.thread = threading.Thread(target=self.run, daemon=True)
 
     def run(self) -> None:
+        """Sample until ``stop`` (the thread's body)."""
         with psycopg.connect(self.url, autocommit=True, application_name="bench-sampler") as conn:
             while not self.stop.wait(0.02):
                 rows = conn.execute(
