@@ -725,6 +725,7 @@ class Stream:
 
     body: Iterator[bytes]
     close: Callable[[], None]
+    abandon: Callable[[], None]  # unsubscribe a stream whose body will never be read
 
 
 def open_task_stream(binding: Binding, task_id: int) -> Stream | None:
@@ -750,16 +751,18 @@ def open_task_stream(binding: Binding, task_id: int) -> Stream | None:
         notifier.unsubscribe(sub)
         return None
     body = stream_body(notifier, sub, replayed, after, follow_task=True)
-    return guarded_stream(body, binding, sub)
+    return guarded_stream(notifier, body, binding, sub)
 
 
-def guarded_stream(body: Iterator[bytes], binding: Binding, sub: Subscription) -> Stream:
+def guarded_stream(
+    notifier: Notifier, body: Iterator[bytes], binding: Binding, sub: Subscription
+) -> Stream:
     """``body`` watched by the stream guard; closing puts CLOSE in the mailbox."""
 
     def close() -> None:
         sub.put(CLOSE)
 
-    return Stream(guarded(body, binding, close=close), close)
+    return Stream(guarded(body, binding, close=close), close, lambda: notifier.unsubscribe(sub))
 
 
 def owned_task(
@@ -796,7 +799,7 @@ def all_tasks_stream(
         notifier.unsubscribe(sub)
         raise
     body = stream_body(notifier, sub, replayed, after, follow_task=False)
-    return guarded_stream(body, binding, sub)
+    return guarded_stream(notifier, body, binding, sub)
 
 
 def open_user_stream(binding: Binding) -> Stream:

@@ -109,11 +109,17 @@ def close_when_gone(ws: Server, stream: Stream) -> None:
 
 def serve(stream: Stream | None, follow_task: bool) -> Response:
     """Upgrade the request and send ``stream``'s events as messages until it ends."""
-    ws = Server.accept(
-        request.environ,
-        ping_interval=float(current_app.config["TASKQ_SSE_KEEPALIVE"]),
-        max_message_size=MAX_CLIENT_MESSAGE,
-    )
+    try:
+        ws = Server.accept(
+            request.environ,
+            ping_interval=float(current_app.config["TASKQ_SSE_KEEPALIVE"]),
+            max_message_size=MAX_CLIENT_MESSAGE,
+        )
+    except (RuntimeError, OSError):  # simple-websocket's ConnectionError is a RuntimeError
+        # A handshake that failed (or no socket to take): the body will never be read.
+        if stream is not None:
+            stream.abandon()
+        raise ApiError(400, "WebSocket handshake failed.") from None
     code = NORMAL_CLOSURE
     try:
         if stream is not None:

@@ -152,13 +152,13 @@ def metrics_dir(database_url: str) -> str:
 
 
 def drop_dead_gauges(path: Path) -> None:
-    """Forget the live gauges (``gauge_live*_<pid>.db``) of processes that no longer run."""
-    from prometheus_client import multiprocess
-
+    """Forget the live gauges (``gauge_live*_<pid>.db``) of processes that no longer run:
+    what prometheus_client's ``mark_process_dead`` does, without importing it here (its
+    import fixes its mode by PROMETHEUS_MULTIPROC_DIR as it is then)."""
     for file in path.glob("gauge_live*_*.db"):
-        pid = int(file.stem.rpartition("_")[2]) if file.stem.rpartition("_")[2].isdigit() else 0
-        if pid and not pid_alive(pid):
-            multiprocess.mark_process_dead(pid, str(path))
+        pid = file.stem.rpartition("_")[2]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            file.unlink(missing_ok=True)
 
 
 def pid_alive(pid: int) -> bool:

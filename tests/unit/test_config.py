@@ -69,3 +69,35 @@ def test_the_connection_budget_formula():
     assert sum(counts.values()) - direct_total(counts) == 16 * 10 + 10 * (1 + 2 * 8) + 1
     assert role_of(application_name("taskq-claim", "host-a")) == "taskq-claim"
     assert len(application_name("taskq-claim", "h" * 100)) == 63
+
+
+def test_the_metrics_directory_is_shared_private_and_forgets_dead_gauges(monkeypatch, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from taskq.settings import metrics_dir
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    url = "postgresql://u@h/db"
+    path = metrics_dir(url)
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == path  # monkeypatch restores it
+    assert (os.stat(path).st_mode & 0o777) == 0o700
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert metrics_dir(url) == path  # the same for every process of this database
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    assert metrics_dir("postgresql://u@h/other") != path
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dead = [f"gauge_livesum_{gone}.db", f"gauge_liveall_{gone}.db"]
+    kept = [f"gauge_livesum_{os.getpid()}.db", f"counter_{gone}.db"]
+    for name in dead + kept:
+        (tmp_path / os.path.basename(path) / name).write_bytes(b"")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir(url)
+    assert sorted(p.name for p in (tmp_path / os.path.basename(path)).iterdir()) == sorted(kept)
+    os.chmod(path, 0o777)  # someone else could write there: refused
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    with pytest.raises(SettingError, match="not a private directory"):
+        metrics_dir(url)
