@@ -53,14 +53,17 @@ def fill(query: str) -> str:
 
 def script(batch: int) -> str:
     """The pgbench script: complete the previous batch and claim the next, one commit."""
-    claim = fill(queries["claim_tasks"])
+    # claim_tasks is a WITH of data-modifying CTEs ending in SELECT * FROM claimed (and the
+    # rate gate's hint rows): its own CTEs stay, its last SELECT becomes the \gset one.
+    ctes, found, _ = queries["claim_tasks"].rpartition("SELECT * FROM claimed")
+    if not found:
+        raise ValueError("claim_tasks no longer ends in SELECT * FROM claimed")
     return "\n".join(
         [
             f"\\set batch {batch}",
             "BEGIN;",
             fill(queries["complete_tasks"]) + ";",
-            "WITH claimed AS (" + claim + ")"
-            " SELECT '{' || coalesce(string_agg(id::text, ','), '') || '}' AS ids,"
+            fill(ctes) + " SELECT '{' || coalesce(string_agg(id::text, ','), '') || '}' AS ids,"
             " '{' || coalesce(string_agg(lease_token::text, ','), '') || '}' AS tokens"
             " FROM claimed \\gset",
             "COMMIT;",
