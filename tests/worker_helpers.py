@@ -72,9 +72,13 @@ def start_worker(database_url: str, *args: str, **env: str) -> subprocess.Popen:
     )
 
 
-def stop_worker(proc: subprocess.Popen, timeout: float = 20) -> tuple[int, str]:
-    """SIGTERM the worker and wait; (exit code, output). Kills the group if it hangs."""
-    if proc.poll() is None:
+def stop_worker(
+    proc: subprocess.Popen, timeout: float = 20, signalled: bool = False
+) -> tuple[int, str]:
+    """SIGTERM the worker (unless ``signalled`` already) and wait; (exit code, output). Kills
+    the group if it hangs. A second SIGTERM that lands while the worker exits finds Python's
+    default handler back (it is reset at interpreter shutdown) and ends it with -15."""
+    if proc.poll() is None and not signalled:
         proc.send_signal(signal.SIGTERM)
     try:
         out, _ = proc.communicate(timeout=timeout)

@@ -253,7 +253,7 @@ def test_a_draining_worker_keeps_its_running_task_leased(ledger_db, database_url
             leased.append(row["leased"])
             time.sleep(0.05)
     finally:
-        code, out = stop_worker(worker)
+        code, out = stop_worker(worker, signalled=True)
     assert code == 0, out
     assert len(leased) > 20 and all(leased), leased  # about 2 s of draining, never unleased
     assert status_counts(ledger_db) == {"COMPLETED": 1}
