@@ -398,3 +398,16 @@ def task_row(**changes):
     }
     row.update(changes)
     return row
+
+
+def sse_events(response: requests.Response) -> Iterator[dict[str, str]]:
+    """The SSE events of a streaming response, as dicts of their fields."""
+    fields: dict[str, str] = {}
+    for line in response.iter_lines(decode_unicode=True):
+        if line == "":
+            if "data" in fields:
+                yield fields
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")

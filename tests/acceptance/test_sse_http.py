@@ -13,7 +13,13 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.sse_latency import StreamSet, local_token_factory
-from tests.helpers import api_server, commit_transition, held_transition, wait_for
+from tests.helpers import (
+    api_server,
+    commit_transition,
+    held_transition,
+    sse_events,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -59,19 +65,6 @@ def single_server(pg_server_url: str, template_database: str) -> Iterator[Server
     yield from running_server(pg_server_url, template_database, workers=1)
 
 
-def events(response: requests.Response) -> Iterator[dict[str, str]]:
-    """The SSE events of a streaming response, as dicts of their fields."""
-    fields: dict[str, str] = {}
-    for line in response.iter_lines(decode_unicode=True):
-        if line == "":
-            if "data" in fields:
-                yield fields
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
-
-
 def open_stream(server: Server, path: str, token: str, **headers: str) -> requests.Response:
     response = requests.get(
         f"{server.url}{path}",
@@ -101,7 +94,7 @@ def test_events_arrive_in_order_and_the_stream_closes_when_finished(server):
     assert response.headers["Content-Type"].startswith("text/event-stream")
     assert response.headers["X-Accel-Buffering"] == "no"
     assert response.headers["Cache-Control"] == "no-cache"
-    stream = events(response)
+    stream = sse_events(response)
     assert next(stream)["event"] == "pending"  # the history so far
     flow = ["PROCESSING", "RETRYING", "PROCESSING", "COMPLETED"]
     for status in flow:
@@ -116,7 +109,7 @@ def test_resume_after_a_dropped_connection_without_gap_or_duplicate(server):
     token = server.token("ann")
     task_id = new_task(server, "ann")
     first = open_stream(server, f"/api/v1/tasks/{task_id}/events", token)
-    stream = events(first)
+    stream = sse_events(first)
     seen = [next(stream)]
     set_status(server, task_id, "PROCESSING")
     seen.append(next(stream))
@@ -135,7 +128,7 @@ def test_resume_after_a_dropped_connection_without_gap_or_duplicate(server):
         timeout=(5, 10),
     )
     assert second.status_code == 200
-    resumed = events(second)
+    resumed = sse_events(second)
     replayed = [next(resumed), next(resumed)]
     set_status(server, task_id, "COMPLETED")
     replayed += list(resumed)
@@ -155,7 +148,7 @@ def test_a_late_subscriber_gets_the_history_then_204_once_seen(server):
     task_id = new_task(server, "ann")
     for status in ("PROCESSING", "FAILED"):
         set_status(server, task_id, status)
-    received = list(events(open_stream(server, f"/api/v1/tasks/{task_id}/events", token)))
+    received = list(sse_events(open_stream(server, f"/api/v1/tasks/{task_id}/events", token)))
     assert [e["event"] for e in received] == ["pending", "processing", "failed"]
     again = requests.get(
         f"{server.url}/api/v1/tasks/{task_id}/events",
@@ -274,9 +267,9 @@ def test_out_of_order_commits_reach_every_all_tasks_stream_and_a_resume_exactly_
     username = f"dora_{which}"
     token = server.token(username)
     first_task, second_task, marker = (new_task(server, username) for _ in range(3))
-    follow = events(open_stream(server, f"/api/v1/tasks/{second_task}/events", token))
+    follow = sse_events(open_stream(server, f"/api/v1/tasks/{second_task}/events", token))
     assert next(follow)["event"] == "pending"
-    live = [events(open_stream(server, "/api/v1/events", token)) for _ in range(4)]
+    live = [sse_events(open_stream(server, "/api/v1/events", token)) for _ in range(4)]
     # Each stream read up to a transition of its own: what was not yet final when it
     # opened (behind anybody's open transaction) is behind it.
     start = commit_transition(server.database_url, marker, "PROCESSING")
@@ -287,7 +280,9 @@ def test_out_of_order_commits_reach_every_all_tasks_stream_and_a_resume_exactly_
         second = commit_transition(server.database_url, second_task, "PROCESSING")
         # The task stream has it: that process's notifier heard the later commit first.
         assert json.loads(next(follow)["data"])["event_id"] == second
-        resumed = events(open_stream(server, "/api/v1/events", token, **{"Last-Event-ID": seen[0]}))
+        resumed = sse_events(
+            open_stream(server, "/api/v1/events", token, **{"Last-Event-ID": seen[0]})
+        )
     assert first < second
     end = commit_transition(server.database_url, marker, "COMPLETED")
 
@@ -303,7 +298,7 @@ def test_the_admin_stream_carries_every_users_transitions_and_only_admins_open_i
     server.token("bob")
     server.sql("UPDATE users SET is_admin = true WHERE username = 'root'")
     ann_task, bob_task = new_task(server, "ann"), new_task(server, "bob")
-    stream = events(open_stream(server, "/api/v1/admin/events", root))
+    stream = sse_events(open_stream(server, "/api/v1/admin/events", root))
     set_status(server, ann_task, "PROCESSING")
     set_status(server, bob_task, "PROCESSING")
     first, second = next(stream), next(stream)
@@ -318,7 +313,7 @@ def test_the_admin_stream_carries_every_users_transitions_and_only_admins_open_i
         timeout=(5, 10),
     )
     assert resumed.status_code == 200
-    replayed = next(events(resumed))
+    replayed = next(sse_events(resumed))
     assert replayed["event"] == "completed" and f'"id":{ann_task},' in replayed["data"]
     resumed.close()
     # A user is refused, with a bearer token or a stream token.

@@ -20,7 +20,7 @@ import requests
 from psycopg.rows import dict_row
 
 from bench.sse_latency import local_token_factory
-from tests.helpers import api_server, wait_for
+from tests.helpers import api_server, sse_events, wait_for
 from tests.worker_helpers import start_worker, stop_worker
 from tests.worker_tasks import LEDGER_DDL
 
@@ -196,18 +196,6 @@ def test_snooze_runs_again_later_without_spending_an_attempt(
 
 
 # ---------------------------------------------------------------------- progress
-
-
-def sse_events(response: requests.Response) -> Iterator[dict[str, str]]:
-    fields: dict[str, str] = {}
-    for line in response.iter_lines(decode_unicode=True):
-        if line == "":
-            if "data" in fields:
-                yield fields
-            fields = {}
-        elif not line.startswith(":"):
-            name, _, value = line.partition(":")
-            fields[name] = value.removeprefix(" ")
 
 
 def test_progress_reaches_the_task_stream_and_the_all_tasks_stream(
