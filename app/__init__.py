@@ -18,7 +18,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.from_mapping(load_config(test_config))
     app.url_map.strict_slashes = False
     app.json.sort_keys = False  # Flask 3 ignores JSON_SORT_KEYS: keep the contract's key order
-    logging.basicConfig(level=app.config.get("LOG_LEVEL", "INFO"))
+    logging.basicConfig(level=app.config["LOG_LEVEL"])
     import_task_modules(app.config["TASKQ_IMPORTS"])  # the user's task types, once
 
     @app.before_request

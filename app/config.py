@@ -20,6 +20,7 @@ from taskq.settings import (
     env_int,
     libpq_url,
     listen_database_url,
+    log_level,
     split_modules,
 )
 
@@ -94,6 +95,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "TASKQ_REDIS_RETRY_SECONDS": env_float("TASKQ_REDIS_RETRY_SECONDS", 2.0, minimum=0.1),
         "TASKQ_ALLOW_PRIVATE_URLS": allow_private_urls(),
         "TASKQ_IMPORTS": split_modules(env("TASKQ_IMPORTS")),
+        "LOG_LEVEL": log_level(env("TASKQ_LOG_LEVEL"), "TASKQ_LOG_LEVEL"),
         "TASKQ_PROXY_HOPS": env_int("TASKQ_PROXY_HOPS", 0, minimum=0),
         "RATELIMIT_ENABLED": env_bool("TASKQ_RATELIMIT_ENABLED", True),
         "TASKQ_RATELIMIT_DEFAULT": rate_limit("TASKQ_RATELIMIT_DEFAULT", "6000/minute"),

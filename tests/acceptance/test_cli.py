@@ -203,6 +203,7 @@ def test_a_bad_api_setting_stops_taskq_api_with_one_line(database_url, monkeypat
         ("TASKQ_WORKER_CONNECTIONS", "many"),
         ("TASKQ_MAX_BODY_BYTES", "lots"),
         ("TASKQ_RATELIMIT_AUTH", "plenty"),  # a gunicorn traceback before
+        ("TASKQ_LOG_LEVEL", "LOUD"),  # ignored by the API before
     ):
         monkeypatch.setenv(setting, value)
         one_line_failure(taskq("api", "--bind", "127.0.0.1:1", database_url=database_url), setting)

@@ -25,6 +25,12 @@ def test_malformed_settings_name_the_setting(monkeypatch):
     monkeypatch.setenv("TASKQ_RATELIMIT_ENABLED", "maybe")
     with pytest.raises(SettingError, match="TASKQ_RATELIMIT_ENABLED"):
         load_config()
+    monkeypatch.delenv("TASKQ_RATELIMIT_ENABLED")
+    monkeypatch.setenv("TASKQ_LOG_LEVEL", "chatty")
+    with pytest.raises(SettingError, match="TASKQ_LOG_LEVEL must be one of"):
+        load_config()
+    monkeypatch.setenv("TASKQ_LOG_LEVEL", "warn")
+    assert load_config()["LOG_LEVEL"] == "WARNING"
 
 
 def test_database_urls_are_normalised():
