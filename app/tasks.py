@@ -365,12 +365,14 @@ def create_task():
             )
     count_created([row])
     location = url_for("tasks.get_task", task_id=row["id"])
-    body = {
-        "task": task_to_json(row),
-        "message": "Task created successfully",
-        "warnings": create_warnings([row["queue"]]),
-    }
-    return body, 201, {"Location": location}
+    return created_body(row, "Task created successfully"), 201, {"Location": location}
+
+
+def created_body(row: dict[str, Any], message: str) -> dict[str, Any]:
+    """The body of a create's answer (201, or 200 for the task already holding its key):
+    the task, a message and the queue's warnings either way."""
+    return {"task": task_to_json(row), "message": message,
+            "warnings": create_warnings([row["queue"]])}  # fmt: skip
 
 
 def insert_one(params: dict[str, Any]) -> dict[str, Any] | None:
@@ -423,10 +425,7 @@ def existing_task_of_keys(params: dict[str, Any]) -> tuple[dict[str, Any], int] 
         query = "get_task_by_unique_window" if params["unique_for"] else "get_task_by_unique_key"
         row = fetch_one(query, params)
         if row is not None:
-            return {
-                "task": task_to_json(row),
-                "message": "Task already exists with this unique_key",
-            }, 200
+            return created_body(row, "Task already exists with this unique_key"), 200
     return None
 
 
@@ -450,8 +449,7 @@ def first_task_of_key(params: dict[str, Any]) -> tuple[dict[str, Any], int] | No
                 ]
             },
         )
-    body = {"task": task_to_json(row), "message": "Task already created with this key"}
-    return body, 200
+    return created_body(row, "Task already created with this key"), 200
 
 
 @bp.post("/tasks/batch")

@@ -297,6 +297,18 @@ def test_a_create_in_a_queue_no_live_worker_serves_warns(app, client, make_accou
     assert not any("serves queue 'mail'" in w for w in warnings)
 
 
+def test_a_create_answered_by_the_task_holding_its_key_warns_too(app, client, make_account):
+    app.config["TASKQ_QUEUE_INFO_SECONDS"] = 0
+    headers = make_account("cal").headers
+    body = {"title": "t", "task_type": "echo", "queue": "unserved-q", "unique_key": "k"}
+    again = {**headers, "Idempotency-Key": "once"}
+    for sent, status in ((again, 201), (again, 200), (headers, 200)):
+        answer = client.post(f"{API}/tasks", headers=sent, json=body)
+        assert answer.status_code == status, answer.get_json()
+        assert any("No live worker serves queue 'unserved-q'" in w
+                   for w in answer.get_json()["warnings"])  # fmt: skip
+
+
 def test_admin_queues_and_metrics_show_queues_with_work_and_no_workers(client, root, db):
     ann_task = create(client, root, queue="orphans")
     serve(db, "default")
