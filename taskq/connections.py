@@ -31,11 +31,12 @@ LEADER = "taskq-leader"  # a worker supervisor's leader lock (held or tried)
 API = "taskq-api"  # an API process's pool
 CLAIM = "taskq-claim"  # a worker child's claim/complete connection
 TASK = "taskq-task"  # ctx.connection() of a worker child (webhooks, clean-up, user tasks)
+PROGRESS = "taskq-progress"  # a worker child's ctx.progress() writer, once a task reports
 SUPERVISOR = "taskq-supervisor"  # a worker supervisor's heartbeat
 MAINTENANCE = "taskq-maintenance"  # the leader's reaper and periodic ticks
 
 DIRECT_ROLES = (NOTIFIER, LISTENER, LEADER)
-POOLED_ROLES = (API, CLAIM, TASK, SUPERVISOR, MAINTENANCE)
+POOLED_ROLES = (API, CLAIM, TASK, PROGRESS, SUPERVISOR, MAINTENANCE)
 
 
 def application_name(role: str, host: str | None = None) -> str:
@@ -78,13 +79,26 @@ def connect(url: str, application_name: str, pooled: bool, **kwargs: Any) -> psy
     return psycopg.connect(url, **connection_options(application_name, pooled), **kwargs)
 
 
+def reopened(
+    conn: psycopg.Connection | None, url: str, role: str, settings: Any
+) -> psycopg.Connection:
+    """``conn`` while it is usable, else a new autocommit one of ``role`` for a task process
+    (``settings``: its TaskSettings, pooled or not, on which host); a broken one is closed."""
+    if conn is not None and not conn.closed and not conn.broken:
+        return conn
+    if conn is not None:
+        conn.close()
+    name = application_name(role, settings.hostname)
+    return connect(url, name, settings.database_pooled, autocommit=True)
+
+
 def budget(
     api_processes: int, api_pool_max: int, worker_hosts: int, concurrency: int
 ) -> dict[str, int]:
     """The most connections of each role: N API processes and M worker supervisors of C children.
 
     Direct: N + M * (C + 1). Pooled (clients of PgBouncer, or of Postgres when
-    unpooled): N * pool max + M * (1 + 2C) + 1. Behind PgBouncer, Postgres
+    unpooled): N * pool max + M * (1 + 3C) + 1. Behind PgBouncer, Postgres
     sees the direct ones plus at most the pool size.
     """
     return {
@@ -94,6 +108,7 @@ def budget(
         API: api_processes * api_pool_max,
         CLAIM: worker_hosts * concurrency,
         TASK: worker_hosts * concurrency,
+        PROGRESS: worker_hosts * concurrency,
         SUPERVISOR: worker_hosts,
         MAINTENANCE: 1 if worker_hosts else 0,
     }

@@ -42,8 +42,11 @@ def check_progress(percent: Any, message: Any) -> tuple[float, str | None]:
 class ProgressWriter:
     """The process's progress writer: newest value per task, written by a daemon thread."""
 
-    def __init__(self, database_url: str, interval: float = PROGRESS_INTERVAL) -> None:
+    def __init__(
+        self, database_url: str, settings: Any = None, interval: float = PROGRESS_INTERVAL
+    ) -> None:
         self.database_url = database_url
+        self.settings = settings  # the task process's TaskSettings: pooled, host
         self.interval = interval
         self._cond = threading.Condition()
         self._pending: dict[Key, tuple[float, str | None]] = {}
@@ -103,7 +106,6 @@ class ProgressWriter:
                 self._write(key, percent, message)
             except Exception as exc:  # a lost connection must not stop the thread
                 log.warning("could not write progress of task %s: %s", key[0], exc)
-                self._conn = None
             finally:
                 with self._cond:
                     self._writing = None
@@ -111,13 +113,12 @@ class ProgressWriter:
                     self._cond.notify_all()
 
     def _write(self, key: Key, percent: float, message: str | None) -> None:
-        import psycopg
-
         from sql import queries
+        from taskq.connections import PROGRESS, reopened
+        from taskq.settings import TaskSettings
 
-        if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = psycopg.connect(self.database_url, autocommit=True,
-                                         application_name="taskq-progress")  # fmt: skip
+        settings = self.settings or TaskSettings()
+        self._conn = reopened(self._conn, self.database_url, PROGRESS, settings)
         params = {"task_id": key[0], "token": key[1], "percent": percent, "message": message}
         self._conn.execute(queries["report_progress"], params)
 
@@ -126,10 +127,11 @@ _WRITERS: dict[str, ProgressWriter] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def progress_writer(database_url: str) -> ProgressWriter:
-    """The process's writer for ``database_url`` (one thread and connection per process)."""
+def progress_writer(database_url: str, settings: Any = None) -> ProgressWriter:
+    """The process's writer for ``database_url`` (one thread and connection per process;
+    ``settings``, the process's TaskSettings, say how it connects)."""
     with _WRITERS_LOCK:
         writer = _WRITERS.get(database_url)
         if writer is None:
-            writer = _WRITERS[database_url] = ProgressWriter(database_url)
+            writer = _WRITERS[database_url] = ProgressWriter(database_url, settings)
         return writer

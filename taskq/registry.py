@@ -86,7 +86,7 @@ class TaskContext:
         Through a transaction pool (``settings.database_pooled``) each statement
         may meet another server session: keep no session state on it.
         """
-        return shared_connection(self.database_url, self.settings.database_pooled)
+        return shared_connection(self.database_url, self.settings)
 
     def snooze(self, seconds: float) -> NoReturn:
         """End this run now and run the task again ``seconds`` later; no attempt is spent."""
@@ -101,30 +101,28 @@ class TaskContext:
         percent, message = check_progress(percent, message)
         if not self.database_url or self.lease_token is None:
             return  # not run by a worker (a direct call in a test): nowhere to write
-        progress_writer(self.database_url).report(self.task_id, self.lease_token, percent,
-                                                  message)  # fmt: skip
+        writer = progress_writer(self.database_url, self.settings)
+        writer.report(self.task_id, self.lease_token, percent, message)
 
     def flush_progress(self) -> None:
         """Write the last progress reported now, and wait for it (the runner, at the end)."""
         if self.database_url and self.lease_token is not None:
             from taskq.progress import progress_writer
 
-            progress_writer(self.database_url).flush(self.task_id, self.lease_token)
+            progress_writer(self.database_url, self.settings).flush(self.task_id, self.lease_token)
 
 
 _CONNECTIONS: dict[str | None, Any] = {}
 
 
-def shared_connection(database_url: str | None, pooled: bool = False):
+def shared_connection(database_url: str | None, settings: TaskSettings | None = None):
     """One lazily opened autocommit connection per process and URL, reopened when broken."""
-    from taskq.connections import TASK, connect
+    from taskq.connections import TASK, reopened
 
     if not database_url:
         raise LookupError("this task context has no database_url")
-    conn = _CONNECTIONS.get(database_url)
-    if conn is None or conn.closed or conn.broken:
-        conn = connect(database_url, TASK, pooled, autocommit=True)
-        _CONNECTIONS[database_url] = conn
+    conn = reopened(_CONNECTIONS.get(database_url), database_url, TASK, settings or TaskSettings())
+    _CONNECTIONS[database_url] = conn
     return conn
 
 

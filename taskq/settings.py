@@ -214,6 +214,7 @@ class TaskSettings:
     webhook_timeout: float = 10.0
     allow_private_urls: bool = False
     database_pooled: bool = False  # ctx.connection() goes through a transaction pool
+    hostname: str = ""  # the worker's host: its task connections are named role@host
 
 
 def task_settings() -> TaskSettings:

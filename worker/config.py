@@ -78,8 +78,11 @@ class WorkerConfig:
             object.__setattr__(self, "listen_database_url", self.database_url)
         if not self.hostname:
             object.__setattr__(self, "hostname", hostname())
-        if self.tasks.database_pooled != self.database_pooled:  # ctx.connection() pools too
-            tasks = replace(self.tasks, database_pooled=self.database_pooled)
+        if (self.tasks.database_pooled, self.tasks.hostname) != (self.database_pooled,
+                                                                  self.hostname):  # fmt: skip
+            # ctx.connection() and progress pool too, and are named after the host
+            tasks = replace(self.tasks, database_pooled=self.database_pooled,
+                            hostname=self.hostname)  # fmt: skip
             object.__setattr__(self, "tasks", tasks)
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,9 +7,12 @@ worker or ``ctx.connection()`` does, however often a query runs.
 
 from __future__ import annotations
 
+import contextlib
+
 import psycopg
 
-from taskq.connections import API, CLAIM, TASK
+from taskq.connections import API, CLAIM, PROGRESS, TASK
+from taskq.progress import ProgressWriter
 from taskq.registry import TaskContext, shared_connection
 from taskq.settings import TaskSettings
 from tests.helpers import insert_tasks
@@ -52,15 +55,33 @@ def test_the_api_pool_prepares_nothing_when_pooled(make_app, database_url) -> No
 
 
 def test_a_task_connection_prepares_nothing_when_pooled(database_url) -> None:
-    ctx = TaskContext(1, 1, "default", "noop", "w", database_url,
-                      TaskSettings(database_pooled=True))  # fmt: skip
+    settings = TaskSettings(database_pooled=True, hostname="host-q")
+    ctx = TaskContext(1, 1, "default", "noop", "w", database_url, settings)
     conn = ctx.connection()
     try:
         for _ in range(8):
             conn.execute("SELECT %s::int", [1])
         assert prepared(conn) == 0
-        assert conn.execute("SHOW application_name").fetchone()[0] == TASK
+        assert conn.execute("SHOW application_name").fetchone()[0] == f"{TASK}@host-q"
     finally:
         conn.close()
-    assert shared_connection(database_url, True) is not conn  # a closed one is reopened
-    shared_connection(database_url, True).close()
+    assert shared_connection(database_url, settings) is not conn  # a closed one is reopened
+    shared_connection(database_url, settings).close()
+
+
+def test_the_progress_writer_prepares_nothing_when_pooled_and_reopens_a_broken_one(
+    db, database_url
+) -> None:
+    [task_id] = insert_tasks(db, 1)
+    writer = ProgressWriter(database_url, TaskSettings(database_pooled=True, hostname="host-q"))
+    for percent in range(8):  # psycopg prepares after 5 runs of a query unless told not to
+        writer._write((task_id, 1), percent, None)
+    conn = writer._conn
+    assert prepared(conn) == 0
+    assert conn.execute("SHOW application_name").fetchone()[0] == f"{PROGRESS}@host-q"
+    db.execute("SELECT pg_terminate_backend(%s)", [conn.info.backend_pid])
+    with contextlib.suppress(psycopg.OperationalError):
+        writer._write((task_id, 1), 50, None)  # the first use after the kill finds it broken
+    writer._write((task_id, 1), 60, None)
+    assert writer._conn is not conn and conn.closed
+    writer._conn.close()

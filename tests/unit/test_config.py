@@ -72,7 +72,7 @@ def test_the_connection_budget_formula():
 
     counts = budget(api_processes=16, api_pool_max=10, worker_hosts=10, concurrency=8)
     assert direct_total(counts) == 16 + 10 * (8 + 1)
-    assert sum(counts.values()) - direct_total(counts) == 16 * 10 + 10 * (1 + 2 * 8) + 1
+    assert sum(counts.values()) - direct_total(counts) == 16 * 10 + 10 * (1 + 3 * 8) + 1
     assert role_of(application_name("taskq-claim", "host-a")) == "taskq-claim"
     assert len(application_name("taskq-claim", "h" * 100)) == 63
 
