@@ -106,6 +106,8 @@ CREATE OR REPLACE FUNCTION taskq_tasks_updated() RETURNS trigger
 LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     sent bigint;
+    failed boolean;
+    hooked boolean;
     delivery_ids bigint[];
     ended_ids bigint[];
     ended_statuses text[];
@@ -122,16 +124,13 @@ BEGIN
         SELECT n.id, o.id AS old_id, n.user_id, n.queue, n.task_type,
                o.user_id AS old_user_id, o.queue AS old_queue, o.task_type AS old_task_type,
                o.status AS from_status, n.status AS to_status,
-               n.attempts, n.worker_id, n.error, n.payload, n.callback_url,
-               n.callback_events, n.callback_max_attempts, n.has_dependents,
-               CASE WHEN n.callback_url IS NOT NULL
-                    THEN to_jsonb(n) - 'callback_secret' - 'callback_headers' END AS snapshot
+               n.attempts, n.worker_id, n.error, n.callback_url, n.has_dependents
           FROM new_rows n FULL JOIN old_rows o ON o.id = n.id
          WHERE n.id IS NULL OR o.id IS NULL OR n.status IS DISTINCT FROM o.status
             OR n.user_id IS DISTINCT FROM o.user_id OR n.queue <> o.queue
             OR n.task_type <> o.task_type
     ), changed AS (
-        -- The status changes: one history row, NOTIFY and maybe a webhook each.
+        -- The status changes: one history row and NOTIFY each.
         SELECT * FROM moved
          WHERE id IS NOT NULL AND old_id IS NOT NULL AND to_status IS DISTINCT FROM from_status
     ), counted AS (
@@ -173,10 +172,6 @@ BEGIN
                     ELSE pg_current_xact_id() END
           FROM changed c ORDER BY c.id
         RETURNING id, task_id, user_id, to_status
-    ), dead AS (
-        INSERT INTO dead_letters (task_id, user_id, task_type, queue, payload, error, attempts)
-        SELECT id, user_id, task_type, queue, payload, error, attempts
-          FROM changed WHERE to_status = 'FAILED'
     ), events AS (
         SELECT pg_notify('taskq_events', json_build_object(
                    's', to_status, 'e', json_agg(json_build_array(id, task_id, user_id)))::text)
@@ -188,34 +183,54 @@ BEGIN
     ), cancels AS (
         SELECT pg_notify('taskq_cancel', id::text)
           FROM changed WHERE from_status = 'PROCESSING' AND to_status = 'CANCELLED'
-    ), deliveries AS (
-        INSERT INTO webhook_deliveries (task_id, event, url, payload, max_attempts)
-        SELECT id, event, callback_url, snapshot, greatest(callback_max_attempts, 1)
-          FROM (SELECT c.*, (
-                       -- The first event of the transition the task subscribed to (NULL
-                       -- callback_events: succeeded, failed, cancelled).
-                       SELECT x.name
-                         FROM unnest(taskq_webhook_events(c.to_status))
-                              WITH ORDINALITY AS x(name, pos)
-                        WHERE x.name = ANY(coalesce(c.callback_events,
-                                  ARRAY['task.succeeded', 'task.failed', 'task.cancelled']))
-                        ORDER BY x.pos
-                        LIMIT 1) AS event
-                  FROM changed c WHERE c.callback_url IS NOT NULL) due
-         WHERE event IS NOT NULL
-         ORDER BY id
-        RETURNING id
     )
     SELECT (SELECT count(*) FROM events) + (SELECT count(*) FROM wake)
          + (SELECT count(*) FROM cancels),
-           (SELECT array_agg(id ORDER BY id) FROM deliveries),
+           (SELECT bool_or(to_status = 'FAILED') FROM changed),
+           (SELECT bool_or(callback_url IS NOT NULL) FROM changed),
            (SELECT array_agg(id ORDER BY id) FROM changed
              WHERE has_dependents AND to_status IN ('COMPLETED', 'FAILED', 'CANCELLED')),
            (SELECT array_agg(to_status::text ORDER BY id) FROM changed
              WHERE has_dependents AND to_status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
-      INTO sent, delivery_ids, ended_ids, ended_statuses;
-    IF delivery_ids IS NOT NULL THEN
-        PERFORM taskq_enqueue_webhook_deliveries(delivery_ids);
+      INTO sent, failed, hooked, ended_ids, ended_statuses;
+    -- Dead letters and webhooks concern few statements: their own statements, planned for
+    -- this call's sizes (EXECUTE), so the common one neither runs nor opens their tables.
+    IF failed THEN
+        EXECUTE 'INSERT INTO dead_letters (task_id, user_id, task_type, queue, payload, error,
+                                           attempts)
+                 SELECT n.id, n.user_id, n.task_type, n.queue, n.payload, n.error, n.attempts
+                   FROM new_rows n JOIN old_rows o ON o.id = n.id
+                  WHERE n.status = ''FAILED'' AND o.status <> ''FAILED''
+                  ORDER BY n.id';
+    END IF;
+    IF hooked THEN
+        EXECUTE 'WITH deliveries AS (
+                     INSERT INTO webhook_deliveries (task_id, event, url, payload, max_attempts)
+                     SELECT id, event, callback_url, snapshot, greatest(callback_max_attempts, 1)
+                       FROM (SELECT n.id, n.callback_url, n.callback_max_attempts,
+                                    to_jsonb(n) - ''callback_secret'' - ''callback_headers''
+                                        AS snapshot, (
+                                    -- The first event of the transition the task subscribed
+                                    -- to (NULL callback_events: succeeded, failed, cancelled).
+                                    SELECT x.name
+                                      FROM unnest(taskq_webhook_events(n.status))
+                                           WITH ORDINALITY AS x(name, pos)
+                                     WHERE x.name = ANY(coalesce(n.callback_events,
+                                               ARRAY[''task.succeeded'', ''task.failed'',
+                                                     ''task.cancelled'']))
+                                     ORDER BY x.pos
+                                     LIMIT 1) AS event
+                               FROM new_rows n JOIN old_rows o ON o.id = n.id
+                              WHERE n.callback_url IS NOT NULL
+                                AND n.status IS DISTINCT FROM o.status) due
+                      WHERE event IS NOT NULL
+                      ORDER BY id
+                     RETURNING id)
+                 SELECT array_agg(id ORDER BY id) FROM deliveries'
+           INTO delivery_ids;
+        IF delivery_ids IS NOT NULL THEN
+            PERFORM taskq_enqueue_webhook_deliveries(delivery_ids);
+        END IF;
     END IF;
     -- Parents that ended: release (COMPLETED) or cancel their waiting children.
     IF ended_ids IS NOT NULL THEN
