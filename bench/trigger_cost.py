@@ -15,7 +15,8 @@ Every run is rolled back. ``--before REV`` measures a second database migrated
 to ``REV`` (e.g. 0013) too, alternating with head round by round on this noisy
 machine, and adds batch enqueue (``insert_tasks``, 1,000 per call) of taskq at
 both revisions and of PgQueuer (20,000 jobs a figure), alternating too; the ratios are
-what to read.
+what to read. ``--pickup-rounds N`` adds ``taskq bench``'s idle pickup (p50, p99) of
+taskq at both revisions, alternating.
 """
 
 from __future__ import annotations
@@ -148,6 +149,33 @@ def batch_rounds(url: str, before: str, rounds: int, log: Callable[[str], None])
         log(f"ratio {a} / {b}: {medians[a] / medians[b]:.2f}")
 
 
+def pickup_rounds(url: str, before: str, rounds: int, log: Callable[[str], None]) -> None:
+    """Idle pickup p50/p99 (ms, enqueue commit to the task's first line) of taskq at
+    ``before`` and at head, alternating: ``taskq bench``'s pickup workload, quick sizes."""
+    from bench.harness import QUICK, fresh_database, measure_pickup, percentile, system_template
+    from bench.taskq_system import TaskqSystem
+
+    systems = {f"taskq@{before}": TaskqSystem(before), "taskq@head": TaskqSystem()}
+    figures: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    with (
+        system_template(url, systems[f"taskq@{before}"]) as t_before,
+        system_template(url, systems["taskq@head"]) as t_head,
+    ):
+        templates = {f"taskq@{before}": t_before, "taskq@head": t_head}
+        for n in range(rounds):
+            for label in list(systems) if n % 2 == 0 else list(reversed(systems)):
+                with fresh_database(url, templates[label]) as db:
+                    latencies = measure_pickup(systems[label], db, QUICK)
+                for pct in (50, 99):
+                    figures[label][pct].append(percentile(latencies, pct))
+            log(f"pickup round {n + 1}: " + ", ".join(
+                f"{label} p50 {figures[label][50][-1]:.2f} p99 {figures[label][99][-1]:.2f} ms"
+                for label in systems))  # fmt: skip
+    for label, by_pct in figures.items():
+        p50, p99 = statistics.median(by_pct[50]), statistics.median(by_pct[99])
+        log(f"pickup {label:12} median p50 {p50:.2f} ms, p99 {p99:.2f} ms")
+
+
 def main() -> None:
     """Profile head (and ``--before``), alternating; print best/median per trigger."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -155,6 +183,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--before", default=None, help="also this revision, e.g. 0013")
     parser.add_argument("--batch-rounds", type=int, default=6)
+    parser.add_argument("--pickup-rounds", type=int, default=0)
     args = parser.parse_args()
     labels = {"head": "head"} if args.before is None else {"before": args.before, "head": "head"}
     with profiled_databases(args.url, labels) as profiles:
@@ -170,6 +199,8 @@ def main() -> None:
                       f"head/before {h / b:.2f}")  # fmt: skip
     if args.before is not None and args.batch_rounds:
         batch_rounds(args.url, args.before, args.batch_rounds, print)
+    if args.before is not None and args.pickup_rounds:
+        pickup_rounds(args.url, args.before, args.pickup_rounds, print)
 
 
 @contextmanager
