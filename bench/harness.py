@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -300,10 +300,18 @@ def bench_enqueue(url: str, sizes: Sizes, log: Callable[[str], None]) -> list[Re
     return [summarize(system.name, m, "jobs/s", values) for m, values in runs.items()]
 
 
+# The workloads ``taskq bench --workload`` can pick (default: all of them).
+WORKLOADS = ("enqueue_single", "enqueue_batch", "drain_1proc", "drain_2proc", "pickup", "extra")
+
+
 def bench_system(
-    url: str, system: System, sizes: Sizes, log: Callable[[str], None]
+    url: str,
+    system: System,
+    sizes: Sizes,
+    log: Callable[[str], None],
+    workloads: Sequence[str] = WORKLOADS,
 ) -> list[Result]:
-    """Every shared workload on ``system``, ``sizes.repeats`` times each."""
+    """The shared ``workloads`` on ``system`` (default: every one), ``sizes.repeats`` times each."""
     runs: dict[str, list[float]] = {}
 
     def record(metric: str, value: float) -> None:
@@ -313,24 +321,29 @@ def bench_system(
     with system_template(url, system) as template:
         for repeat in range(sizes.repeats):
             log(f"  {system.name}: run {repeat + 1} of {sizes.repeats}")
-            for metric, measure in (
-                ("enqueue_single_jobs_per_s", measure_enqueue_single),
-                ("enqueue_batch_jobs_per_s", measure_enqueue_batch),
-                ("drain_1proc_jobs_per_s", lambda s, u, z: measure_drain(s, u, z, 1)),
-                ("drain_2proc_jobs_per_s", lambda s, u, z: measure_drain(s, u, z, 2)),
+            for workload, measure in (
+                ("enqueue_single", measure_enqueue_single),
+                ("enqueue_batch", measure_enqueue_batch),
+                ("drain_1proc", lambda s, u, z: measure_drain(s, u, z, 1)),
+                ("drain_2proc", lambda s, u, z: measure_drain(s, u, z, 2)),
             ):
+                if workload not in workloads:
+                    continue
+                metric = f"{workload}_jobs_per_s"
                 log(f"  {system.name} {metric} …")  # a drain can take a minute: say what runs
                 with fresh_database(url, template) as db:
                     record(metric, measure(system, db, sizes))
-            runs.setdefault("drain_jobs_per_s", []).append(
-                max(runs["drain_1proc_jobs_per_s"][-1], runs["drain_2proc_jobs_per_s"][-1])
-            )
-            with fresh_database(url, template) as db:
-                latencies = measure_pickup(system, db, sizes)
-            for pct in (50, 95, 99):
-                record(f"pickup_p{pct}_ms", percentile(latencies, pct))
+            drains = [runs[m][-1] for m in ("drain_1proc_jobs_per_s", "drain_2proc_jobs_per_s")
+                      if m in runs]  # fmt: skip
+            if drains:
+                runs.setdefault("drain_jobs_per_s", []).append(max(drains))
+            if "pickup" in workloads:
+                with fresh_database(url, template) as db:
+                    latencies = measure_pickup(system, db, sizes)
+                for pct in (50, 95, 99):
+                    record(f"pickup_p{pct}_ms", percentile(latencies, pct))
         extra: dict[str, tuple[list[float], str]] = {}
-        for _ in range(sizes.repeats):
+        for _ in range(sizes.repeats if "extra" in workloads else 0):
             for metric, value, unit in system.extra_metrics(
                 lambda: fresh_database(url, template), sizes
             ):
@@ -418,6 +431,7 @@ def run_bench(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
     enqueue_only: bool = False,
     systems: list[System] | None = None,
+    workloads: Sequence[str] = WORKLOADS,
 ) -> list[Result]:
     """Benchmark every system (default: ``available_systems()``; ``enqueue_only``: taskq's
     enqueue workloads, without and with unique keys); print the table; write JSON (and, full
@@ -435,7 +449,7 @@ def run_bench(
             log(f"{system.name} skipped: {exc}")
             continue
         log(f"{system.name}: {sizes.label} sizes")
-        results += bench_system(url, system, sizes, log)
+        results += bench_system(url, system, sizes, log, workloads)
     if enqueue_only:
         log(f"taskq enqueue, without and with unique keys: {sizes.label} sizes")
         results += bench_enqueue(url, sizes, log)
@@ -448,7 +462,7 @@ def run_bench(
     }
     if json_path:
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    if sizes is FULL and not only and not enqueue_only:
+    if sizes is FULL and not only and not enqueue_only and set(workloads) == set(WORKLOADS):
         from bench.plot import plot_results
 
         RESULTS_DIR.mkdir(exist_ok=True)

@@ -94,11 +94,15 @@ class TaskqSystem(System):
         " OR EXISTS (SELECT 1 FROM tasks WHERE status = 'PROCESSING'))::int"
     )
 
+    def __init__(self, revision: str = "head") -> None:
+        # An earlier revision: the schema as it was, for an A/B of a migration's cost.
+        self.revision = revision
+
     def install(self, url: str) -> None:
-        """The Alembic migrations (``taskq migrate``)."""
+        """The Alembic migrations (``taskq migrate``), up to ``revision``."""
         from taskq.migrate import upgrade
 
-        upgrade(url)
+        upgrade(url, self.revision)
 
     @contextmanager
     def client(self, url: str, unique: bool = False) -> Iterator[Client]:

@@ -150,6 +150,13 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
 @click.option(
     "--enqueue-only", is_flag=True, help="taskq's enqueue workloads, without and with unique keys"
 )
+@click.option(
+    "--workload",
+    "workloads",
+    multiple=True,
+    help="only this shared workload (repeatable): enqueue_single, enqueue_batch, drain_1proc, "
+    "drain_2proc, pickup, extra (taskq's HTTP, SSE, ceiling and limit figures)",
+)
 def bench(
     quick: bool,
     database_url: str | None,
@@ -160,6 +167,7 @@ def bench(
     soak: str | None,
     results_dir: str | None,
     enqueue_only: bool,
+    workloads: tuple,
 ) -> None:
     """Benchmark taskq against PgQueuer and procrastinate on the same Postgres.
 
@@ -169,9 +177,12 @@ def bench(
     """
     from pathlib import Path
 
-    from bench.harness import FULL, QUICK, RESULTS_DIR, TINY, run_bench
+    from bench.harness import FULL, QUICK, RESULTS_DIR, TINY, WORKLOADS, run_bench
 
     sizes = TINY if tiny else QUICK if quick else FULL
+    unknown = sorted(set(workloads) - set(WORKLOADS))
+    if unknown:
+        fail(f"unknown workload {', '.join(unknown)}: one of {', '.join(WORKLOADS)}")
     url = database_url or env("DATABASE_URL")
     if url is None:  # like taskq up: a fresh install benchmarks on the embedded Postgres
         from taskq.embedded import start_embedded_postgres
@@ -190,7 +201,8 @@ def bench(
         except ValueError as exc:
             fail(str(exc))
         return
-    run_bench(url, sizes, json_file, list(systems) or None, enqueue_only=enqueue_only)
+    run_bench(url, sizes, json_file, list(systems) or None, enqueue_only=enqueue_only,
+              workloads=workloads or WORKLOADS)  # fmt: skip
 
 
 @main.command()

@@ -160,3 +160,28 @@ def test_a_peer_that_cannot_run_here_is_skipped_with_one_line(monkeypatch, capsy
     assert results == []
     assert lines == ["future skipped: no Python >= 99.0 found (set TASKQ_BENCH_PYTHON)"]
     assert "| metric | unit |" in capsys.readouterr().out
+
+
+def test_a_workload_selection_runs_those_workloads_alone(monkeypatch, capsys):
+    import bench.harness as harness
+
+    ran: list[str] = []
+    monkeypatch.setattr(harness, "system_template", lambda url, system: nullcontext("tpl"))
+    monkeypatch.setattr(harness, "fresh_database", lambda url, template: nullcontext("db"))
+    monkeypatch.setattr(harness, "measure_enqueue_batch", lambda s, u, z: ran.append("b") or 5.0)
+    monkeypatch.setattr(harness, "measure_enqueue_single", lambda s, u, z: ran.append("s") or 1.0)
+    monkeypatch.setattr(harness, "measure_drain", lambda s, u, z, p: ran.append("d") or 2.0)
+    monkeypatch.setattr(harness, "measure_pickup", lambda s, u, z: ran.append("p") or [1.0])
+
+    class Quiet(harness.System):
+        name = "quiet"
+
+        def extra_metrics(self, fresh, sizes):
+            ran.append("x")
+            return []
+
+    results = run_bench("postgresql://unused", TINY, None, log=lambda line: None,
+                        systems=[Quiet()], workloads=("enqueue_batch",))  # fmt: skip
+    assert ran == ["b"]
+    assert [(r.metric, r.value) for r in results] == [("enqueue_batch_jobs_per_s", 5.0)]
+    assert "enqueue_batch_jobs_per_s" in capsys.readouterr().out
