@@ -58,6 +58,9 @@ FILTER_FRAGMENTS = {
 # A search walks at most this many tasks of the list per row it reads (offset + page + 1)
 # before it asks the GIN index instead: a word of 1% of the tasks fills a page within it.
 SEARCH_WALK_FACTOR = 100
+# The orders a walk reads through an index (ix_tasks_user_created, ix_tasks_created, either
+# way); in any other order the walk would sort every task first, so the index goes first.
+WALKED_ORDERS = ([("created_at", True), ("id", True)], [("created_at", False), ("id", False)])
 # Filters the counters answer exactly (sql/counters.sql); the per-queue counters need no owner.
 COUNTED_FILTERS = frozenset({"user_id", "username", "status", "task_type", "queue"})
 QUEUE_COUNTED_FILTERS = frozenset({"status", "queue"})
@@ -190,18 +193,20 @@ def search_rows(
     bounded number of tasks and checking their documents (a frequent word), else from the
     GIN index's matches (a rare one). Each plan is right for one kind of word and ruinous
     for the other (walking for a rare word reads every task; the index for a frequent one
-    reads every match), and the planner cannot tell them apart, so the walk goes first."""
+    reads every match), and the planner cannot tell them apart, so the walk goes first
+    (in an order an index serves: in another the walk would sort every task)."""
     order = order_sql("t", asked.terms)
     others = {name: value for name, value in filters.items() if name != "search"}
     limit, offset = asked.params["limit"], asked.params["offset"]
     conn.execute(queries["search_plan_settings"])
-    inner = nested(list_query).format(where=where_sql(others, asked.after), order=order)
-    walk = sql.SQL(queries["search_by_walk"]).format(list=inner, order=order)
-    params = {**filters, **asked.params, "page_limit": limit, "page_offset": offset,
-              "limit": SEARCH_WALK_FACTOR * (offset + limit), "offset": 0}  # fmt: skip
-    rows = conn.execute(walk, params, prepare=False).fetchall()
-    if len(rows) == limit:
-        return rows
+    if asked.terms in WALKED_ORDERS:
+        inner = nested(list_query).format(where=where_sql(others, asked.after), order=order)
+        walk = sql.SQL(queries["search_by_walk"]).format(list=inner, order=order)
+        params = {**filters, **asked.params, "page_limit": limit, "page_offset": offset,
+                  "limit": SEARCH_WALK_FACTOR * (offset + limit), "offset": 0}  # fmt: skip
+        rows = conn.execute(walk, params, prepare=False).fetchall()
+        if len(rows) == limit:
+            return rows
     listed = nested(list_query).format(where=where_sql(filters, asked.after), order=order)
     statement = sql.SQL(queries["search_by_index"]).format(list=listed)
     return conn.execute(statement, {**filters, **asked.params}, prepare=False).fetchall()
