@@ -26,7 +26,7 @@ from app.db import fetch_all, fetch_one, get_conn
 from app.errors import ApiError, get_json_body
 from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
-from app.pagination import Term, order_sql, page_body, page_request
+from app.pagination import PageRequest, Term, order_sql, page_body, page_request
 from sql import queries
 from taskq import tracing
 from taskq.enqueue import enqueue_tasks
@@ -167,7 +167,7 @@ def count_matches(conn: Any, filters: dict[str, Any], admin: bool) -> tuple[int,
     return count, count < limit
 
 
-def seen_count(asked: Any, rows: list[dict[str, Any]]) -> tuple[int, bool]:
+def seen_count(asked: PageRequest, rows: list[dict[str, Any]]) -> tuple[int, bool]:
     """A search's count from its page alone: the rows before and on it (a lower bound), exact
     when a page-number read from the top reached the last match (no look-ahead row).
 
@@ -187,7 +187,7 @@ def nested(name: str) -> sql.SQL:
 
 
 def search_rows(
-    conn: Any, list_query: str, filters: dict[str, Any], asked: Any
+    conn: Any, list_query: str, filters: dict[str, Any], asked: PageRequest
 ) -> list[dict[str, Any]]:
     """A search's page (``asked``'s rows and look-ahead): walking the list's order over a
     bounded number of tasks and checking their documents (a frequent word), else from the
