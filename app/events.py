@@ -88,6 +88,11 @@ CLOSE = object()  # sentinel a subscriber's queue receives when its stream must 
 # seconds, then less and less often up to RECHECK_MAX while nothing changes.
 RECHECK_FIRST = 0.05
 RECHECK_MAX = 1.0
+# Announced history rows are looked for in the partitions of this long around now first
+# (fetch_events), then in every one: the bounds of "every one".
+RECENT = timedelta(hours=1)
+EVER_SINCE = datetime.min.replace(tzinfo=UTC)
+EVER_UNTIL = datetime.max.replace(tzinfo=UTC)
 
 Position = tuple[int, int]  # (xact_id, history id): a place in the all-tasks order
 
@@ -391,7 +396,6 @@ class Notifier:
 
     def _deliver_tasks(self, conn: psycopg.Connection, changes: list[Change]) -> None:
         """The task streams: each announced transition of a followed task, in one query."""
-        from sql import queries
 
         tasks = self._by_task
         wanted = [c for c in changes if c.task_id in tasks]
@@ -400,8 +404,7 @@ class Notifier:
         ids = [c.history_id for c in wanted if c.history_id is not None]
         rows = {}
         if ids:
-            with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
-                rows = {r["id"]: r for r in cur.execute(queries["fetch_events"], {"ids": ids})}
+            rows = fetch_events(conn, ids)
         for change in wanted:
             if change.history_id is None:
                 event = render_deleted(change)
@@ -592,6 +595,22 @@ def last_event_id(places: bool = False) -> int | Position:
         [messages] = exc.messages.values()  # type: ignore[union-attr]
         raise ApiError(400, "Invalid Last-Event-ID.", {"Last-Event-ID": messages}) from None
     return header["last_event_id"] if raw else query.get("last_event_id", 0)
+
+
+def fetch_events(conn: psycopg.Connection, ids: list[int]) -> dict[int, dict[str, Any]]:
+    """The rows of the announced history ids, by id (a deleted task's are gone): looked for
+    in the hour around now (the partitions a batch just written is in), then, the ones not
+    found there (a transaction open for longer, a clock apart), in every partition."""
+    from sql import queries
+
+    now = datetime.now(UTC)
+    rows: dict[int, dict[str, Any]] = {}
+    with conn.cursor(row_factory=psycopg.rows.dict_row) as cur:
+        for since, until in (now - RECENT, now + RECENT), (EVER_SINCE, EVER_UNTIL):
+            params = {"ids": [i for i in ids if i not in rows], "since": since, "until": until}
+            if params["ids"]:
+                rows.update((r["id"], r) for r in cur.execute(queries["fetch_events"], params))
+    return rows
 
 
 def event_position(conn: psycopg.Connection, history_id: int) -> Position:

@@ -55,7 +55,7 @@ DESCRIPTION = (
     "Lists page by `cursor` (the `next_cursor` of the page before: keyset, so any page costs "
     "what the first does; a cursor the list did not give is a 400) or by `page` (an offset, "
     "for compatibility). `count` is exact when `count_exact` is true, else a lower bound "
-    "(counting stopped at TASKQ_COUNT_LIMIT). "
+    "(counting stopped at TASKQ_COUNT_LIMIT; a search counts the rows its page read). "
     "WebSocket streams (not operations of this document): `/ws/tasks/{task_id}/` and "
     "`/ws/tasks/` carry the events of GET /api/v1/tasks/{task_id}/events and "
     "GET /api/v1/events, one JSON message per event (its data, plus `event` and "

@@ -818,13 +818,15 @@ def page_fields(item: type[Schema], paged: bool = True) -> dict[str, fields.Fiel
         "count": fields.Integer(
             metadata={
                 "description": "Rows matching the filters: exact when count_exact, else a lower "
-                "bound (the count stopped at TASKQ_COUNT_LIMIT)."
+                "bound (the count stopped at TASKQ_COUNT_LIMIT; with a search, the rows the "
+                "page read: before it, on it and the one after it)."
             }
         ),
         "count_exact": fields.Boolean(
             metadata={
                 "description": "Whether count is exact: always for the filters the counters "
-                "answer (owner, status, task_type, queue), else when below TASKQ_COUNT_LIMIT."
+                "answer (owner, status, task_type, queue), else when below TASKQ_COUNT_LIMIT; "
+                "with a search, when a page-number read reached the last match."
             }
         ),
         "next_cursor": fields.String(

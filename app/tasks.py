@@ -26,7 +26,7 @@ from app.db import fetch_all, fetch_one, get_conn
 from app.errors import ApiError, get_json_body
 from app.metrics import count_created
 from app.openapi import doc, payload_json_schema
-from app.pagination import Term, order_sql, page_body, page_request
+from app.pagination import PageRequest, Term, order_sql, page_body, page_request
 from sql import queries
 from taskq import tracing
 from taskq.enqueue import enqueue_tasks
@@ -55,6 +55,12 @@ FILTER_FRAGMENTS = {
     "end_date": "task_filter_end_date",
     "search": "task_filter_search",
 }
+# A search walks at most this many tasks of the list per row it reads (offset + page + 1)
+# before it asks the GIN index instead: a word of 1% of the tasks fills a page within it.
+SEARCH_WALK_FACTOR = 100
+# The orders a walk reads through an index (ix_tasks_user_created, ix_tasks_created, either
+# way); in any other order the walk would sort every task first, so the index goes first.
+WALKED_ORDERS = ([("created_at", True), ("id", True)], [("created_at", False), ("id", False)])
 # Filters the counters answer exactly (sql/counters.sql); the per-queue counters need no owner.
 COUNTED_FILTERS = frozenset({"user_id", "username", "status", "task_type", "queue"})
 QUEUE_COUNTED_FILTERS = frozenset({"status", "queue"})
@@ -157,15 +163,53 @@ def count_matches(conn: Any, filters: dict[str, Any], admin: bool) -> tuple[int,
     limit = current_app.config["TASKQ_COUNT_LIMIT"]
     query = sql.SQL(queries["admin_count_tasks" if admin else "count_tasks"]).format(where=where)
     params = {**filters, "count_limit": limit}
-    count = conn.execute(query, params, prepare=unprepared(filters)).fetchone()["count"]
+    count = conn.execute(query, params).fetchone()["count"]
     return count, count < limit
 
 
-def unprepared(filters: dict[str, Any]) -> bool | None:
-    """False (plan with the values, never prepare) for a search: how many tasks a word
-    matches decides between the GIN index and the owner's index, and a prepared
-    statement's generic plan would not know the word."""
-    return False if "search" in filters else None
+def seen_count(asked: PageRequest, rows: list[dict[str, Any]]) -> tuple[int, bool]:
+    """A search's count from its page alone: the rows before and on it (a lower bound), exact
+    when a page-number read from the top reached the last match (no look-ahead row).
+
+    Counting a frequent word's matches up to TASKQ_COUNT_LIMIT would read the limit over the
+    word's share of the tasks (100,000 for a word of 1%), and a prefix's estimate does not
+    tell the planner which words are frequent."""
+    if not rows:
+        return 0, asked.page is not None and asked.params["offset"] == 0
+    seen = asked.params["offset"] + len(rows)
+    return seen, asked.page is not None and len(rows) <= asked.size
+
+
+def nested(name: str) -> sql.SQL:
+    """A named query as a subquery: without its comments and closing semicolon."""
+    lines = [line for line in queries[name].splitlines() if not line.lstrip().startswith("--")]
+    return sql.SQL("\n".join(lines).strip().removesuffix(";"))
+
+
+def search_rows(
+    conn: Any, list_query: str, filters: dict[str, Any], asked: PageRequest
+) -> list[dict[str, Any]]:
+    """A search's page (``asked``'s rows and look-ahead): walking the list's order over a
+    bounded number of tasks and checking their documents (a frequent word), else from the
+    GIN index's matches (a rare one). Each plan is right for one kind of word and ruinous
+    for the other (walking for a rare word reads every task; the index for a frequent one
+    reads every match), and the planner cannot tell them apart, so the walk goes first
+    (in an order an index serves: in another the walk would sort every task)."""
+    order = order_sql("t", asked.terms)
+    others = {name: value for name, value in filters.items() if name != "search"}
+    limit, offset = asked.params["limit"], asked.params["offset"]
+    conn.execute(queries["search_plan_settings"])
+    if asked.terms in WALKED_ORDERS:
+        inner = nested(list_query).format(where=where_sql(others, asked.after), order=order)
+        walk = sql.SQL(queries["search_by_walk"]).format(list=inner, order=order)
+        params = {**filters, **asked.params, "page_limit": limit, "page_offset": offset,
+                  "limit": SEARCH_WALK_FACTOR * (offset + limit), "offset": 0}  # fmt: skip
+        rows = conn.execute(walk, params, prepare=False).fetchall()
+        if len(rows) == limit:
+            return rows
+    listed = nested(list_query).format(where=where_sql(filters, asked.after), order=order)
+    statement = sql.SQL(queries["search_by_index"]).format(list=listed)
+    return conn.execute(statement, {**filters, **asked.params}, prepare=False).fetchall()
 
 
 def list_tasks_page(
@@ -186,14 +230,16 @@ def list_tasks_page(
         if "search" in filters:
             search = conn.execute(queries["search_tsquery"], {"search": filters["search"]})
             filters["search"] = search.fetchone()["query"]
-        total, exact = count_matches(conn, filters, admin)
-        rows = []
-        if not (exact and asked.page is not None and asked.params["offset"] >= total):
-            statement = sql.SQL(queries[list_query]).format(
-                where=where_sql(filters, asked.after), order=order_sql("t", asked.terms)
-            )
-            params = {**filters, **asked.params}
-            rows = conn.execute(statement, params, prepare=unprepared(filters)).fetchall()
+            rows = search_rows(conn, list_query, filters, asked)
+            total, exact = seen_count(asked, rows)
+        else:
+            total, exact = count_matches(conn, filters, admin)
+            rows = []
+            if not (exact and asked.page is not None and asked.params["offset"] >= total):
+                statement = sql.SQL(queries[list_query]).format(
+                    where=where_sql(filters, asked.after), order=order_sql("t", asked.terms)
+                )
+                rows = conn.execute(statement, {**filters, **asked.params}).fetchall()
     rows, next_cursor = asked.cut(rows)
     results = [task_to_json(row) for row in rows]
     return page_body(results, total, exact, asked.page, asked.size, next_cursor)

@@ -1,10 +1,12 @@
 -- name: fetch_events
--- The SSE event of each history id of one notification batch, with the task's current fields.
+-- The SSE event of each history id of one notification batch written between since and until, with the task's current fields.
+-- The bounds prune the partitions when the statement starts: a batch just written is looked for in the hour around now, not in every day kept (an id per partition, each).
 SELECT h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.error,
        h.created_at, t.result, t.started_at, t.completed_at, t.updated_at
   FROM task_history h
   LEFT JOIN tasks t ON t.id = h.task_id
  WHERE h.id = ANY(%(ids)s)
+   AND h.created_at >= %(since)s::timestamptz AND h.created_at < %(until)s::timestamptz
  ORDER BY h.id;
 
 -- name: stream_task_owner

@@ -109,8 +109,26 @@ t.created_at >= %(start_date)s
 t.created_at < %(end_date)s
 
 -- name: task_filter_search
--- List fragment: tasks whose search document matches the search's tsquery (search_tsquery), through task_search's GIN index.
-t.id IN (SELECT s.task_id FROM task_search s WHERE s.document @@ %(search)s::tsquery)
+-- List fragment: tasks among the search's matches (the matched CTE of search_by_index), as an array the primary key is probed with (no hash sized for the estimate).
+t.id = ANY (ARRAY(SELECT m.task_id FROM matched m))
+
+-- name: search_by_walk
+-- A search's page from the first %(limit)s tasks of the list query nested here (without the search, in its order, through its index), checking each one's document: a frequent word fills the page within the walk; when it does not, search_by_index.
+SELECT t.* FROM ({list}) t
+  JOIN task_search s ON s.task_id = t.id AND s.document @@ %(search)s::tsquery
+ ORDER BY {order}
+ LIMIT %(page_limit)s OFFSET %(page_offset)s;
+
+-- name: search_by_index
+-- A search's page from its matches in task_search's GIN index first, then the list query below it (with task_filter_search). Materialized because the planner cannot tell a rare word from a frequent one (a prefix's estimate is a fixed share of the table), and walking the list's order for a rare word reads every task.
+WITH matched AS MATERIALIZED (
+    SELECT s.task_id FROM task_search s WHERE s.document @@ %(search)s::tsquery
+)
+{list}
+
+-- name: search_plan_settings
+-- For the rest of the transaction: no JIT and no parallel workers. A prefix's fixed estimate (a share of the whole table) buys a search's plans both, and at 10M tasks they cost more (tens of ms) than reading the matches.
+SELECT set_config('jit', 'off', true), set_config('max_parallel_workers_per_gather', '0', true);
 
 -- name: search_tsquery
 -- The tsquery of a search: each of its own to_tsvector('simple') words, quoted (backslash and quote escaped), as a prefix.

@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 import psycopg
 import pytest
 
-from app.events import get_notifier
+from app.events import fetch_events, get_notifier
 from sql import queries
-from tests.helpers import API, commit_transition, held_transition, wait_for
+from tests.helpers import API, commit_transition, held_transition, insert_tasks, wait_for
 
 
 @pytest.fixture
@@ -271,3 +271,23 @@ def test_the_all_tasks_queries_walk_the_place_index(database_url, db, name, para
     scans = re.findall(r"Seq Scan on (\S+) .*cost=[\d.]+\.\.([\d.]+)", plan)
     assert all(float(cost) == 0 for _, cost in scans), plan
     assert "_xact_id_id_idx on " in plan, plan
+
+
+def test_announced_rows_are_found_around_now_and_in_older_partitions_too(db):
+    # fetch_events looks in the hour around now first (pruning every other day kept), then
+    # for the rest in every partition: a row written long before its announcement (a long
+    # transaction) is still found, and a deleted task's rows are simply not there.
+    ids = insert_tasks(db, 3)
+    gone = insert_tasks(db, 1)
+    written = db.execute(
+        "SELECT id, task_id FROM task_history WHERE task_id = ANY(%s)", (ids + gone,)
+    ).fetchall()
+    history = {row["task_id"]: row["id"] for row in written}
+    db.execute(
+        "UPDATE task_history SET created_at = now() - interval '2 days' WHERE id = %s",
+        (history[ids[0]],),
+    )
+    db.execute("DELETE FROM tasks WHERE id = %s", (gone[0],))
+    rows = fetch_events(db, [history[i] for i in ids + gone])
+    assert sorted(rows) == sorted(history[i] for i in ids)
+    assert {row["task_id"] for row in rows.values()} == set(ids)

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import psycopg
+import pytest
 
 from tests.helpers import insert_tasks, wait_for
 from tests.worker_helpers import claim, claim_connection
@@ -167,6 +168,27 @@ def test_schedule_validation() -> None:
     ):
         with pytest.raises(SettingError):
             check_schedule(bad)
+
+
+def test_deleting_tasks_probes_their_search_documents_by_primary_key(database_url):
+    # Migration 0015: the counters' trigger runs with enable_nestloop off, and its delete
+    # of the search documents was a join, so it hashed a scan of all of task_search for
+    # every statement that deleted tasks (7 s a clean-up window at 10M tasks).
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("INSERT INTO tasks (title) SELECT 't ' || i FROM generate_series(1, 20000) i")
+        conn.execute("ANALYZE task_search")
+        plans: list[str] = []
+        conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.Error:
+            pytest.skip("this Postgres has no auto_explain")
+        for setting in ("log_min_duration = 0", "log_nested_statements = on",
+                        "log_level = notice"):  # fmt: skip
+            conn.execute(f"SET auto_explain.{setting}")
+        conn.execute("DELETE FROM tasks WHERE id IN (SELECT id FROM tasks ORDER BY id LIMIT 10)")
+    [search] = [p for p in plans if "Delete on task_search" in p]
+    assert "Index Scan using pk_task_search" in search and "Seq Scan" not in search, search
 
 
 def test_cleanup_deletes_old_finished_tasks_in_batches(db: psycopg.Connection, database_url):

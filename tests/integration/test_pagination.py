@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from app import tasks as app_tasks
 from tests.helpers import API, assert_error, create, insert_tasks, set_status
 
 ORDERINGS = [
@@ -143,3 +144,40 @@ def test_count_is_exact_from_counters_else_a_bound(app, client, make_account, db
     assert count(tag="blue") == (0, True)
     body = client.get(f"{API}/tasks?tag=red&page_size=3&page=2", headers=ann.headers).get_json()
     assert len(body["results"]) == 3 and body["next"] and "page=1" in body["previous"]
+
+
+@pytest.mark.parametrize("walk_factor", [100, 1])
+def test_a_search_pages_the_same_by_walk_or_index_and_counts_what_it_read(
+    client, make_account, monkeypatch, walk_factor
+):
+    # Factor 100 walks the list's order (a frequent word fills its page in the walk);
+    # factor 1 walks too few tasks to fill one, so the GIN index's matches serve the page.
+    monkeypatch.setattr(app_tasks, "SEARCH_WALK_FACTOR", walk_factor)
+    ann = make_account("ann")
+    batch = [{"title": f"t{i}" + (" needle" if i % 3 == 0 else ""), "priority": i % 4}
+             for i in range(30)]  # fmt: skip
+    created = client.post(f"{API}/tasks/batch", json=batch, headers=ann.headers).get_json()
+    needles = [t["id"] for t in created["tasks"] if "needle" in t["title"]]
+    create(client, make_account("bob"), title="needle of bob")
+    newest_first = sorted(needles, reverse=True)
+    assert walk(client, ann, f"{API}/tasks", 3, search="needle") == newest_first
+    by_priority = walk(client, ann, f"{API}/tasks", 4, search="needle", ordering="-priority")
+    assert sorted(by_priority) == sorted(needles) and len(by_priority) == len(needles)
+
+    def page(number: int) -> dict:
+        query = {"search": "needle", "page_size": 4, "page": number}
+        return client.get(f"{API}/tasks", query_string=query, headers=ann.headers).get_json()
+
+    # The count is what the page read (itself and the rows before it, and the look-ahead
+    # row): a lower bound, exact once a page from the top reaches the last match.
+    first = page(1)
+    assert [t["id"] for t in first["results"]] == newest_first[:4]
+    assert (first["count"], first["count_exact"]) == (5, False)
+    last = page(3)
+    assert [t["id"] for t in last["results"]] == newest_first[8:]
+    assert (last["count"], last["count_exact"]) == (10, True)
+    beyond = page(5)
+    assert beyond["results"] == [] and (beyond["count"], beyond["count_exact"]) == (0, False)
+    rare = client.get(f"{API}/tasks?search=t27", headers=ann.headers).get_json()
+    assert [t["title"] for t in rare["results"]] == ["t27 needle"]
+    assert (rare["count"], rare["count_exact"]) == (1, True)
