@@ -256,15 +256,20 @@ CREATE OR REPLACE FUNCTION taskq_tasks_deleted() RETURNS trigger
 LANGUAGE plpgsql SET jit = off AS $$
 DECLARE
     sent bigint;
+    deleted_ids bigint[];
     ended_ids bigint[];
     ended_statuses text[];
 BEGIN
     IF NOT EXISTS (SELECT FROM old_rows) THEN
         RETURN NULL;
     END IF;
-    DELETE FROM task_history h USING old_rows o WHERE h.task_id = o.id;
-    DELETE FROM dead_letters d USING old_rows o WHERE d.task_id = o.id;
-    DELETE FROM webhook_deliveries w USING old_rows o WHERE w.task_id = o.id;
+    -- Each table by an array of the ids, never a join with old_rows: the plan is cached at
+    -- the first call's size, and a hash join over a scan of all the history (or all the
+    -- search documents) would then be what every clean-up window of 1,000 pays.
+    deleted_ids := ARRAY(SELECT o.id FROM old_rows o);
+    DELETE FROM task_history WHERE task_id = ANY (deleted_ids);
+    DELETE FROM dead_letters WHERE task_id = ANY (deleted_ids);
+    DELETE FROM webhook_deliveries WHERE task_id = ANY (deleted_ids);
     SELECT count(pg_notify('taskq_events', json_build_object('s', 'DELETED', 'e', e)::text))
       INTO sent
       FROM (SELECT json_agg(json_build_array(NULL, id, user_id)) AS e
@@ -288,7 +293,7 @@ BEGIN
     SELECT coalesce(user_id, 0), queue, task_type, status, -count(*), 0
       FROM old_rows
      GROUP BY 1, 2, 3, 4;
-    DELETE FROM task_search s USING old_rows o WHERE s.task_id = o.id;
+    DELETE FROM task_search WHERE task_id = ANY (deleted_ids);
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION taskq_tasks_deleted() IS
