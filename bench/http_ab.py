@@ -9,6 +9,8 @@ commits compare in one session on one loaded machine: read the ratios.
 
     python -m bench.http_ab --tree main=/tmp/taskq-main --tree http=. --rounds 6
 
+``NAME=PATH@N`` runs that tree's API with N gunicorn processes (default 2, as the bench).
+
 ``--profile DIR`` records one API process of each round with py-spy (when installed).
 """
 
@@ -24,6 +26,7 @@ import sys
 import uuid
 from pathlib import Path
 
+from bench import taskq_http
 from bench.harness import create_database, drop_database, percentile
 from bench.taskq_http import create_load, register_user, running_api
 
@@ -51,9 +54,9 @@ def api_workers(master: int) -> list[int]:
 
 
 def one_round(
-    server: str, name: str, tree: Path, n: int, clients: int, profile: Path | None
+    server: str, name: str, tree: Path, workers: int, n: int, clients: int, profile: Path | None
 ) -> dict[str, float]:
-    """One measured create run against ``tree``'s API on a fresh database."""
+    """One measured create run against ``tree``'s API (``workers`` processes), fresh database."""
     db_name = f"bench_http_{name}_{uuid.uuid4().hex[:6]}"
     url = create_database(server, db_name)
     saved = dict(os.environ)
@@ -61,6 +64,7 @@ def one_round(
         migrate(tree, url)
         os.environ.update(tree_env(tree))  # running_api starts ``taskq api`` from our env
         os.chdir(tree)
+        taskq_http.API_PROCESSES = workers
         with running_api(url) as (host, port, api):
             token = register_user(host, port)
             create_load(host, port, token, 20 * clients, clients, QUEUE)  # warm-up
@@ -102,11 +106,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     pairs = [tree.partition("=") for tree in args.tree]
-    trees = [(name, Path(path).resolve()) for name, _, path in pairs]
+    specs = [(name, *path.partition("@")) for name, _, path in pairs]
+    trees = [(name, Path(path).resolve(), int(n or 2)) for name, path, _, n in specs]
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
     here = Path.cwd()
-    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in trees}
     for index in range(args.rounds):
         order = trees if index % 2 == 0 else trees[::-1]
         for name, tree in order:
@@ -122,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         name: {k: statistics.median(r[k] for r in rounds) for k in ("rps", "p50_ms", "p99_ms")}
         for name, rounds in runs.items()
     }
-    (a, _), (b, _) = trees[0], trees[1]
+    (a, _, _), (b, _, _) = trees[0], trees[1]
     for name in (a, b):
         m = medians[name]
         print(f"{name} median: {m['rps']:,.0f} req/s, p50 {m['p50_ms']:.1f} ms, "
