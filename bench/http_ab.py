@@ -114,8 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in trees}
     for index in range(args.rounds):
         order = trees if index % 2 == 0 else trees[::-1]
-        for name, tree in order:
-            figures = one_round(args.database_url, name, tree, args.n, args.clients, args.profile)
+        for name, tree, workers in order:
+            figures = one_round(
+                args.database_url, name, tree, workers, args.n, args.clients, args.profile
+            )
             os.chdir(here)
             runs[name].append(figures)
             print(
