@@ -44,20 +44,21 @@ class TokenStates:
     """The process's trusted ``token_state`` rows, dropped by ``taskq_credentials``."""
 
     MAX_USERS = 4096
+    MAX_TOKENS_PER_USER = 64
 
     def __init__(self, notifier: Notifier, max_age: float) -> None:
         self.notifier = notifier
         self.max_age = max_age
-        self.reads = 0  # rows read from Postgres (tests look)
+        self.reads = 0  # rows read from Postgres
         self._lock = threading.Lock()
         # user id -> jti -> (trusted until, LISTEN session, token_state row)
         self._users: dict[int, dict[str, tuple[float, int, dict[str, Any]]]] = {}
-        self._drops = 0  # every drop counts: a read that overlapped one is not kept
+        self.drops = 0  # every drop counts: a read that overlapped one is not kept
 
     def state(self, user_id: int, jti: str) -> dict[str, Any] | None:
         """The ``token_state`` row of (``user_id``, ``jti``): kept when trusted, else read."""
         notifier = self.notifier
-        session, drops, listening = notifier.sessions, self._drops, notifier.healthy
+        session, drops, listening = notifier.sessions, self.drops, notifier.healthy
         if listening:
             kept = self._users.get(user_id, {}).get(jti)
             if kept is not None and kept[1] == session and time.monotonic() < kept[0]:
@@ -67,22 +68,25 @@ class TokenStates:
         self.reads += 1
         if listening and state is not None:
             with self._lock:
-                if self._drops == drops and notifier.sessions == session and notifier.healthy:
+                if self.drops == drops and notifier.sessions == session and notifier.healthy:
                     if user_id not in self._users and len(self._users) >= self.MAX_USERS:
                         self._users.pop(next(iter(self._users)))  # the oldest user
-                    self._users.setdefault(user_id, {})[jti] = (until, session, state)
+                    tokens = self._users.setdefault(user_id, {})
+                    if jti not in tokens and len(tokens) >= self.MAX_TOKENS_PER_USER:
+                        tokens.pop(next(iter(tokens)))  # that user's oldest token
+                    tokens[jti] = (until, session, state)
         return state
 
     def forget(self, user_id: int) -> None:
         """Drop ``user_id``'s rows (this process revoked one of its tokens, or was told)."""
         with self._lock:
-            self._drops += 1
+            self.drops += 1
             self._users.pop(user_id, None)
 
     def clear(self) -> None:
         """Drop every row (the LISTEN connection was lost)."""
         with self._lock:
-            self._drops += 1
+            self.drops += 1
             self._users.clear()
 
     def heard(self, notes: list[psycopg.Notify]) -> None:
