@@ -31,6 +31,7 @@ from bench.harness import create_database, drop_database, percentile
 from bench.taskq_http import create_load, register_user, running_api
 
 QUEUE = "bench-http"
+FIGURES = ("rps", "p50_ms", "p99_ms", "api_cpu_ms", "pg_cpu_ms")
 
 
 def migrate(tree: Path, url: str) -> None:
@@ -51,6 +52,34 @@ def api_workers(master: int) -> list[int]:
     import psutil
 
     return [child.pid for child in psutil.Process(master).children()]
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes ``pids`` have used so far."""
+    import psutil
+
+    times = [psutil.Process(pid).cpu_times() for pid in pids]
+    return sum(t.user + t.system for t in times)
+
+
+def backend_cpu(url: str) -> dict[int, float]:
+    """CPU seconds so far of each Postgres backend connected to ``url``'s database."""
+    import psutil
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        pids = [row[0] for row in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND pid <> pg_backend_pid()"
+        )]  # fmt: skip
+    used = {}
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            continue
+        used[pid] = times.user + times.system
+    return used
 
 
 def one_round(
@@ -79,7 +108,12 @@ def one_round(
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
+            workers_pids = api_workers(api.pid)
+            cpu_before, pg_before = cpu_seconds(workers_pids), backend_cpu(url)
             elapsed, latencies = create_load(host, port, token, n, clients, QUEUE)
+            api_cpu_ms = (cpu_seconds(workers_pids) - cpu_before) * 1000 / n
+            pg_after = backend_cpu(url)
+            pg_cpu_ms = sum(t - pg_before.get(pid, 0.0) for pid, t in pg_after.items()) * 1000 / n
             if spy is not None:
                 spy.send_signal(2)
                 spy.wait(30)
@@ -91,6 +125,8 @@ def one_round(
         "rps": n / elapsed,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
+        "api_cpu_ms": api_cpu_ms,
+        "pg_cpu_ms": pg_cpu_ms,
     }
 
 
@@ -122,22 +158,27 @@ def main(argv: list[str] | None = None) -> None:
             runs[name].append(figures)
             print(
                 f"round {index + 1} {name}: {figures['rps']:,.0f} req/s, "
-                f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms",
+                f"p50 {figures['p50_ms']:.1f} ms, p99 {figures['p99_ms']:.1f} ms, "
+                f"CPU/request: API {figures['api_cpu_ms']:.2f} ms, "
+                f"Postgres {figures['pg_cpu_ms']:.2f} ms",
                 flush=True,
             )
     medians = {
-        name: {k: statistics.median(r[k] for r in rounds) for k in ("rps", "p50_ms", "p99_ms")}
+        name: {k: statistics.median(r[k] for r in rounds) for k in FIGURES}
         for name, rounds in runs.items()
     }
     (a, _, _), (b, _, _) = trees[0], trees[1]
     for name in (a, b):
         m = medians[name]
         print(f"{name} median: {m['rps']:,.0f} req/s, p50 {m['p50_ms']:.1f} ms, "
-              f"p99 {m['p99_ms']:.1f} ms")  # fmt: skip
+              f"p99 {m['p99_ms']:.1f} ms, CPU/request: API {m['api_cpu_ms']:.2f} ms, "
+              f"Postgres {m['pg_cpu_ms']:.2f} ms")  # fmt: skip
     print(
         f"{b}/{a}: req/s x{medians[b]['rps'] / medians[a]['rps']:.2f}, "
         f"p50 x{medians[b]['p50_ms'] / medians[a]['p50_ms']:.2f}, "
-        f"p99 x{medians[b]['p99_ms'] / medians[a]['p99_ms']:.2f}"
+        f"p99 x{medians[b]['p99_ms'] / medians[a]['p99_ms']:.2f}, "
+        f"API CPU x{medians[b]['api_cpu_ms'] / medians[a]['api_cpu_ms']:.2f}, "
+        f"Postgres CPU x{medians[b]['pg_cpu_ms'] / medians[a]['pg_cpu_ms']:.2f}"
     )
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "medians": medians}, indent=2) + "\n")
