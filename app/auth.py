@@ -4,7 +4,8 @@ Tokens carry ``pv``, the owner's password version (``users.password_changed_at``
 in microseconds): changing the password makes every older token fail the
 check in ``token_is_revoked``. Logout and refresh rotation put the token's jti
 on ``token_blocklist`` in Postgres, so revocation holds across processes and
-restarts, with or without Redis.
+restarts, with or without Redis. Each process keeps the token states it read
+(``app.revocation``) and drops them when Postgres announces a change.
 
 Two ways to carry the tokens: API clients get them in the body and send
 ``Authorization: Bearer``; the dashboard logs in with ``"cookies": true`` and
@@ -494,9 +495,10 @@ class CachingJWTManager(JWTManager):
     that decoded are kept, keyed by the token's exact text, and served while
     ``exp`` is still ahead: every other check (signature, ``nbf``, ``iat``,
     audience) can only have passed for good, so nothing is stale. Revocation is
-    not decided here: the blocklist check (``token_is_revoked``) still runs on
-    every request. Overrides the manager's decode hook, which ``decode_token``
-    and ``verify_jwt_in_request`` both go through.
+    not decided here: the blocklist check (``token_is_revoked``, from the kept
+    token states of ``app.revocation``) still runs on every request. Overrides
+    the manager's decode hook, which ``decode_token`` and ``verify_jwt_in_request``
+    both go through.
     """
 
     MAX_TOKENS = 4096
