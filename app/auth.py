@@ -4,7 +4,8 @@ Tokens carry ``pv``, the owner's password version (``users.password_changed_at``
 in microseconds): changing the password makes every older token fail the
 check in ``token_is_revoked``. Logout and refresh rotation put the token's jti
 on ``token_blocklist`` in Postgres, so revocation holds across processes and
-restarts, with or without Redis.
+restarts, with or without Redis. Each process keeps the token states it read
+(``app.revocation``) and drops them when Postgres announces a change.
 
 Two ways to carry the tokens: API clients get them in the body and send
 ``Authorization: Bearer``; the dashboard logs in with ``"cookies": true`` and
@@ -49,6 +50,7 @@ from app.db import fetch_one, get_conn
 from app.errors import ApiError, error_response, get_json_body, request_body
 from app.limits import release_login, reserve_login
 from app.openapi import doc
+from app.revocation import get_token_states
 from sql import queries
 from taskq.representation import row_to_json
 
@@ -222,7 +224,7 @@ def token_is_revoked(jwt_header: dict[str, Any], claims: dict[str, Any]) -> bool
         user_id = int(claims["sub"])
     except (KeyError, TypeError, ValueError):
         return True
-    state = fetch_one("token_state", {"jti": claims.get("jti"), "user_id": user_id})
+    state = get_token_states().state(user_id, str(claims.get("jti")))
     g.taskq_token_state = state
     return credential_revoked(state, claims.get("pv"))
 
@@ -346,6 +348,7 @@ def refresh():
         if not revoke(conn, claims):  # a concurrent refresh with the same token won
             raise ApiError(401, "Token has been revoked.", {"refresh": ["Already used."]})
         user = conn.execute(queries["get_user"], {"user_id": int(claims["sub"])}).fetchone()
+    get_token_states().forget(int(claims["sub"]))  # this process refuses it at once
     return auth_response(user, "Token refreshed", cookies)
 
 
@@ -410,6 +413,7 @@ def logout():
     with get_conn() as conn:
         for claims in revoked:
             revoke(conn, claims)
+    get_token_states().forget(current_user_id())  # this process refuses them at once
     response = jsonify({"message": "Successfully logged out"})
     if get_jwt_request_location() == "cookies" or cookie is not None:
         unset_jwt_cookies(response)
@@ -475,6 +479,7 @@ def change_password():
     )
     params = {"user_id": user["id"], "password_hash": hash_password(data["new_password"])}
     user = fetch_one("set_password", params)
+    get_token_states().forget(user["id"])  # this process refuses the older tokens at once
     cookies = get_jwt_request_location() == "cookies"  # a cookie session keeps being one
     return auth_response(user, "Password changed successfully", cookies)
 
@@ -490,9 +495,10 @@ class CachingJWTManager(JWTManager):
     that decoded are kept, keyed by the token's exact text, and served while
     ``exp`` is still ahead: every other check (signature, ``nbf``, ``iat``,
     audience) can only have passed for good, so nothing is stale. Revocation is
-    not decided here: the blocklist check (``token_is_revoked``) still runs on
-    every request. Overrides the manager's decode hook, which ``decode_token``
-    and ``verify_jwt_in_request`` both go through.
+    not decided here: the blocklist check (``token_is_revoked``, from the kept
+    token states of ``app.revocation``) still runs on every request. Overrides
+    the manager's decode hook, which ``decode_token`` and ``verify_jwt_in_request``
+    both go through.
     """
 
     MAX_TOKENS = 4096

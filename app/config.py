@@ -107,6 +107,7 @@ def load_config(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         "TASKQ_SSE_AUTH_CHECK_SECONDS": env_float(
             "TASKQ_SSE_AUTH_CHECK_SECONDS", 1.0, minimum=0.05
         ),
+        "TASKQ_TOKEN_STATE_SECONDS": env_float("TASKQ_TOKEN_STATE_SECONDS", 5.0, minimum=0.0),
         "TASKQ_METRICS_TOKEN": env("TASKQ_METRICS_TOKEN"),
         "TASKQ_QUEUE_INFO_SECONDS": env_float("TASKQ_QUEUE_INFO_SECONDS", 1.0, minimum=0.0),
         # Set by the launchers (taskq api/up) before the app is built: the shared

@@ -214,6 +214,10 @@ class Notifier:
         self._everything: set[Subscription] = set()  # admin streams: every user's tasks
         self._hooks: list[Callable[[list[Change]], None]] = []
         self._reset_hooks: list[Callable[[], None]] = []
+        self._channels: dict[str, Callable[[list[psycopg.Notify]], None]] = {}
+        # LISTEN sessions begun: what a session's notifications kept current is trusted
+        # only while that session lasts (``app.revocation``).
+        self.sessions = 0
         self._ready = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -241,6 +245,10 @@ class Notifier:
     def add_reset_hook(self, hook: Callable[[], None]) -> None:
         """Run ``hook()`` after the connection was lost: notifications may have been missed."""
         self._reset_hooks.append(hook)
+
+    def add_channel(self, channel: str, hook: Callable[[list[psycopg.Notify]], None]) -> None:
+        """LISTEN on ``channel`` too (before ``start``); ``hook(notes)`` gets its batches first."""
+        self._channels[channel] = hook
 
     def start(self, timeout: float = 5.0) -> bool:
         """Start listening (once per process, also after a fork); True once LISTEN is active."""
@@ -326,7 +334,7 @@ class Notifier:
 
     def _run(self) -> None:
         ListenConnection(
-            self.database_url, [CHANNEL, PROGRESS_CHANNEL], self._dispatch,
+            self.database_url, [CHANNEL, PROGRESS_CHANNEL, *self._channels], self._dispatch,
             on_ready=self._listening,
             on_lost=self._lost, next_wakeup=lambda: self._recheck_at, on_wakeup=self._recheck,
             application_name=NOTIFIER,
@@ -334,6 +342,7 @@ class Notifier:
 
     def _listening(self) -> None:
         self._end_unheard_streams()
+        self.sessions += 1
         self._ready.set()
 
     def _lost(self) -> None:
@@ -350,6 +359,14 @@ class Notifier:
         self._deliver_all(conn, [])
 
     def _dispatch(self, conn: psycopg.Connection, notes: list[psycopg.Notify]) -> None:
+        if self._channels:
+            for channel, hook in self._channels.items():
+                mine = [note for note in notes if note.channel == channel]
+                if mine:
+                    self._call(hook, mine)
+                    notes = [note for note in notes if note.channel != channel]
+            if not notes:
+                return
         progress = [note for note in notes if note.channel == PROGRESS_CHANNEL]
         if progress:
             self._deliver_progress(progress)
