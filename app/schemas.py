@@ -1076,6 +1076,14 @@ class StatsSchema(Schema):
 
     stats = fields.List(fields.Nested(StatusCountSchema))
     total = fields.Integer()
+    snapshot = fields.String(
+        metadata={
+            "description": "The Postgres snapshot the counts were read in, as "
+            "pg_current_snapshot() prints it: xmin:xmax:xip,... A transition of /events "
+            "(id <xact>-<history id>, place_is_writer true) is already counted when its xact "
+            "is visible in it: xact < xmin, or xact < xmax and not in xip.",
+        }
+    )
 
 
 class TaskTypeSchema(Schema):

@@ -513,10 +513,11 @@ def list_tasks():
 @doc("Count the caller's tasks per status", tag="tasks", response=schemas.StatsSchema)
 @jwt_required()
 def task_stats():
-    """Every status with its count, and the total."""
+    """Every status with its count, the total, and the snapshot the counts were read in."""
     rows = fetch_all("task_stats", {"user_id": current_user_id()})
     stats = [{"status": row["status"], "count": row["count"]} for row in rows]
-    return {"stats": stats, "total": sum(row["count"] for row in stats)}
+    total = sum(row["count"] for row in stats)
+    return {"stats": stats, "total": total, "snapshot": rows[0]["snapshot"]}
 
 
 @bp.get("/tasks/<int:task_id>")
