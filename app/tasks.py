@@ -174,7 +174,8 @@ def list_tasks_page(
     """A page of tasks matching ``query``'s filters (plus ``filters``), as the API shows it.
 
     By ``cursor`` (keyset: the rows after the cursor's, in its order) or by ``page``
-    (OFFSET); either way the page has the ``next_cursor`` after its last row.
+    (OFFSET); either way the page has the ``next_cursor`` after its last row. ``snapshot``:
+    the one its rows were read in (None without rows), to tell which events they hold.
     """
     for name in FILTER_FRAGMENTS:
         if name in query:
@@ -194,9 +195,11 @@ def list_tasks_page(
             )
             params = {**filters, **asked.params}
             rows = conn.execute(statement, params, prepare=unprepared(filters)).fetchall()
+    snapshot = rows[0]["snapshot"] if rows else None
     rows, next_cursor = asked.cut(rows)
     results = [task_to_json(row) for row in rows]
-    return page_body(results, total, exact, asked.page, asked.size, next_cursor)
+    body = page_body(results, total, exact, asked.page, asked.size, next_cursor)
+    return {**body, "snapshot": snapshot}
 
 
 def idempotency_key() -> str | None:

@@ -66,8 +66,8 @@ COPY tasks (id, user_id, title, description, task_type, payload, queue, priority
 FROM STDIN (FORMAT BINARY);
 
 -- name: list_tasks
--- A page of tasks; {where} and {order} are composed from the task_filter_* fragments.
-SELECT t.* FROM tasks t
+-- A page of tasks; {where} and {order} are composed from the task_filter_* fragments; with the snapshot they were read in.
+SELECT t.*, pg_current_snapshot()::text AS snapshot FROM tasks t
  WHERE {where}
  ORDER BY {order}
  LIMIT %(limit)s OFFSET %(offset)s;

@@ -92,8 +92,8 @@ def console_on(url: str, database_url: str, local: dict[str, str]) -> Iterator[C
     """The console's users and worker on a running API."""
     worker = start_worker(database_url, "--concurrency", "2", **local)
     try:
-        # dot and sam: each is one test's alone, so its overview counts move by its own tasks only.
-        for username in ("ann", "bob", "dot", "sam"):
+        # dot, sam, lee: each is one test's alone, so its counts move by its own tasks only.
+        for username in ("ann", "bob", "dot", "sam", "lee"):
             body = {
                 "username": username,
                 "email": f"{username}@example.com",
@@ -523,6 +523,39 @@ def test_a_transition_delivered_after_a_read_that_counted_it_is_not_counted_twic
     console.sql("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", (task["id"],))
     expect(overview.get_by_role("link", name="1 Cancelled")).to_be_visible()  # live after it
     assert counts() == {"Total": "1", **dict.fromkeys(STATUS_CARDS, "0"), "Cancelled": "1"}
+
+
+def test_the_tasks_list_skips_transitions_delivered_after_a_read_that_showed_them(
+    console, as_user, sessions, pg_server_url
+):
+    """The list's rows were read after two held-back transitions: when the stream delivers
+    them, a row must not go back to the older status, not even for a moment."""
+    from playwright.sync_api import expect
+
+    task = console.create("lee", title="seam row", queue="held-seam-list")
+    marker = console.create("lee", title="seam marker", queue="held-seam-list")
+    sessions("lee")
+    page = as_user("lee")
+    with psycopg.connect(pg_server_url) as blocker:
+        blocker.execute("SELECT pg_current_xact_id()")  # older than what follows
+        for status in ("PROCESSING", "CANCELLED"):
+            console.sql("UPDATE tasks SET status = %s WHERE id = %s", (status, task["id"]))
+        page.goto("/dashboard/#/tasks?queue=held-seam-list")
+        row = page.locator(f"tr[data-task-id='{task['id']}']")
+        expect(row).to_have_attribute("data-status", "CANCELLED")
+        # Every status the row shows from now on, however briefly.
+        row.evaluate("""(tr) => {
+            window.seamStatuses = [];
+            new MutationObserver(() => window.seamStatuses.push(tr.dataset.status))
+                .observe(tr, {attributes: true, attributeFilter: ["data-status"]});
+        }""")
+        blocker.rollback()
+    console.sql("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", (marker["id"],))
+    # The marker's event comes after the held ones in the stream's order: they were handled.
+    marker_row = page.locator(f"tr[data-task-id='{marker['id']}']")
+    expect(marker_row).to_have_attribute("data-status", "CANCELLED")
+    assert "PROCESSING" not in page.evaluate("window.seamStatuses")
+    expect(row).to_have_attribute("data-status", "CANCELLED")
 
 
 def test_a_stream_that_drops_before_its_first_event_reads_its_snapshot_again(console, as_user):

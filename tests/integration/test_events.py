@@ -194,10 +194,15 @@ def test_an_event_held_back_after_a_read_that_counted_it_is_marked_counted_by_it
         processing = commit_transition(database_url, task, "PROCESSING")
         counts, snapshot = stats(client, ann)
         assert counts["PROCESSING"] == 1 and counts["PENDING"] == 0  # the read counts it
+        listed = client.get(f"{API}/tasks", headers=ann.headers).get_json()
+        assert {row["id"]: row["status"] for row in listed["results"]}[task] == "PROCESSING"
         holder.rollback()
     [held] = live.read_until(is_event(processing))  # delivered after the read
     assert held["data"]["place_is_writer"] is True
     assert counted_in(snapshot, held) is True  # so a client adding events skips it
+    assert counted_in(listed["snapshot"], held) is True  # and a list's row already shows it
+    empty = client.get(f"{API}/tasks", headers=ann.headers, query_string={"queue": "none"})
+    assert empty.get_json()["results"] == [] and empty.get_json()["snapshot"] is None
     later = commit_transition(database_url, task, "CANCELLED")
     [after] = live.read_until(is_event(later))
     assert counted_in(snapshot, after) is False  # a transition after the read is added
