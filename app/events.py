@@ -152,7 +152,12 @@ def render_event(row: dict[str, Any], position: Position | None = None) -> Event
     """A history row as an SSE event: ``event`` is the status; ``id`` the history id, or the
     place ``<xact_id>-<history id>`` when ``position`` is given (the all-tasks stream)."""
     status = row["to_status"]
-    body = json.dumps(event_data(row), separators=(",", ":"))
+    data = event_data(row)
+    if position is not None:
+        # Whether the xact of the id wrote this row: only then may a client test it against
+        # the snapshot of a read (GET /tasks/stats) to tell whether the read counted it.
+        data["place_is_writer"] = bool(row.get("place_is_writer"))
+    body = json.dumps(data, separators=(",", ":"))
     event_id = row["id"] if position is None else f"{position[0]}-{position[1]}"
     text = f"id: {event_id}\nevent: {status.lower()}\ndata: {body}\n\n"
     order = row["id"] if position is None else position

@@ -812,14 +812,29 @@ def cursor_field() -> Text:
     )
 
 
+def snapshot_field(what: str, **options: Any) -> fields.String:
+    """The Postgres snapshot a read's ``what`` come from, and how a client tells by it
+    which /events transitions they already hold."""
+    return fields.String(
+        metadata={
+            "description": f"The Postgres snapshot the {what} were read in, as "
+            "pg_current_snapshot() prints it: xmin:xmax:xip,... A transition of /events or "
+            "/admin/events (id <xact>-<history id>, place_is_writer true) is already in "
+            f"the {what} when its xact is visible in it: xact < xmin, or xact < xmax and "
+            "not in xip.",
+        },
+        **options,
+    )
+
+
 def page_fields(item: type[Schema], paged: bool = True) -> dict[str, fields.Field]:
     """The fields of a page of ``item``: count, links, next_cursor and the results."""
     body: dict[str, fields.Field] = {
         "count": fields.Integer(
             metadata={
                 "description": "Rows matching the filters: exact when count_exact, else a lower "
-                "bound (the count stopped at TASKQ_COUNT_LIMIT; with a search, the rows the "
-                "page read: before it, on it and the one after it)."
+                "bound (the count stopped at TASKQ_COUNT_LIMIT; with a search of a frequent "
+                "word, the rows the page read: before it, on it and the one after it)."
             }
         ),
         "count_exact": fields.Boolean(
@@ -1003,7 +1018,10 @@ class TaskBatchCreatedSchema(Schema):
     warnings = fields.List(fields.String(), metadata={"description": WARNINGS_DESCRIPTION})
 
 
-TaskPageSchema = Schema.from_dict(page_fields(TaskSchema), name="TaskPageSchema")
+TaskPageSchema = Schema.from_dict(
+    {**page_fields(TaskSchema), "snapshot": snapshot_field("rows", allow_none=True)},
+    name="TaskPageSchema",
+)
 TaskPageSchema.__doc__ = "A page of tasks."
 
 
@@ -1078,6 +1096,7 @@ class StatsSchema(Schema):
 
     stats = fields.List(fields.Nested(StatusCountSchema))
     total = fields.Integer()
+    snapshot = snapshot_field("counts")
 
 
 class TaskTypeSchema(Schema):

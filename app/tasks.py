@@ -188,13 +188,14 @@ def nested(name: str) -> sql.SQL:
 
 def search_rows(
     conn: Any, list_query: str, filters: dict[str, Any], asked: PageRequest
-) -> list[dict[str, Any]]:
-    """A search's page (``asked``'s rows and look-ahead): walking the list's order over a
-    bounded number of tasks and checking their documents (a frequent word), else from the
-    GIN index's matches (a rare one). Each plan is right for one kind of word and ruinous
-    for the other (walking for a rare word reads every task; the index for a frequent one
-    reads every match), and the planner cannot tell them apart, so the walk goes first
-    (in an order an index serves: in another the walk would sort every task)."""
+) -> tuple[list[dict[str, Any]], bool]:
+    """A search's page (``asked``'s rows and look-ahead), and whether it came from the GIN
+    index: walking the list's order over a bounded number of tasks and checking their
+    documents (a frequent word), else from the GIN index's matches (a rare one). Each plan
+    is right for one kind of word and ruinous for the other (walking for a rare word reads
+    every task; the index for a frequent one reads every match), and the planner cannot
+    tell them apart, so the walk goes first (in an order an index serves: in another the
+    walk would sort every task)."""
     order = order_sql("t", asked.terms)
     others = {name: value for name, value in filters.items() if name != "search"}
     limit, offset = asked.params["limit"], asked.params["offset"]
@@ -206,10 +207,23 @@ def search_rows(
                   "limit": SEARCH_WALK_FACTOR * (offset + limit), "offset": 0}  # fmt: skip
         rows = conn.execute(walk, params, prepare=False).fetchall()
         if len(rows) == limit:
-            return rows
+            return rows, False
     listed = nested(list_query).format(where=where_sql(filters, asked.after), order=order)
     statement = sql.SQL(queries["search_by_index"]).format(list=listed)
-    return conn.execute(statement, {**filters, **asked.params}, prepare=False).fetchall()
+    return conn.execute(statement, {**filters, **asked.params}, prepare=False).fetchall(), True
+
+
+def count_search(conn: Any, filters: dict[str, Any], admin: bool) -> tuple[int, bool]:
+    """How many tasks a search that went by the GIN index matches (its matches are few, or
+    were read anyway), counting at most TASKQ_COUNT_LIMIT, as for the other filters."""
+    limit = current_app.config["TASKQ_COUNT_LIMIT"]
+    counted = nested("admin_count_tasks" if admin else "count_tasks").format(
+        where=where_sql(filters)
+    )
+    statement = sql.SQL(queries["search_by_index"]).format(list=counted)
+    params = {**filters, "count_limit": limit}
+    count = conn.execute(statement, params, prepare=False).fetchone()["count"]
+    return count, count < limit
 
 
 def list_tasks_page(
@@ -218,7 +232,8 @@ def list_tasks_page(
     """A page of tasks matching ``query``'s filters (plus ``filters``), as the API shows it.
 
     By ``cursor`` (keyset: the rows after the cursor's, in its order) or by ``page``
-    (OFFSET); either way the page has the ``next_cursor`` after its last row.
+    (OFFSET); either way the page has the ``next_cursor`` after its last row. ``snapshot``:
+    the one its rows were read in (None without rows), to tell which events they hold.
     """
     for name in FILTER_FRAGMENTS:
         if name in query:
@@ -230,8 +245,10 @@ def list_tasks_page(
         if "search" in filters:
             search = conn.execute(queries["search_tsquery"], {"search": filters["search"]})
             filters["search"] = search.fetchone()["query"]
-            rows = search_rows(conn, list_query, filters, asked)
+            rows, by_index = search_rows(conn, list_query, filters, asked)
             total, exact = seen_count(asked, rows)
+            if by_index and not exact:
+                total, exact = count_search(conn, filters, admin)
         else:
             total, exact = count_matches(conn, filters, admin)
             rows = []
@@ -240,9 +257,11 @@ def list_tasks_page(
                     where=where_sql(filters, asked.after), order=order_sql("t", asked.terms)
                 )
                 rows = conn.execute(statement, {**filters, **asked.params}).fetchall()
+    snapshot = rows[0]["snapshot"] if rows else None
     rows, next_cursor = asked.cut(rows)
     results = [task_to_json(row) for row in rows]
-    return page_body(results, total, exact, asked.page, asked.size, next_cursor)
+    body = page_body(results, total, exact, asked.page, asked.size, next_cursor)
+    return {**body, "snapshot": snapshot}
 
 
 def idempotency_key() -> str | None:
@@ -557,10 +576,11 @@ def list_tasks():
 @doc("Count the caller's tasks per status", tag="tasks", response=schemas.StatsSchema)
 @jwt_required()
 def task_stats():
-    """Every status with its count, and the total."""
+    """Every status with its count, the total, and the snapshot the counts were read in."""
     rows = fetch_all("task_stats", {"user_id": current_user_id()})
     stats = [{"status": row["status"], "count": row["count"]} for row in rows]
-    return {"stats": stats, "total": sum(row["count"] for row in stats)}
+    total = sum(row["count"] for row in stats)
+    return {"stats": stats, "total": total, "snapshot": rows[0]["snapshot"]}
 
 
 @bp.get("/tasks/<int:task_id>")

@@ -1,6 +1,7 @@
 -- name: admin_list_tasks
--- A page of every user's tasks with their owners; {where} and {order} as in list_tasks.
-SELECT t.*, u.username AS owner_username, u.email AS owner_email
+-- A page of every user's tasks with their owners; {where} and {order} as in list_tasks; with the snapshot they were read in.
+SELECT t.*, u.username AS owner_username, u.email AS owner_email,
+       pg_current_snapshot()::text AS snapshot
   FROM tasks t LEFT JOIN users u ON u.id = t.user_id
  WHERE {where}
  ORDER BY {order}

@@ -63,8 +63,10 @@ SELECT coalesce(sum(t.tasks), 0)::bigint AS count
  WHERE {where};
 
 -- name: task_stats
--- The caller's tasks per status, every status listed (in lifecycle order), from the counters.
-SELECT s.status::text AS status, coalesce(sum(c.tasks), 0)::bigint AS count
+-- The caller's tasks per status, every status listed (in lifecycle order), from the counters; with the snapshot they were read in.
+-- pg_current_snapshot() is this statement's own snapshot: the counts hold exactly the transitions of the transactions it sees.
+SELECT s.status::text AS status, coalesce(sum(c.tasks), 0)::bigint AS count,
+       pg_current_snapshot()::text AS snapshot
   FROM unnest(enum_range(NULL::task_status)) AS s(status)
   LEFT JOIN (SELECT status, tasks FROM task_counts WHERE user_id = %(user_id)s
              UNION ALL

@@ -30,7 +30,8 @@ SELECT h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.erro
 -- Replay of a user's transitions after a stream position, in the all-tasks order, final places only.
 -- Walks ix_task_history_xact_id from that position (no user index: every history row would pay for it), so its cost is every user's events since then.
 SELECT h.xact_id, h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.error,
-       h.created_at, t.result, t.started_at, t.completed_at, t.updated_at
+       h.created_at, t.result, t.started_at, t.completed_at, t.updated_at,
+       h.xmin::text::bigint = mod(h.xact_id::text::bigint, 4294967296) AS place_is_writer
   FROM task_history h
   LEFT JOIN tasks t ON t.id = h.task_id
  WHERE h.user_id = %(user_id)s
@@ -42,7 +43,8 @@ SELECT h.xact_id, h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.atte
 -- name: all_events_since
 -- Replay of every user's transitions after a stream position (the admins' stream), in the all-tasks order, final places only.
 SELECT h.xact_id, h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt, h.error,
-       h.created_at, t.result, t.started_at, t.completed_at, t.updated_at
+       h.created_at, t.result, t.started_at, t.completed_at, t.updated_at,
+       h.xmin::text::bigint = mod(h.xact_id::text::bigint, 4294967296) AS place_is_writer
   FROM task_history h
   LEFT JOIN tasks t ON t.id = h.task_id
  WHERE (h.xact_id, h.id) > (%(xact_id)s::xid8, %(after)s)
@@ -69,9 +71,10 @@ SELECT coalesce(last.xact_id, '0') AS xact_id, coalesce(last.id, 0) AS id,
 
 -- name: ready_events
 -- The all-tasks order after a place: rows now final (every transaction that could still write before them has ended) as events of the users asked for (all users for an admin's stream); then one row: the last place reached, rows passed, the horizon, and the newest place of an announced row still waiting.
+-- place_is_writer: the row was inserted by its place's transaction itself (not by a subtransaction, nor under the place of the task's previous row), so a client may test that xact against a snapshot (GET /tasks/stats).
 WITH ready AS MATERIALIZED (
     SELECT h.xact_id, h.id, h.task_id, h.user_id, h.from_status, h.to_status, h.attempt,
-           h.error, h.created_at
+           h.error, h.created_at, h.xmin AS row_xmin
       FROM task_history h
      WHERE (h.xact_id, h.id) > (%(xact_id)s::xid8, %(after)s)
        AND h.xact_id < pg_snapshot_xmin(pg_current_snapshot())
@@ -85,13 +88,14 @@ WITH ready AS MATERIALIZED (
      WHERE a.id NOT IN (SELECT id FROM ready))
 SELECT 'event' AS kind, r.xact_id, r.id, r.task_id, r.user_id, r.from_status, r.to_status,
        r.attempt, r.error, r.created_at, t.result, t.started_at, t.completed_at, t.updated_at,
+       r.row_xmin::text::bigint = mod(r.xact_id::text::bigint, 4294967296) AS place_is_writer,
        NULL::bigint AS passed, NULL::xid8 AS horizon, NULL::xid8 AS waiting
   FROM ready r
   LEFT JOIN tasks t ON t.id = r.task_id
  WHERE %(everyone)s OR r.user_id = ANY(%(user_ids)s)
 UNION ALL
 SELECT 'end', last.xact_id, last.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-       NULL, (SELECT count(*) FROM ready), pg_snapshot_xmin(pg_current_snapshot()),
+       NULL, NULL, (SELECT count(*) FROM ready), pg_snapshot_xmin(pg_current_snapshot()),
        (SELECT max(xact_id) FROM unpassed
          WHERE xact_id >= pg_snapshot_xmin(pg_current_snapshot()))
   FROM (SELECT 1) one

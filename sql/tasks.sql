@@ -66,8 +66,8 @@ COPY tasks (id, user_id, title, description, task_type, payload, queue, priority
 FROM STDIN (FORMAT BINARY);
 
 -- name: list_tasks
--- A page of tasks; {where} and {order} are composed from the task_filter_* fragments.
-SELECT t.* FROM tasks t
+-- A page of tasks; {where} and {order} are composed from the task_filter_* fragments; with the snapshot they were read in.
+SELECT t.*, pg_current_snapshot()::text AS snapshot FROM tasks t
  WHERE {where}
  ORDER BY {order}
  LIMIT %(limit)s OFFSET %(offset)s;
@@ -120,7 +120,7 @@ SELECT t.* FROM ({list}) t
  LIMIT %(page_limit)s OFFSET %(page_offset)s;
 
 -- name: search_by_index
--- A search's page from its matches in task_search's GIN index first, then the list query below it (with task_filter_search). Materialized because the planner cannot tell a rare word from a frequent one (a prefix's estimate is a fixed share of the table), and walking the list's order for a rare word reads every task.
+-- A search's page (or count) from its matches in task_search's GIN index first, then the list (or count) query below it (with task_filter_search). Materialized because the planner cannot tell a rare word from a frequent one (a prefix's estimate is a fixed share of the table), and walking the list's order for a rare word reads every task.
 WITH matched AS MATERIALIZED (
     SELECT s.task_id FROM task_search s WHERE s.document @@ %(search)s::tsquery
 )

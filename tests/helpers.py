@@ -237,6 +237,18 @@ def held_transition(database_url: str, task_id: int, status: str) -> Iterator[in
         conn.commit()
 
 
+def counted_in(snapshot: str, event: dict) -> bool | None:
+    """Whether a read in ``snapshot`` (``xmin:xmax:xip,…``, as GET /tasks/stats gives it)
+    already counted an /events transition (``id`` and parsed ``data``): the dashboard's rule
+    (app/static/dashboard/js/snapshot.js). None when the snapshot cannot tell."""
+    if not event["data"].get("place_is_writer"):
+        return None
+    xact = int(event["id"].split("-")[0])
+    xmin, xmax, xip = snapshot.split(":")
+    in_progress = {int(xid) for xid in xip.split(",") if xid}
+    return xact < int(xmin) or (xact < int(xmax) and xact not in in_progress)
+
+
 def last_history_id(conn: psycopg.Connection, task_id: int) -> int:
     """The newest history id of a task that ``conn`` sees."""
     return conn.execute(

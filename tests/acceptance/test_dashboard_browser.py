@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 SECRET = "dashboard-acceptance-secret-0123456789abcdef"
 PASSWORD = "Sturdy-Lamp-42"
 DESKTOP = {"width": 1280, "height": 800}
+STATUS_CARDS = ("Waiting", "Pending", "Processing", "Retrying", "Completed", "Failed", "Cancelled")
 PHONE = {"width": 390, "height": 844}
 
 
@@ -91,7 +92,8 @@ def console_on(url: str, database_url: str, local: dict[str, str]) -> Iterator[C
     """The console's users and worker on a running API."""
     worker = start_worker(database_url, "--concurrency", "2", **local)
     try:
-        for username in ("ann", "bob"):
+        # dot, sam, lee: each is one test's alone, so its counts move by its own tasks only.
+        for username in ("ann", "bob", "dot", "sam", "lee"):
             body = {
                 "username": username,
                 "email": f"{username}@example.com",
@@ -437,8 +439,8 @@ def test_a_dropped_connection_resumes_without_missing_a_transition(console, as_u
     (whose overview counts would drift if a transition were lost or seen twice)."""
     from playwright.sync_api import expect
 
-    task = console.create("ann", title="offline", queue="held-offline")
-    page = as_user("ann")
+    task = console.create("dot", title="offline", queue="held-offline")
+    page = as_user("dot")
     overview = page.context.new_page()
     overview.goto("/dashboard/#/")
     live = overview.get_by_role("status").filter(has_text="Live")
@@ -489,6 +491,71 @@ def test_a_dropped_connection_resumes_without_missing_a_transition(console, as_u
         "Retrying",
         "Cancelled",
     ]
+
+
+def test_a_transition_delivered_after_a_read_that_counted_it_is_not_counted_twice(
+    console, as_user, sessions, pg_server_url
+):
+    """/events holds a transition back while an older transaction anywhere on the server is
+    open; a stats read meanwhile already counts it. When it arrives, the counts must stay."""
+    from playwright.sync_api import expect
+
+    task = console.create("sam", title="seam", queue="held-seam")  # no worker serves the queue
+    sessions("sam")  # signed in before the hold: other streams on the server wait for it too
+    with psycopg.connect(pg_server_url) as blocker:  # another database of the server
+        blocker.execute("SELECT pg_current_xact_id()")  # older than what follows
+        console.sql("UPDATE tasks SET status = 'PROCESSING' WHERE id = %s", (task["id"],))
+        overview = as_user("sam")  # its read counts the transition
+        log = overview.get_by_role("log", name="Recent activity")
+        expect(log).to_contain_text("seam")
+        expect(overview.get_by_role("link", name="1 Processing")).to_be_visible()
+        expect(overview.get_by_role("link", name="0 Pending")).to_be_visible()
+        expect(log).not_to_contain_text("→")  # not delivered yet
+        blocker.rollback()
+    arrived = log.get_by_role("listitem").filter(has_text=re.compile(r"Pending\s*→\s*Processing"))
+    expect(arrived).to_be_visible()  # the event is applied before its entry shows
+
+    def counts() -> dict[str, str]:
+        cards = overview.get_by_role("region", name="Your tasks by status").get_by_role("link")
+        return {name: number for number, name in map(str.split, cards.all_inner_texts())}
+
+    assert counts() == {"Total": "1", **dict.fromkeys(STATUS_CARDS, "0"), "Processing": "1"}
+    console.sql("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", (task["id"],))
+    expect(overview.get_by_role("link", name="1 Cancelled")).to_be_visible()  # live after it
+    assert counts() == {"Total": "1", **dict.fromkeys(STATUS_CARDS, "0"), "Cancelled": "1"}
+
+
+def test_the_tasks_list_skips_transitions_delivered_after_a_read_that_showed_them(
+    console, as_user, sessions, pg_server_url
+):
+    """The list's rows were read after two held-back transitions: when the stream delivers
+    them, a row must not go back to the older status, not even for a moment."""
+    from playwright.sync_api import expect
+
+    task = console.create("lee", title="seam row", queue="held-seam-list")
+    marker = console.create("lee", title="seam marker", queue="held-seam-list")
+    sessions("lee")
+    page = as_user("lee")
+    with psycopg.connect(pg_server_url) as blocker:
+        blocker.execute("SELECT pg_current_xact_id()")  # older than what follows
+        for status in ("PROCESSING", "CANCELLED"):
+            console.sql("UPDATE tasks SET status = %s WHERE id = %s", (status, task["id"]))
+        page.goto("/dashboard/#/tasks?queue=held-seam-list")
+        row = page.locator(f"tr[data-task-id='{task['id']}']")
+        expect(row).to_have_attribute("data-status", "CANCELLED")
+        # Every status the row shows from now on, however briefly.
+        row.evaluate("""(tr) => {
+            window.seamStatuses = [];
+            new MutationObserver(() => window.seamStatuses.push(tr.dataset.status))
+                .observe(tr, {attributes: true, attributeFilter: ["data-status"]});
+        }""")
+        blocker.rollback()
+    console.sql("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", (marker["id"],))
+    # The marker's event comes after the held ones in the stream's order: they were handled.
+    marker_row = page.locator(f"tr[data-task-id='{marker['id']}']")
+    expect(marker_row).to_have_attribute("data-status", "CANCELLED")
+    assert "PROCESSING" not in page.evaluate("window.seamStatuses")
+    expect(row).to_have_attribute("data-status", "CANCELLED")
 
 
 def test_a_stream_that_drops_before_its_first_event_reads_its_snapshot_again(console, as_user):

@@ -13,7 +13,15 @@ import pytest
 
 from app.events import fetch_events, get_notifier
 from sql import queries
-from tests.helpers import API, commit_transition, held_transition, insert_tasks, wait_for
+from tests.helpers import (
+    API,
+    commit_transition,
+    counted_in,
+    held_transition,
+    insert_tasks,
+    last_history_id,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -164,6 +172,66 @@ def test_a_task_keeps_its_order_when_an_older_transaction_writes_its_next_transi
         (task, "processing"),
         (task, "cancelled"),
     ]
+
+
+def stats(client, account) -> tuple[dict[str, int], str]:
+    """GET /tasks/stats: the counts by status and the snapshot they were read in."""
+    response = client.get(f"{API}/tasks/stats", headers=account.headers)
+    assert response.status_code == 200, response.get_data()
+    body = response.get_json()
+    return {row["status"]: row["count"] for row in body["stats"]}, body["snapshot"]
+
+
+def test_an_event_held_back_after_a_read_that_counted_it_is_marked_counted_by_its_snapshot(
+    stream_app, client, make_account, database_url, streams
+):
+    """The seam of the dashboard's counts: a transition commits, a read counts it, and only
+    then does the stream deliver it (it waited behind an older open transaction)."""
+    ann = make_account("ann")
+    [task] = new_tasks(database_url, ann.id, 1)
+    live, _ = open_synced(client, streams, ann, database_url)
+    with psycopg.connect(database_url) as holder:
+        holder.execute("SELECT pg_current_xact_id()")  # older than what follows: holds it back
+        processing = commit_transition(database_url, task, "PROCESSING")
+        counts, snapshot = stats(client, ann)
+        assert counts["PROCESSING"] == 1 and counts["PENDING"] == 0  # the read counts it
+        listed = client.get(f"{API}/tasks", headers=ann.headers).get_json()
+        assert {row["id"]: row["status"] for row in listed["results"]}[task] == "PROCESSING"
+        holder.rollback()
+    [held] = live.read_until(is_event(processing))  # delivered after the read
+    assert held["data"]["place_is_writer"] is True
+    assert counted_in(snapshot, held) is True  # so a client adding events skips it
+    assert counted_in(listed["snapshot"], held) is True  # and a list's row already shows it
+    empty = client.get(f"{API}/tasks", headers=ann.headers, query_string={"queue": "none"})
+    assert empty.get_json()["results"] == [] and empty.get_json()["snapshot"] is None
+    later = commit_transition(database_url, task, "CANCELLED")
+    [after] = live.read_until(is_event(later))
+    assert counted_in(snapshot, after) is False  # a transition after the read is added
+    assert counted_in(stats(client, ann)[1], after) is True
+
+
+def test_a_transition_under_its_tasks_previous_place_says_the_snapshot_cannot_tell(
+    stream_app, client, make_account, database_url, streams
+):
+    """An older transaction writes a task's next transition under the place of the newer
+    one before it: its id names a transaction that did not write it, so a snapshot that
+    sees that transaction says nothing about this one (place_is_writer false)."""
+    ann = make_account("ann")
+    task, other = new_tasks(database_url, ann.id, 2)
+    live, _ = open_synced(client, streams, ann, database_url)
+    with psycopg.connect(database_url) as older:
+        older.execute("UPDATE tasks SET title = 'x' WHERE id = %s", (other,))  # takes its id
+        processing = commit_transition(database_url, task, "PROCESSING")
+        older.execute("UPDATE tasks SET status = 'CANCELLED' WHERE id = %s", (task,))
+        cancelled = last_history_id(older, task)
+        counts, snapshot = stats(client, ann)
+        assert counts["PROCESSING"] == 1  # the cancel is not in the read yet
+    got = live.read_until(is_event(cancelled))
+    assert event_ids(got) == [processing, cancelled]
+    assert place(got[0]["id"])[0] == place(got[1]["id"])[0]  # the same place's xact
+    assert counted_in(snapshot, got[0]) is True
+    assert got[1]["data"]["place_is_writer"] is False
+    assert counted_in(snapshot, got[1]) is None  # not "counted": the read did not see it
 
 
 def test_many_rows_at_once_page_through_the_cursor_in_order(

@@ -1,11 +1,15 @@
 // Overview: the caller's tasks by status and the latest transitions, live.
 //
 // One REST read of /tasks/stats, then each event moves one task from its
-// from_status to its status. Events that arrive while a read is in flight may
-// or may not be in it, so the counts are read again afterwards instead.
+// from_status to its status. An event may arrive after a read that already
+// counted it (the stream holds events back behind older open transactions;
+// delivery takes time), so each event is checked against the snapshot the
+// counts were read in and skipped when they hold it. Events that arrive
+// while a read is in flight wait for its snapshot.
 
 import {get} from "../api.js";
 import {add, STATUSES, h, replace, statusBadge, throttle, timeEl, titleCase} from "../dom.js";
+import {countedIn, parseSnapshot} from "../snapshot.js";
 
 const FEED_LENGTH = 15;
 
@@ -39,23 +43,54 @@ export async function renderOverview(main, ctx) {
           ` ${titleCase(status)}`))));
   }
 
-  let reading = false;
-  let dirty = false;
+  let snapshot = null;  // of the last read: what its counts hold
+  let held = null;  // while a read is in flight: the events that arrived meanwhile, [[data, id]]
+  let again = false;
   async function readCounts() {
-    reading = true;
-    dirty = false;
+    if (held) {  // one read at a time, so each held event meets the snapshot of the counts it joins
+      again = true;
+      return;
+    }
+    held = [];
     try {
       const stats = await get("tasks/stats");
       for (const status of STATUSES) counts.set(status, 0);
       for (const row of stats.stats) counts.set(row.status, row.count);
       total = stats.total;
+      snapshot = parseSnapshot(stats.snapshot);
+    } finally {  // after a failed read, the held events join the counts they left
+      const arrived = held;
+      held = null;
+      for (const [data, id] of arrived) count(data, id);
       drawCounts();
-    } finally {
-      reading = false;
-      if (dirty) readSoon();
+      if (again) {
+        again = false;
+        readSoon();
+      }
     }
   }
   const readSoon = throttle(() => { readCounts().catch(() => {}); }, 1000);
+
+  // Move the counts by one transition, unless the last read already counted it.
+  function count(data, id) {
+    if (held) {
+      held.push([data, id]);
+      return;
+    }
+    const counted = countedIn(snapshot, id, data);
+    if (counted) return;
+    if (counted === null || data.status === "DELETED") {
+      readSoon();  // the snapshot cannot tell, or the event does not say which status the task left
+      return;
+    }
+    if (data.from_status && counts.has(data.from_status)) {
+      counts.set(data.from_status, counts.get(data.from_status) - 1);
+    } else if (!data.from_status) {
+      total += 1;
+    }
+    counts.set(data.status, (counts.get(data.status) || 0) + 1);
+    drawCounts();
+  }
 
   function taskLink(id) {
     const link = h("a", {href: `#/tasks/${id}`}, `#${id}`, titles.has(id) ? ` ${titles.get(id)}` : "");
@@ -79,21 +114,9 @@ export async function renderOverview(main, ctx) {
     while (feed.children.length > FEED_LENGTH) feed.lastElementChild.remove();
   }
 
-  function applyEvent(type, data) {
+  function applyEvent(type, data, id) {
     const status = data.status;
-    if (reading) {
-      dirty = true;
-    } else if (status === "DELETED") {
-      readSoon();  // the event does not say which status the task left
-    } else {
-      if (data.from_status && counts.has(data.from_status)) {
-        counts.set(data.from_status, counts.get(data.from_status) - 1);
-      } else if (!data.from_status) {
-        total += 1;
-      }
-      counts.set(status, (counts.get(status) || 0) + 1);
-      drawCounts();
-    }
+    count(data, id);
     addEntry(h("li", {class: "entry"},
       taskLink(data.id), " ",
       data.from_status ? [statusBadge(data.from_status), " → "] : "created ",

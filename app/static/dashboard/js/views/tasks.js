@@ -1,13 +1,16 @@
 // The tasks list (the caller's, or every user's for an admin): every filter of
 // GET /tasks, search, ordering and paging in the URL; one REST read per
 // change of filters, then events. An event of a row on screen updates it in
-// place; an event of a task not on screen may change what the page shows, so
-// the page is read again (at most every two seconds).
+// place, unless the read's snapshot shows the row already holds it (the stream
+// can deliver a transition after a read that saw it); an event of a task not
+// on screen may change what the page shows, so the page is read again (at most
+// every two seconds). Events that arrive while a read is in flight wait for it.
 
 import {api, get} from "../api.js";
 import {add, CANCELLABLE, RETRYABLE, STATUSES, announce, errorBox, field, h, replace, statusBadge,
   throttle, timeEl, titleCase, uid,} from "../dom.js";
 import {href, navigate} from "../router.js";
+import {countedIn, parseSnapshot} from "../snapshot.js";
 
 const FILTERS = [
   "search", "status", "task_type", "queue", "priority", "tag", "start_date", "end_date",
@@ -236,8 +239,26 @@ function renderList(main, ctx, {admin}) {
       link("Next page", page + 1, "next"));
   }
 
+  let snapshot = null;  // of the rows on screen
+  let held = null;  // while a read is in flight: the events that arrived meanwhile
+  let reads = 0;
   async function load() {
-    const data = await get(endpoint, query);
+    const mine = ++reads;
+    held = held || [];
+    try {
+      const data = await get(endpoint, query);
+      if (mine === reads) draw(data);  // else a later read is in flight: its answer is drawn
+    } finally {
+      if (mine === reads) {  // after a failed read, the held events meet the rows they left
+        const arrived = held;
+        held = null;
+        for (const event of arrived) onEvent(...event);
+      }
+    }
+  }
+
+  function draw(data) {
+    snapshot = parseSnapshot(data.snapshot);
     const page = Number(query.page || 1);
     const size = Number(query.page_size || 20);
     const focused = document.activeElement;
@@ -287,10 +308,19 @@ function renderList(main, ctx, {admin}) {
     });
   }
 
-  function onEvent(type, data) {
+  function onEvent(type, data, id) {
+    if (held) {
+      held.push([type, data, id]);
+      return;
+    }
     const row = rows.get(data.id);
     if (row && data.status !== "DELETED") {
-      if (data.at && row.task.updated_at && new Date(data.at) < new Date(row.task.updated_at)) return;
+      const shown = countedIn(snapshot, id, data);
+      if (shown) return;  // the row was read after it
+      if (shown === null) {  // the snapshot cannot tell: read the page again
+        reloadSoon();
+        return;
+      }
       const task = {...row.task, status: data.status, attempts: data.attempt ?? row.task.attempts,
         updated_at: data.updated_at || data.at || row.task.updated_at};
       drawRow(task);
