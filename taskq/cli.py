@@ -150,6 +150,14 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
 @click.option(
     "--enqueue-only", is_flag=True, help="taskq's enqueue workloads, without and with unique keys"
 )
+@click.option(
+    "--workload",
+    "workloads",
+    multiple=True,
+    type=click.Choice(["enqueue", "drain", "pickup", "extra"]),
+    help="only these workloads (repeatable; extra: HTTP, SSE, ceiling, limits)",
+)
+@click.option("--repeats", default=None, type=click.IntRange(1), help="rounds (default 3, quick 1)")
 def bench(
     quick: bool,
     database_url: str | None,
@@ -160,18 +168,24 @@ def bench(
     soak: str | None,
     results_dir: str | None,
     enqueue_only: bool,
+    workloads: tuple,
+    repeats: int | None,
 ) -> None:
     """Benchmark taskq against PgQueuer and procrastinate on the same Postgres.
 
     --scale measures taskq's reads, drain and pickup as finished tasks pile up
     (bench/scale.py). The server is --database-url, else DATABASE_URL, else the
-    embedded Postgres.
+    embedded Postgres. Each round runs every system in turn (alternating A/B on
+    a shared machine): ``--workload pickup --repeats 6`` compares idle pickup alone.
     """
+    from dataclasses import replace
     from pathlib import Path
 
-    from bench.harness import FULL, QUICK, RESULTS_DIR, TINY, run_bench
+    from bench.harness import FULL, QUICK, RESULTS_DIR, TINY, WORKLOADS, run_bench
 
     sizes = TINY if tiny else QUICK if quick else FULL
+    if repeats is not None:
+        sizes = replace(sizes, repeats=repeats)
     url = database_url or env("DATABASE_URL")
     if url is None:  # like taskq up: a fresh install benchmarks on the embedded Postgres
         from taskq.embedded import start_embedded_postgres
@@ -190,7 +204,8 @@ def bench(
         except ValueError as exc:
             fail(str(exc))
         return
-    run_bench(url, sizes, json_file, list(systems) or None, enqueue_only=enqueue_only)
+    run_bench(url, sizes, json_file, list(systems) or None, enqueue_only=enqueue_only,
+              workloads=workloads or WORKLOADS)  # fmt: skip
 
 
 @main.command()
