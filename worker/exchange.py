@@ -105,13 +105,6 @@ class Exchange:
         return self.inflight is not None
 
     @property
-    def ready(self) -> bool:
-        """Connected, nothing in flight: an exchange can be sent without blocking on a connect."""
-        conn = self.conn
-        return (self.inflight is None and self.failure is None and conn is not None
-                and not conn.closed and not conn.broken)  # fmt: skip
-
-    @property
     def claiming(self) -> int:
         """How many tasks the exchange in flight asked for."""
         return self.inflight[1] if self.inflight is not None else 0

@@ -25,9 +25,7 @@ prefetched) is read as soon as the server ran it, and its first task starts
 while the commit's fsync is still under way; the next ``next`` reads the
 commit's confirmation before anything else runs or is sent (``Exchange``).
 An idle pickup therefore waits for one round trip, not a round trip and a
-durable commit. While the child waits idle, the listener thread sends that
-claim itself as the notification arrives, so the main thread's wake-up (a
-thread switch, the GIL) overlaps the server's work instead of preceding it.
+durable commit.
 """
 
 from __future__ import annotations
@@ -112,10 +110,6 @@ class Producer:
         self.gone = gone  # the supervisor died
         self.queue: deque[Claim] = deque()
         self.wake = threading.Event()
-        # While ``idle`` (the main thread waits for a wake-up, nothing in flight) the
-        # listener thread may send the claim; the lock makes the hand-over one-way.
-        self.lock = threading.Lock()
-        self.idle = False
         self.stopping = False  # a plain flag: SIGTERM's handler sets it
         self.reopens: float | None = None  # the last claim's rate-window hint, seconds
         self.metrics = metrics.BatchMetrics()
@@ -133,16 +127,7 @@ class Producer:
             self.completer.release(self.queue.popleft())
 
     def on_wakeup(self, queue: str | None) -> None:
-        """A task became due in one of our queues, or notifications may have been missed.
-
-        Listener thread. While the main thread waits idle, the claim is sent from
-        here at once: the main thread's wake-up then overlaps the server's claim.
-        """
-        if self.idle:
-            with self.lock:
-                if self.idle and not self.stopping and self.exchange.ready:
-                    self.idle = False
-                    self.exchange.send(self.completer.take(), self.next_limit())
+        """A task became due in one of our queues, or notifications may have been missed."""
         self.wake.set()
 
     def next(self) -> Claim | None:
@@ -187,18 +172,10 @@ class Producer:
         if self.reopens is not None:
             pause = min(pause, self.reopens)
         deadline = time.monotonic() + pause
-        with self.lock:
-            self.idle = True  # the listener may send the claim now (nothing else uses the link)
-        try:
-            while not self.stopping and not self.gone():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.wake.wait(min(remaining, 0.25)):
-                    break
-        finally:
-            with self.lock:
-                self.idle = False
-        if self.exchange.busy:  # the listener sent the claim
-            self.queue.extend(self.receive(early=True))
+        while not self.stopping and not self.gone():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.wake.wait(min(remaining, 0.25)):
+                break
 
     def send(self, limit: int) -> None:
         """Send the completer's batch and a claim of ``limit`` (after reading the last reply)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
@@ -17,11 +16,9 @@ from psycopg.rows import dict_row
 from sql import queries
 from tests.helpers import insert_tasks, status_counts, wait_for
 from tests.worker_helpers import claim, claim_connection, write
-from worker.completer import Completer, Outcomes, settle_worker_tasks
+from worker.completer import Outcomes, settle_worker_tasks
 from worker.db import connect
-from worker.exchange import Exchange
 from worker.maintenance import reap_expired_leases
-from worker.producer import Producer
 from worker.supervisor import extend_leases
 
 
@@ -477,38 +474,4 @@ def test_a_commit_that_fails_at_the_sync_raises_and_claims_nothing(db, database_
         exchange.send(Outcomes(), 1)
         with pytest.raises(psycopg.errors.RaiseException, match="commit refused"):
             exchange.receive()  # the rows came, but their transaction rolled back
-    assert status_counts(db) == {"PENDING": 1}
-
-
-def idle_producer(exchange: Exchange) -> tuple[Producer, threading.Thread]:
-    """A producer whose refill found nothing and now waits idle (in a thread, as a child's
-    main thread would)."""
-    config = replace(exchange.config, poll_interval=30.0)
-    producer = Producer(config, exchange, Completer(10, 50.0, exchange), done=lambda: 0)
-    waiter = threading.Thread(target=producer.refill)
-    waiter.start()
-    wait_for(lambda: producer.idle, timeout=10, message="the producer to wait idle")
-    return producer, waiter
-
-
-def test_the_listener_sends_an_idle_producers_claim(db, database_url) -> None:
-    with claim_connection(database_url, "w") as exchange:
-        producer, waiter = idle_producer(exchange)
-        (task_id,) = insert_tasks(db, 1)
-        producer.on_wakeup("default")  # the listener thread, on the NOTIFY
-        assert exchange.busy  # sent from here: the waiting thread only reads the reply
-        waiter.join(10)
-        assert not producer.idle
-        assert [row.id for row in producer.queue] == [task_id]
-        producer.stop()  # hands it back
-
-
-def test_a_stopping_producer_leaves_the_claim_to_its_main_thread(db, database_url) -> None:
-    with claim_connection(database_url, "w") as exchange:
-        producer, waiter = idle_producer(exchange)
-        insert_tasks(db, 1)
-        producer.stopping = True  # SIGTERM: claim no more
-        producer.on_wakeup("default")
-        waiter.join(10)
-        assert not exchange.busy and not producer.queue
     assert status_counts(db) == {"PENDING": 1}

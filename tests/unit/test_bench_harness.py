@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import pytest
 
@@ -160,3 +161,25 @@ def test_a_peer_that_cannot_run_here_is_skipped_with_one_line(monkeypatch, capsy
     assert results == []
     assert lines == ["future skipped: no Python >= 99.0 found (set TASKQ_BENCH_PYTHON)"]
     assert "| metric | unit |" in capsys.readouterr().out
+
+
+def test_rounds_alternate_systems_and_run_only_the_selected_workloads(monkeypatch):
+    import bench.harness as harness
+
+    class Peer(IsolatedSystem):
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    order: list[tuple[str, tuple[str, ...]]] = []
+
+    def measure_round(url, template, system, sizes, workloads, record, log):
+        order.append((system.name, tuple(workloads)))
+        record("pickup_p50_ms", float(len(order)))
+
+    monkeypatch.setattr(harness, "system_template", lambda url, system: nullcontext(system.name))
+    monkeypatch.setattr(harness, "measure_round", measure_round)
+    sizes = replace(TINY, repeats=2)
+    results = harness.bench_systems("unused", [Peer("a"), Peer("b")], sizes, print, ("pickup",))
+    assert order == [("a", ("pickup",)), ("b", ("pickup",))] * 2  # a b a b, never a a b b
+    assert {(r.system, r.metric, tuple(r.runs)) for r in results} == {
+        ("a", "pickup_p50_ms", (1.0, 3.0)), ("b", "pickup_p50_ms", (2.0, 4.0))}  # fmt: skip
