@@ -183,3 +183,20 @@ def test_rounds_alternate_systems_and_run_only_the_selected_workloads(monkeypatc
     assert order == [("a", ("pickup",)), ("b", ("pickup",))] * 2  # a b a b, never a a b b
     assert {(r.system, r.metric, tuple(r.runs)) for r in results} == {
         ("a", "pickup_p50_ms", (1.0, 3.0)), ("b", "pickup_p50_ms", (2.0, 4.0))}  # fmt: skip
+
+
+def test_a_taskq_tree_system_runs_its_workers_from_that_tree(tmp_path):
+    import subprocess
+
+    from bench.taskq_system import TaskqTreeSystem
+
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__init__.py").write_text("")
+    marker = "import sys; print('tree worker', *sys.argv[1:])"
+    (tmp_path / "worker" / "__main__.py").write_text(marker)
+    system = TaskqTreeSystem("main", str(tmp_path))
+    (command,) = system.worker_commands("postgresql://unused", 2, tmp_path / "started")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert system.name == "taskq_main"
+    # ahead of the working directory's own worker package, with the same arguments
+    assert done.stdout.strip() == "tree worker --queues bench --log-level warning --concurrency 2"
