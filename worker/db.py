@@ -29,7 +29,7 @@ Statement = tuple[str, dict[str, Any]]  # a query's name and its parameters
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # Prepared once per connection: the claim's plan does not depend on its parameters' sizes,
 # and planning it anew cost ~0.25 ms of every idle pickup (of ~1.3 ms).
-PREPARED = frozenset({"claim_tasks"})
+PREPARED = frozenset({"relax_claim_commit", "claim_tasks"})
 COMMAND_OK = pq.ExecStatus.COMMAND_OK
 FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
@@ -106,7 +106,6 @@ class Pipeline:
         self.pgconn = conn.pgconn
         self.loader = Transformer(conn)
         self.names: list[str | None] | None = None  # the queries in flight (None: a Parse)
-        self.read = 0  # how many of ``names`` have their reply read
         self.prepared: set[str] = set()  # PREPARED queries this connection has (or is parsing)
 
     @property
@@ -114,16 +113,11 @@ class Pipeline:
         """A pipeline was sent and its replies are not read yet."""
         return self.names is not None
 
-    def send(self, statements: Sequence[Statement], early: str | None = None) -> None:
-        """Send ``statements`` (each query at most once) and a Sync, without waiting.
-
-        ``early``: the server sends that query's reply as soon as it ran (a Flush
-        after it), not with the commit's: ``receive(until=early)`` can read it
-        while the commit is still under way.
-        """
+    def send(self, statements: Sequence[Statement]) -> None:
+        """Send ``statements`` (each query at most once) and a Sync, without waiting."""
         pgconn = self.pgconn
         pgconn.enter_pipeline_mode()
-        self.names, self.read = [], 0
+        self.names = []
         for name, params in statements:
             query, names = positional(name)
             values = [encode_param(params[n]) for n in names]
@@ -136,8 +130,6 @@ class Pipeline:
                     self.names.append(None)
                 pgconn.send_query_prepared(name.encode(), values)
             self.names.append(name)
-            if name == early:
-                pgconn.send_flush_request()
         pgconn.pipeline_sync()
         while pgconn.flush():  # 1: the socket is full; the server may be writing to us
             readable, _, _ = select.select([pgconn.socket], [pgconn.socket], [])
@@ -169,20 +161,16 @@ class Pipeline:
                     f"no reply from Postgres in {self.reply_timeout:g} s; connection dropped"
                 )
 
-    def receive(self, until: str | None = None) -> dict[str, pq.abc.PGresult]:
+    def receive(self) -> dict[str, pq.abc.PGresult]:
         """Wait for the pipeline in flight: each query's result, by name.
 
-        ``until``: return as soon as that query's result is in, before the
-        commit (sent ``early``); the pipeline stays in flight and the next call
-        reads the rest. Raises the first query's error (the transaction was
-        rolled back) or OperationalError when the connection was lost.
+        Raises the first query's error (the transaction was rolled back) or
+        OperationalError when the connection was lost.
         """
-        names = self.names or []
+        names, self.names = self.names or [], None
         results: dict[str, pq.abc.PGresult] = {}
         error: psycopg.Error | None = None
-        while self.read < len(names):
-            position, name = self.read, names[self.read]
-            self.read += 1
+        for position, name in enumerate(names):
             result = self.next_result()
             while self.next_result() is not None:  # each query's replies end with a None
                 pass
@@ -195,9 +183,6 @@ class Pipeline:
                 continue
             if name is not None:
                 results[name] = result
-                if name == until and error is None:
-                    return results
-        self.names = None
         # The commit runs at the Sync: an error there (a deferred trigger, NOTIFY's queue
         # full) comes after every query's reply and rolls them all back.
         while (result := self.next_result()) is None or result.status != PIPELINE_SYNC:

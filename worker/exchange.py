@@ -6,15 +6,6 @@ waiting and its reply read later, so the commit overlaps with running tasks.
 Claimed rows come back as lean tuples (``Claim``) with the payload as JSON
 text, decoded only when the task runs.
 
-A claim the worker waits for (nothing else to run) is read early: the server
-sends the claimed rows as soon as the claim ran, and the first task starts
-while the commit (its fsync) is still under way; the producer reads the
-commit's confirmation before it starts another or sends anything. The claim
-is durable before any of its outcomes is written: the outcomes travel in a
-later exchange, which is sent only after that confirmation. A claim whose
-commit fails had its rows run for nothing: their outcomes are fenced out (the
-row is not ours), and the task runs again — at least once, one outcome.
-
 A lost connection: the exchange is sent again on a new connection, after a
 growing pause, until it goes through. The lost one may have committed: its
 outcomes are then written twice (fenced: the second changes nothing) and its
@@ -44,7 +35,6 @@ from worker.db import Pipeline, Statement, connect
 log = logging.getLogger("taskq.worker")
 
 CLAIM_ORDER = attrgetter("n")
-CLAIM_QUERY = "claim_tasks"
 
 
 class Claim(NamedTuple):
@@ -97,7 +87,6 @@ class Exchange:
         self.pipe: Pipeline | None = None
         self.inflight: tuple[Outcomes, int] | None = None  # sent: outcomes, claim limit
         self.failure: psycopg.OperationalError | None = None  # the send of ``inflight`` failed
-        self.committing = False  # the rows of ``inflight`` are out; its commit is unconfirmed
 
     @property
     def busy(self) -> bool:
@@ -128,10 +117,20 @@ class Exchange:
             conn.close()
 
     def statements(self, outcomes: Outcomes, limit: int) -> list[Statement]:
-        """The statements of one exchange: the outcomes' writes, then the claim (when limit > 0)."""
+        """The statements of one exchange: the outcomes' writes, then the claim (when limit > 0).
+
+        An exchange that only claims (an idle pickup) commits without waiting for
+        its WAL flush (``relax_claim_commit``): the row is PROCESSING for everyone
+        at once, and the task need not wait for an fsync first. Outcomes are always
+        durable, and their flush carries every claim before them (WAL is written in
+        order); only a Postgres crash within the WAL writer's delay can undo such a
+        claim, and then the task is due again: at least once, one outcome.
+        """
         writes = completer.statements(outcomes, self.config.max_retry_delay)
+        if limit > 0 and not writes:
+            writes.append(("relax_claim_commit", {}))
         if limit > 0:
-            writes.append((CLAIM_QUERY, {"queues": self.queues, "limit": limit,
+            writes.append(("claim_tasks", {"queues": self.queues, "limit": limit,
                 "worker_id": self.worker_id, "lease_seconds": self.lease_seconds}))  # fmt: skip
         return writes
 
@@ -147,7 +146,7 @@ class Exchange:
         try:
             if self.conn is None or self.conn.closed or self.conn.broken:
                 self.connect(outcomes)
-            self.pipe.send(writes, early=CLAIM_QUERY)
+            self.pipe.send(writes)
         except psycopg.OperationalError as exc:
             self.failure = exc  # ``receive`` retries
 
@@ -159,33 +158,21 @@ class Exchange:
             except psycopg.OperationalError as exc:
                 self.failure = exc
 
-    def receive(self, early: bool = False) -> Reply:
-        """Wait for the exchange in flight; it is retried until it goes through or is given up.
-
-        ``early``: when the claim got rows, return them before the commit is
-        confirmed; the exchange stays in flight, claiming nothing more, and the
-        next ``receive`` gives its outcomes' reply (no rows).
-        """
+    def receive(self) -> Reply:
+        """Wait for the exchange in flight; it is retried until it goes through or is given up."""
         outcomes, limit = self.inflight
         failure, self.inflight, self.failure = self.failure, None, None
-        self.committing = False
         if failure is None:
             try:
-                results = self.pipe.receive(until=CLAIM_QUERY if early else None)
-                if self.pipe.busy:  # the claim's rows are in; its commit is still to come
-                    reply = self.reply(results, Outcomes(), limit)
-                    if reply.rows:
-                        self.inflight, self.committing = (outcomes, 0), True
-                        return reply._replace(failed={})
-                    results = self.pipe.receive()  # nothing claimed: nothing to start early
-                return self.reply(results, outcomes, limit)
+                return self.reply(outcomes, limit)
             except psycopg.OperationalError as exc:
                 failure = exc
         return self.retry(failure, outcomes, limit)
 
-    def reply(self, results: dict, outcomes: Outcomes, limit: int) -> Reply:
-        """The reply of an exchange from its ``results``."""
-        rows = self.pipe.rows(results.get(CLAIM_QUERY), Claim._make)
+    def reply(self, outcomes: Outcomes, limit: int) -> Reply:
+        """Read the reply of the pipeline in flight."""
+        results = self.pipe.receive()
+        rows = self.pipe.rows(results.get("claim_tasks"), Claim._make)
         reopens = None
         if rows and rows[-1].id is None:  # the gate's hints come last
             reopens = min(row.waited for row in rows if row.id is None)
@@ -209,7 +196,7 @@ class Exchange:
             try:
                 self.connect(outcomes)
                 self.pipe.send(self.statements(outcomes, limit))
-                return self.reply(self.pipe.receive(), outcomes, limit)
+                return self.reply(outcomes, limit)
             except psycopg.OperationalError as again:
                 exc = again
 

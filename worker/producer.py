@@ -19,13 +19,6 @@ while tasks are fast; one slow task stops prefetching, and a second in a row
 hands the prefetched batch back (attempt not counted). A lone slow task is
 often just this process being preempted, and handing back costs two
 transitions per task.
-
-Early start: a claim the child waits for (the queue ran dry, nothing
-prefetched) is read as soon as the server ran it, and its first task starts
-while the commit's fsync is still under way; the next ``next`` reads the
-commit's confirmation before anything else runs or is sent (``Exchange``).
-An idle pickup therefore waits for one round trip, not a round trip and a
-durable commit.
 """
 
 from __future__ import annotations
@@ -133,8 +126,6 @@ class Producer:
     def next(self) -> Claim | None:
         """The next task to run, claiming when none is left; None when none came in time."""
         queue, exchange = self.queue, self.exchange
-        if exchange.committing:  # the claim's first task ran: its commit is confirmed first
-            queue.extend(self.receive())
         if not queue:
             if exchange.inflight is not None:
                 queue.extend(self.receive())
@@ -162,7 +153,7 @@ class Producer:
         limit = self.next_limit()
         self.send(limit)
         if self.exchange.busy:
-            self.queue.extend(self.receive(early=True))
+            self.queue.extend(self.receive())
         if self.queue or limit == 0:
             return
         # Nothing due: sleep until a notification, the poll interval, or a full
@@ -185,15 +176,10 @@ class Producer:
             return
         self.exchange.send(self.completer.take(), limit)
 
-    def receive(self, early: bool = False) -> list[Claim]:
-        """Wait for the exchange in flight; its claimed rows (not yet queued to run).
-
-        ``early``: the rows as soon as the claim ran, before its commit is
-        confirmed (``Exchange.receive``): the first of them may start at once.
-        """
-        reply = self.exchange.receive(early)
-        if reply.limit:  # the claim's own reply (a commit confirmed later says nothing)
-            self.reopens = reply.reopens
+    def receive(self) -> list[Claim]:
+        """Wait for the exchange in flight; its claimed rows (not yet queued to run)."""
+        reply = self.exchange.receive()
+        self.reopens = reply.reopens
         self.completer.settled(reply)
         if reply.failed is not None:
             self.policy.claimed(len(reply.rows), reply.limit)
