@@ -25,9 +25,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -253,6 +254,11 @@ def measure_drain(system: System, url: str, sizes: Sizes, procs: int) -> float:
         count.close()
 
 
+def measure_drain_procs(procs: int, system: System, url: str, sizes: Sizes) -> float:
+    """``measure_drain`` on ``procs`` worker processes (argument order for ``partial``)."""
+    return measure_drain(system, url, sizes, procs)
+
+
 def measure_pickup(system: System, url: str, sizes: Sizes) -> list[float]:
     """Milliseconds from each enqueue commit to its job's start, one idle worker."""
     count = unfinished(system, url)
@@ -300,60 +306,78 @@ def bench_enqueue(url: str, sizes: Sizes, log: Callable[[str], None]) -> list[Re
     return [summarize(system.name, m, "jobs/s", values) for m, values in runs.items()]
 
 
-# The workloads ``taskq bench --workload`` can pick (default: all of them).
+# ``taskq bench --workload`` (default: all); extra: a system's own figures (taskq: HTTP, end to
+# end, SSE, the pgbench ceiling, queue limits).
 WORKLOADS = ("enqueue_single", "enqueue_batch", "drain_1proc", "drain_2proc", "pickup", "extra")
 
 
-def bench_system(
+def measure_round(
+    url: str, template: str, system: System, sizes: Sizes, workloads: Collection[str],
+    record: Callable[[str, float], None], log: Callable[[str], None],
+) -> None:  # fmt: skip
+    """One run of the selected shared workloads on ``system``, each on a fresh database."""
+    measures: list[tuple[str, Callable[[System, str, Sizes], float]]] = []
+    if "enqueue_single" in workloads:
+        measures.append(("enqueue_single_jobs_per_s", measure_enqueue_single))
+    if "enqueue_batch" in workloads:
+        measures.append(("enqueue_batch_jobs_per_s", measure_enqueue_batch))
+    for procs in (1, 2):
+        if f"drain_{procs}proc" in workloads:
+            drain = partial(measure_drain_procs, procs)
+            measures.append((f"drain_{procs}proc_jobs_per_s", drain))
+    figures = {}
+    for metric, measure in measures:
+        log(f"  {system.name} {metric} …")  # a drain can take a minute: say what runs
+        with fresh_database(url, template) as db:
+            figures[metric] = measure(system, db, sizes)
+        record(metric, figures[metric])
+    drains = [v for m, v in figures.items() if m.startswith("drain_")]
+    if drains:
+        record("drain_jobs_per_s", max(drains))
+    if "pickup" in workloads:
+        with fresh_database(url, template) as db:
+            latencies = measure_pickup(system, db, sizes)
+        for pct in (50, 95, 99):
+            record(f"pickup_p{pct}_ms", percentile(latencies, pct))
+
+
+def bench_systems(
     url: str,
-    system: System,
+    systems: list[System],
     sizes: Sizes,
     log: Callable[[str], None],
-    workloads: Sequence[str] = WORKLOADS,
+    workloads: Collection[str] = WORKLOADS,
 ) -> list[Result]:
-    """The shared ``workloads`` on ``system`` (default: every one), ``sizes.repeats`` times each."""
-    runs: dict[str, list[float]] = {}
+    """The selected workloads on every system, ``sizes.repeats`` rounds.
 
-    def record(metric: str, value: float) -> None:
-        runs.setdefault(metric, []).append(value)
-        log(f"  {system.name} {metric} = {value:,.1f}")
-
-    with system_template(url, system) as template:
+    Each round runs every system once, in turn, so the drift of a shared,
+    loaded machine falls on all of them alike (A/B in one session).
+    """
+    runs: dict[tuple[str, str], list[float]] = {}
+    extra: dict[tuple[str, str], tuple[list[float], str]] = {}
+    with ExitStack() as stack:
+        templates = [stack.enter_context(system_template(url, system)) for system in systems]
         for repeat in range(sizes.repeats):
-            log(f"  {system.name}: run {repeat + 1} of {sizes.repeats}")
-            for workload, measure in (
-                ("enqueue_single", measure_enqueue_single),
-                ("enqueue_batch", measure_enqueue_batch),
-                ("drain_1proc", lambda s, u, z: measure_drain(s, u, z, 1)),
-                ("drain_2proc", lambda s, u, z: measure_drain(s, u, z, 2)),
-            ):
-                if workload not in workloads:
-                    continue
-                metric = f"{workload}_jobs_per_s"
-                log(f"  {system.name} {metric} …")  # a drain can take a minute: say what runs
-                with fresh_database(url, template) as db:
-                    record(metric, measure(system, db, sizes))
-            drains = [runs[m][-1] for m in ("drain_1proc_jobs_per_s", "drain_2proc_jobs_per_s")
-                      if m in runs]  # fmt: skip
-            if drains:
-                runs.setdefault("drain_jobs_per_s", []).append(max(drains))
-            if "pickup" in workloads:
-                with fresh_database(url, template) as db:
-                    latencies = measure_pickup(system, db, sizes)
-                for pct in (50, 95, 99):
-                    record(f"pickup_p{pct}_ms", percentile(latencies, pct))
-        extra: dict[str, tuple[list[float], str]] = {}
-        for _ in range(sizes.repeats if "extra" in workloads else 0):
-            for metric, value, unit in system.extra_metrics(
-                lambda: fresh_database(url, template), sizes
-            ):
-                extra.setdefault(metric, ([], unit))[0].append(value)
-                log(f"  {system.name} {metric} = {value:,.1f}")
+            for system, template in zip(systems, templates, strict=True):
+                log(f"  {system.name}: run {repeat + 1} of {sizes.repeats}")
+
+                def record(metric: str, value: float, name: str = system.name) -> None:
+                    runs.setdefault((name, metric), []).append(value)
+                    log(f"  {name} {metric} = {value:,.1f}")
+
+                measure_round(url, template, system, sizes, workloads, record, log)
+        for system, template in zip(systems, templates, strict=True):
+            for _ in range(sizes.repeats if "extra" in workloads else 0):
+                for metric, value, unit in system.extra_metrics(
+                    lambda t=template: fresh_database(url, t), sizes
+                ):
+                    extra.setdefault((system.name, metric), ([], unit))[0].append(value)
+                    log(f"  {system.name} {metric} = {value:,.1f}")
     results = [
-        summarize(system.name, metric, "ms" if metric.endswith("_ms") else "jobs/s", values)
-        for metric, values in runs.items()
+        summarize(name, metric, "ms" if metric.endswith("_ms") else "jobs/s", values)
+        for (name, metric), values in runs.items()
     ]
-    results += [summarize(system.name, m, unit, values) for m, (values, unit) in extra.items()]
+    results += [summarize(n, m, unit, values) for (n, m), (values, unit) in extra.items()]
     return results
 
 
@@ -431,15 +455,17 @@ def run_bench(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
     enqueue_only: bool = False,
     systems: list[System] | None = None,
-    workloads: Sequence[str] = WORKLOADS,
+    workloads: Collection[str] = WORKLOADS,
 ) -> list[Result]:
     """Benchmark every system (default: ``available_systems()``; ``enqueue_only``: taskq's
-    enqueue workloads, without and with unique keys); print the table; write JSON (and, full
-    runs of everything, results/). A system that cannot run here is skipped with one line."""
+    enqueue workloads, without and with unique keys; ``workloads``: only these of
+    ``WORKLOADS``); print the table; write JSON (and, full runs of everything,
+    results/). A system that cannot run here is skipped with one line."""
     results: list[Result] = []
     started = time.monotonic()
     if systems is None:
         systems = [] if enqueue_only else available_systems()
+    ready = []
     for system in systems:
         if (system.name not in only) if only else system.on_request:
             continue
@@ -448,8 +474,10 @@ def run_bench(
         except SystemUnavailable as exc:
             log(f"{system.name} skipped: {exc}")
             continue
-        log(f"{system.name}: {sizes.label} sizes")
-        results += bench_system(url, system, sizes, log, workloads)
+        ready.append(system)
+    if ready:
+        log(f"{', '.join(s.name for s in ready)}: {sizes.label} sizes, {', '.join(workloads)}")
+        results += bench_systems(url, ready, sizes, log, workloads)
     if enqueue_only:
         log(f"taskq enqueue, without and with unique keys: {sizes.label} sizes")
         results += bench_enqueue(url, sizes, log)
@@ -462,7 +490,8 @@ def run_bench(
     }
     if json_path:
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
-    if sizes is FULL and not only and not enqueue_only and set(workloads) == set(WORKLOADS):
+    everything = set(workloads) == set(WORKLOADS)
+    if sizes is FULL and not only and not enqueue_only and everything:
         from bench.plot import plot_results
 
         RESULTS_DIR.mkdir(exist_ok=True)

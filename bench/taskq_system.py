@@ -161,6 +161,29 @@ class TaskqSystem(System):
         return started
 
 
+class TaskqTreeSystem(TaskqSystem):
+    """taskq's workers run from another source tree (``git archive main | tar -x -C DIR``):
+    an A/B of worker code in one run, named ``taskq_<label>``. Schema and enqueue come from
+    this checkout, so only the worker differs (``taskq bench --taskq-tree main=DIR``)."""
+
+    def __init__(self, label: str, tree: str) -> None:
+        self.name = f"taskq_{label}"
+        self.tree = str(Path(tree).resolve())
+
+    def worker_commands(self, url: str, procs: int, record: Path) -> list[list[str]]:
+        """The same supervisor, with ``tree`` first on the path (ahead of the working directory)."""
+        boot = (f"import sys, runpy; sys.path.insert(0, {self.tree!r}); "
+                "runpy.run_module('worker', run_name='__main__', alter_sys=True)")  # fmt: skip
+        return [[sys.executable, "-c", boot, *argv[3:]] for argv in super().worker_commands(
+            url, procs, record)]  # fmt: skip
+
+    def extra_metrics(
+        self, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+    ) -> list[tuple[str, float, str]]:
+        """None: the API and the ceiling are this checkout's, measured as ``taskq``."""
+        return []
+
+
 def unique_metrics(
     system: TaskqSystem, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
 ) -> list[tuple[str, float, str]]:

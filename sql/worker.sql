@@ -194,3 +194,8 @@ RETURNING id;
 -- name: set_tick_task
 -- Remember which task a tick enqueued.
 UPDATE periodic_ticks SET task_id = %(task_id)s WHERE name = %(name)s AND tick_at = %(tick_at)s;
+
+-- name: relax_claim_commit
+-- This transaction only claims: commit it without waiting for the WAL flush (worker.exchange).
+-- Outcomes stay durable, and their flush carries every claim written before them.
+SELECT set_config('synchronous_commit', 'off', true);

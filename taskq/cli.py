@@ -154,8 +154,17 @@ def up(bind: str, workers: int, concurrency: int | None) -> None:
     "--workload",
     "workloads",
     multiple=True,
-    help="only this shared workload (repeatable): enqueue_single, enqueue_batch, drain_1proc, "
-    "drain_2proc, pickup, extra (taskq's HTTP, SSE, ceiling and limit figures)",
+    type=click.Choice(
+        ["enqueue_single", "enqueue_batch", "drain_1proc", "drain_2proc", "pickup", "extra"]
+    ),
+    help="only these workloads (repeatable; extra: HTTP, SSE, ceiling, limits)",
+)
+@click.option("--repeats", default=None, type=click.IntRange(1), help="rounds (default 3, quick 1)")
+@click.option(
+    "--taskq-tree",
+    "trees",
+    multiple=True,
+    help="LABEL=DIR: also taskq_LABEL, its workers from the source tree DIR (worker A/B)",
 )
 def bench(
     quick: bool,
@@ -168,21 +177,25 @@ def bench(
     results_dir: str | None,
     enqueue_only: bool,
     workloads: tuple,
+    repeats: int | None,
+    trees: tuple,
 ) -> None:
     """Benchmark taskq against PgQueuer and procrastinate on the same Postgres.
 
     --scale measures taskq's reads, drain and pickup as finished tasks pile up
     (bench/scale.py). The server is --database-url, else DATABASE_URL, else the
-    embedded Postgres.
+    embedded Postgres. Each round runs every system in turn (alternating A/B on
+    a shared machine): ``--workload pickup --repeats 6`` compares idle pickup alone, and
+    ``--taskq-tree main=DIR`` adds workers from another checkout (A/B of worker code).
     """
+    from dataclasses import replace
     from pathlib import Path
 
     from bench.harness import FULL, QUICK, RESULTS_DIR, TINY, WORKLOADS, run_bench
 
     sizes = TINY if tiny else QUICK if quick else FULL
-    unknown = sorted(set(workloads) - set(WORKLOADS))
-    if unknown:
-        fail(f"unknown workload {', '.join(unknown)}: one of {', '.join(WORKLOADS)}")
+    if repeats is not None:
+        sizes = replace(sizes, repeats=repeats)
     url = database_url or env("DATABASE_URL")
     if url is None:  # like taskq up: a fresh install benchmarks on the embedded Postgres
         from taskq.embedded import start_embedded_postgres
@@ -201,8 +214,20 @@ def bench(
         except ValueError as exc:
             fail(str(exc))
         return
-    run_bench(url, sizes, json_file, list(systems) or None, enqueue_only=enqueue_only,
-              workloads=workloads or WORKLOADS)  # fmt: skip
+    only, extra = list(systems), []
+    if trees:
+        from bench.harness import available_systems
+        from bench.taskq_system import TaskqTreeSystem
+
+        for tree in trees:
+            label, _, path = tree.partition("=")
+            if not label or not Path(path, "worker", "__main__.py").is_file():
+                fail(f"--taskq-tree {tree}: want LABEL=DIR, DIR a taskq source tree")
+            extra.append(TaskqTreeSystem(label, path))
+        only += [system.name for system in extra] if only else []
+        extra = available_systems() + extra
+    run_bench(url, sizes, json_file, only or None, enqueue_only=enqueue_only,
+              systems=extra or None, workloads=workloads or WORKLOADS)  # fmt: skip
 
 
 @main.command()

@@ -29,7 +29,7 @@ Statement = tuple[str, dict[str, Any]]  # a query's name and its parameters
 PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 # Prepared once per connection: the claim's plan does not depend on its parameters' sizes,
 # and planning it anew cost ~0.25 ms of every idle pickup (of ~1.3 ms).
-PREPARED = frozenset({"claim_tasks"})
+PREPARED = frozenset({"relax_claim_commit", "claim_tasks"})
 COMMAND_OK = pq.ExecStatus.COMMAND_OK
 FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
@@ -183,8 +183,11 @@ class Pipeline:
                 continue
             if name is not None:
                 results[name] = result
+        # The commit runs at the Sync: an error there (a deferred trigger, NOTIFY's queue
+        # full) comes after every query's reply and rolls them all back.
         while (result := self.next_result()) is None or result.status != PIPELINE_SYNC:
-            pass
+            if result is not None and result.status == FATAL_ERROR:
+                error = error or errors.error_from_result(result, encoding="utf-8")
         self.pgconn.exit_pipeline_mode()
         if error is not None:
             raise error

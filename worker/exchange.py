@@ -117,8 +117,18 @@ class Exchange:
             conn.close()
 
     def statements(self, outcomes: Outcomes, limit: int) -> list[Statement]:
-        """The statements of one exchange: the outcomes' writes, then the claim (when limit > 0)."""
+        """The statements of one exchange: the outcomes' writes, then the claim (when limit > 0).
+
+        An exchange that only claims (an idle pickup) commits without waiting for
+        its WAL flush (``relax_claim_commit``): the row is PROCESSING for everyone
+        at once, and the task need not wait for an fsync first. Outcomes are always
+        durable, and their flush carries every claim before them (WAL is written in
+        order); only a Postgres crash within the WAL writer's delay can undo such a
+        claim, and then the task is due again: at least once, one outcome.
+        """
         writes = completer.statements(outcomes, self.config.max_retry_delay)
+        if limit > 0 and not writes:
+            writes.append(("relax_claim_commit", {}))
         if limit > 0:
             writes.append(("claim_tasks", {"queues": self.queues, "limit": limit,
                 "worker_id": self.worker_id, "lease_seconds": self.lease_seconds}))  # fmt: skip

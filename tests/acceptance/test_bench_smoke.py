@@ -42,6 +42,20 @@ def test_bench_tiny_run_writes_every_metric(pg_server_url, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # a bound, not a speed check
+def test_bench_runs_only_the_selected_workload_for_the_rounds_asked(pg_server_url, tmp_path):
+    out = tmp_path / "out.json"
+    command = [sys.executable, "-m", "taskq.cli", "bench", "--tiny", "--json", str(out)]
+    command += ["--database-url", pg_server_url, "--system", "taskq"]
+    command += ["--workload", "pickup", "--repeats", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=280)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    assert {row["metric"] for row in rows} == {"pickup_p50_ms", "pickup_p95_ms", "pickup_p99_ms"}
+    assert all(len(row["runs"]) == 2 for row in rows)
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(900)  # the first run builds each peer's venv (pip install)
 def test_bench_tiny_run_of_the_isolated_peers(pg_server_url, tmp_path):
     out = tmp_path / "out.json"

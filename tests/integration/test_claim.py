@@ -343,7 +343,7 @@ def test_the_claim_is_prepared_once_per_connection_and_again_after_an_abort(db, 
         assert prepared(exchange) == []
         assert [r.id for r in claim(exchange, 1)] == ids[:1]  # parsed now
         assert [r.id for r in claim(exchange, 2)] == ids[1:]  # by name
-        assert prepared(exchange) == ["claim_tasks"]
+        assert sorted(prepared(exchange)) == ["claim_tasks", "relax_claim_commit"]
         assert claim(exchange, 1) == []
 
 
@@ -394,3 +394,47 @@ def test_a_frozen_server_is_given_up_on_after_the_reply_timeout(db, database_url
         "SELECT 1 FROM pg_stat_activity WHERE pid = %s AND state = 'active'", [backend]
     ).fetchone(), timeout=10, message="the woken backend to finish")  # fmt: skip
     assert sum(status_counts(db).values()) == 3
+
+
+# Test-local, in this test's own database: a deferred trigger that runs at the commit of
+# every transaction updating tasks, notes the commit's synchronous_commit, and fails the
+# commit while the test holds advisory lock 1402.
+AT_COMMIT = """
+CREATE TABLE test_commits (xid bigint PRIMARY KEY, synchronous_commit text);
+CREATE FUNCTION test_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT pg_try_advisory_xact_lock_shared(1402) THEN
+        RAISE EXCEPTION 'commit refused';
+    END IF;
+    INSERT INTO test_commits VALUES (txid_current(), current_setting('synchronous_commit'))
+        ON CONFLICT DO NOTHING;
+    RETURN NULL;
+END $$;
+CREATE CONSTRAINT TRIGGER test_at_commit AFTER UPDATE ON tasks
+    DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION test_at_commit();
+"""
+
+
+def test_a_commit_that_fails_at_the_sync_raises_and_claims_nothing(db, database_url) -> None:
+    insert_tasks(db, 1)
+    db.execute(AT_COMMIT)
+    db.execute("SELECT pg_advisory_lock(1402)")
+    with claim_connection(database_url, "w") as exchange:
+        exchange.send(Outcomes(), 1)
+        with pytest.raises(psycopg.errors.RaiseException, match="commit refused"):
+            exchange.receive()  # the rows came, but their transaction rolled back
+    assert status_counts(db) == {"PENDING": 1}
+
+
+def test_a_claim_alone_commits_without_the_flush_and_outcomes_with_it(db, database_url):
+    insert_tasks(db, 2)
+    db.execute(AT_COMMIT)
+    with claim_connection(database_url, "w") as exchange:
+        (first,) = claim(exchange, 1)  # an idle pickup: nothing to write
+        done = Outcomes()
+        done.complete(first.id, first.lease_token, None)
+        exchange.send(done, 1)  # an outcome and the next claim: one durable commit
+        assert len(exchange.receive().rows) == 1
+    commits = [row["synchronous_commit"] for row in db.execute("TABLE test_commits ORDER BY xid")]
+    assert commits == ["off", "on"]
+    assert status_counts(db) == {"COMPLETED": 1, "PROCESSING": 1}

@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import replace
 
 import pytest
 
@@ -162,26 +163,40 @@ def test_a_peer_that_cannot_run_here_is_skipped_with_one_line(monkeypatch, capsy
     assert "| metric | unit |" in capsys.readouterr().out
 
 
-def test_a_workload_selection_runs_those_workloads_alone(monkeypatch, capsys):
+def test_rounds_alternate_systems_and_run_only_the_selected_workloads(monkeypatch):
     import bench.harness as harness
 
-    ran: list[str] = []
-    monkeypatch.setattr(harness, "system_template", lambda url, system: nullcontext("tpl"))
-    monkeypatch.setattr(harness, "fresh_database", lambda url, template: nullcontext("db"))
-    monkeypatch.setattr(harness, "measure_enqueue_batch", lambda s, u, z: ran.append("b") or 5.0)
-    monkeypatch.setattr(harness, "measure_enqueue_single", lambda s, u, z: ran.append("s") or 1.0)
-    monkeypatch.setattr(harness, "measure_drain", lambda s, u, z, p: ran.append("d") or 2.0)
-    monkeypatch.setattr(harness, "measure_pickup", lambda s, u, z: ran.append("p") or [1.0])
+    class Peer(IsolatedSystem):
+        def __init__(self, name: str) -> None:
+            self.name = name
 
-    class Quiet(harness.System):
-        name = "quiet"
+    order: list[tuple[str, tuple[str, ...]]] = []
 
-        def extra_metrics(self, fresh, sizes):
-            ran.append("x")
-            return []
+    def measure_round(url, template, system, sizes, workloads, record, log):
+        order.append((system.name, tuple(workloads)))
+        record("pickup_p50_ms", float(len(order)))
 
-    results = run_bench("postgresql://unused", TINY, None, log=lambda line: None,
-                        systems=[Quiet()], workloads=("enqueue_batch",))  # fmt: skip
-    assert ran == ["b"]
-    assert [(r.metric, r.value) for r in results] == [("enqueue_batch_jobs_per_s", 5.0)]
-    assert "enqueue_batch_jobs_per_s" in capsys.readouterr().out
+    monkeypatch.setattr(harness, "system_template", lambda url, system: nullcontext(system.name))
+    monkeypatch.setattr(harness, "measure_round", measure_round)
+    sizes = replace(TINY, repeats=2)
+    results = harness.bench_systems("unused", [Peer("a"), Peer("b")], sizes, print, ("pickup",))
+    assert order == [("a", ("pickup",)), ("b", ("pickup",))] * 2  # a b a b, never a a b b
+    assert {(r.system, r.metric, tuple(r.runs)) for r in results} == {
+        ("a", "pickup_p50_ms", (1.0, 3.0)), ("b", "pickup_p50_ms", (2.0, 4.0))}  # fmt: skip
+
+
+def test_a_taskq_tree_system_runs_its_workers_from_that_tree(tmp_path):
+    import subprocess
+
+    from bench.taskq_system import TaskqTreeSystem
+
+    (tmp_path / "worker").mkdir()
+    (tmp_path / "worker" / "__init__.py").write_text("")
+    marker = "import sys; print('tree worker', *sys.argv[1:])"
+    (tmp_path / "worker" / "__main__.py").write_text(marker)
+    system = TaskqTreeSystem("main", str(tmp_path))
+    (command,) = system.worker_commands("postgresql://unused", 2, tmp_path / "started")
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert system.name == "taskq_main"
+    # ahead of the working directory's own worker package, with the same arguments
+    assert done.stdout.strip() == "tree worker --queues bench --log-level warning --concurrency 2"
