@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, current_app
 
 from app import schemas
 from app.auth import admin_required
-from app.db import fetch_all, get_conn
+from app.db import fetch_all, fetch_view, get_conn
 from app.errors import ApiError, get_json_body
 from app.openapi import doc
 from app.tasks import CANCELLABLE, RETRYABLE, change_status, delete_one, list_tasks_page
@@ -110,7 +110,7 @@ def admin_delete_task(task_id: int):
 @admin_required
 def admin_queues():
     """One row per queue: the queue_stats view's figures with its controls (queue_controls)."""
-    return {"queues": [row_to_json(row) for row in fetch_all("admin_queue_stats")]}
+    return {"queues": [row_to_json(row) for row in fetch_view("admin_queue_stats")]}
 
 
 def queue_name(name: str) -> str:

@@ -139,6 +139,14 @@ def fetch_all(name: str, params: dict[str, Any] | None = None) -> list[dict[str,
     return run_statement(name, params, psycopg.Cursor.fetchall)
 
 
+def fetch_view(name: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Every row of named query ``name`` over the operator views, planned without JIT or
+    parallel workers (``read_plan_settings``, for its transaction only: pooled-safe)."""
+    with get_conn() as conn:
+        conn.execute(queries["read_plan_settings"])
+        return conn.execute(queries[name], params).fetchall()
+
+
 def close_pool(app: Flask) -> None:
     """Close the pool (tests, shutdown)."""
     pool = app.extensions.get("taskq_pool")

@@ -28,7 +28,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from app.db import fetch_all
+from app.db import fetch_all, fetch_view
 from app.errors import ApiError
 from app.openapi import doc
 
@@ -65,7 +65,7 @@ class DatabaseCollector:
             "How long the oldest due task of each queue has waited.",
             labels=["queue"],
         )
-        for row in fetch_all("metrics_queue_stats"):
+        for row in fetch_view("metrics_queue_stats"):
             waiting.add_metric([row["queue"]], row["waiting"])
             due.add_metric([row["queue"]], row["due"])
             running.add_metric([row["queue"]], row["running"])
@@ -83,7 +83,7 @@ class DatabaseCollector:
                 labels=["queue"],
             ),
         }
-        for row in fetch_all("metrics_queue_controls"):
+        for row in fetch_view("metrics_queue_controls"):
             for name, family in controls.items():
                 family.add_metric([row["queue"]], row[name])
         deliveries = GaugeMetricFamily(
@@ -125,7 +125,7 @@ def table_health_families() -> list[GaugeMetricFamily]:
             "taskq_table_partitions", "Partitions per table (1: not partitioned).", labels=["table"]
         ),
     }
-    for row in fetch_all("metrics_table_health"):
+    for row in fetch_view("metrics_table_health"):
         for column, family in families.items():
             family.add_metric([row["table_name"]], row[column])
     return list(families.values())

@@ -199,7 +199,7 @@ def search_rows(
     order = order_sql("t", asked.terms)
     others = {name: value for name, value in filters.items() if name != "search"}
     limit, offset = asked.params["limit"], asked.params["offset"]
-    conn.execute(queries["search_plan_settings"])
+    conn.execute(queries["read_plan_settings"])
     if asked.terms in WALKED_ORDERS:
         inner = nested(list_query).format(where=where_sql(others, asked.after), order=order)
         walk = sql.SQL(queries["search_by_walk"]).format(list=inner, order=order)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -56,11 +57,22 @@ def registry_table(imports: Iterable[str] = ()) -> str:
     return format_table(rows, ["type", "payload", "description"])
 
 
+@contextmanager
+def views_connection(url: str) -> Iterator[psycopg.Connection]:
+    """A connection in a transaction whose plans take no JIT or parallel workers
+    (``read_plan_settings``: the views touch little, though big tables price them high)."""
+    from sql import queries
+
+    with psycopg.connect(url, row_factory=dict_row, connect_timeout=5) as conn:
+        conn.execute(queries["read_plan_settings"])
+        yield conn
+
+
 def view_report(url: str, views: Sequence[str] = VIEWS) -> str:
     """Every operator view as a titled table (``(none)`` when empty), then an UNSERVED line
     per queue whose tasks wait with no live worker serving it."""
     parts = []
-    with psycopg.connect(url, row_factory=dict_row, connect_timeout=5) as conn:
+    with views_connection(url) as conn:
         for view in views:
             cur = conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(view)))
             columns = [d.name for d in cur.description or []]
@@ -76,7 +88,7 @@ def view_report(url: str, views: Sequence[str] = VIEWS) -> str:
 
 def view_json(url: str, views: Sequence[str] = VIEWS) -> str:
     """Every operator view as one JSON document."""
-    with psycopg.connect(url, row_factory=dict_row, connect_timeout=5) as conn:
+    with views_connection(url) as conn:
         data = {
             view: conn.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(view))).fetchall()
             for view in views

@@ -65,3 +65,22 @@ def test_a_metrics_token_is_required_when_configured(guarded_app):
         "field_errors": {},
     }
     assert client.get("/metrics", headers={"Authorization": "Bearer scrape-me"}).status_code == 200
+
+
+def test_operator_reads_plan_without_jit_in_their_transaction_only(app, monkeypatch, database_url):
+    # At 10M tasks the claim index's pages price queue_stats and queue_depth high enough
+    # for JIT: 30-50 ms of compiling for a 5 ms scan. fetch_view (admin/queues, /metrics)
+    # and `taskq stats` turn JIT and parallel workers off for their own transaction only,
+    # so a pooled connection goes back to the pool as it was.
+    from app.db import fetch_all, fetch_view
+    from sql import load_queries
+    from worker.stats import views_connection
+
+    probe = "SELECT current_setting('jit') AS jit, current_setting('max_parallel_workers_per_gather') AS workers"  # noqa: E501
+    monkeypatch.setitem(load_queries(), "probe_plan_settings", probe)  # cached: one dict
+    with app.app_context():
+        assert fetch_view("probe_plan_settings") == [{"jit": "off", "workers": "0"}]
+        for _ in range(3):  # the pool's connections, after that transaction
+            assert fetch_all("probe_plan_settings")[0]["jit"] == "on"
+    with views_connection(database_url) as conn:
+        assert conn.execute(probe).fetchone() == {"jit": "off", "workers": "0"}
