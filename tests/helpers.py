@@ -297,15 +297,23 @@ class Account:
         return {"Authorization": f"Bearer {self.access}"}
 
 
+def registration(username: str, password: str) -> dict[str, str]:
+    """The body of POST /auth/register for ``username`` (an example.com address)."""
+    return {"username": username, "email": f"{username}@example.com",
+            "password": password, "password2": password}  # fmt: skip
+
+
+def register_over_http(url: str, username: str, password: str) -> dict:
+    """Register ``username`` with the API running at ``url``; its tokens."""
+    response = requests.post(f"{url}{API}/auth/register", json=registration(username, password),
+                             timeout=10)  # fmt: skip
+    assert response.status_code == 201, response.text
+    return response.json()["tokens"]
+
+
 def register_account(client, username: str = "ann", password: str = "Sturdy-Lamp-42") -> Account:
     """Register ``username`` through the API of ``client``; the account and its tokens."""
-    body = {
-        "username": username,
-        "email": f"{username}@example.com",
-        "password": password,
-        "password2": password,
-    }
-    response = client.post(f"{API}/auth/register", json=body)
+    response = client.post(f"{API}/auth/register", json=registration(username, password))
     assert response.status_code == 201, response.get_json()
     data = response.get_json()
     return Account(data["user"], data["tokens"], password)

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from taskq.connections import NOTIFIER
-from tests.helpers import api_server, wait_for
+from tests.helpers import api_server, register_over_http, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -109,20 +109,7 @@ def statuses(url: str, token: str) -> set[int]:
 
 
 def register(url: str, username: str) -> dict:
-    body = {
-        "username": username,
-        "email": f"{username}@example.com",
-        "password": PASSWORD,
-        "password2": PASSWORD,
-    }
-    conn = http.client.HTTPConnection("127.0.0.1", urlsplit(url).port, timeout=10)
-    conn.request("POST", "/api/v1/auth/register", body=json.dumps(body),
-                 headers={"Content-Type": "application/json"})  # fmt: skip
-    response = conn.getresponse()
-    reply = json.loads(response.read())
-    conn.close()
-    assert response.status == 201, reply
-    return reply["tokens"]
+    return register_over_http(url, username, PASSWORD)
 
 
 def warmed(url: str, token: str) -> None:

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 import requests
 
-from tests.helpers import api_server, wait_for
+from tests.helpers import api_server, register_over_http, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -59,15 +59,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def register(url: str, username: str) -> dict:
-    body = {
-        "username": username,
-        "email": f"{username}@example.com",
-        "password": PASSWORD,
-        "password2": PASSWORD,
-    }
-    response = requests.post(f"{url}/api/v1/auth/register", json=body, timeout=10)
-    assert response.status_code == 201, response.text
-    return response.json()["tokens"]
+    return register_over_http(url, username, PASSWORD)
 
 
 def log_in(url: str, username: str, password: str = PASSWORD) -> dict:
