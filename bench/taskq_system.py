@@ -167,6 +167,7 @@ class TaskqTreeSystem(TaskqSystem):
     this checkout, so only the worker differs (``taskq bench --taskq-tree main=DIR``)."""
 
     def __init__(self, label: str, tree: str) -> None:
+        super().__init__()  # the schema at head, as for taskq
         self.name = f"taskq_{label}"
         self.tree = str(Path(tree).resolve())
 

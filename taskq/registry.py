@@ -79,6 +79,8 @@ class TaskContext:
     database_url: str | None = None
     settings: TaskSettings = field(default_factory=TaskSettings)
     lease_token: int | None = None
+    # Whether this run called progress(): only then has the run's end a value to flush.
+    reported: bool = field(default=False, repr=False)
 
     def connection(self):
         """An autocommit psycopg connection to the queue's database, shared per process.
@@ -101,12 +103,15 @@ class TaskContext:
         percent, message = check_progress(percent, message)
         if not self.database_url or self.lease_token is None:
             return  # not run by a worker (a direct call in a test): nowhere to write
+        self.reported = True
         writer = progress_writer(self.database_url, self.settings)
         writer.report(self.task_id, self.lease_token, percent, message)
 
     def flush_progress(self) -> None:
-        """Write the last progress reported now, and wait for it (the runner, at the end)."""
-        if self.database_url and self.lease_token is not None:
+        """Write the last progress reported now, and wait for it (the runner, at the end).
+
+        Nothing to do for a run that reported none (most: the drain's hot path)."""
+        if self.reported:
             from taskq.progress import progress_writer
 
             progress_writer(self.database_url, self.settings).flush(self.task_id, self.lease_token)
