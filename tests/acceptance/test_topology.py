@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.slow
 
 SECRET = "topology-acceptance-secret-0123456789abcdef"
 ME = "topology-test"  # this test's own connections, left out of every count
+REAPER_INTERVAL = 5.0  # how often a non-leader tries the lock (the default)
 IMPORTS = {"TASKQ_IMPORTS": "tests.worker_tasks", "TASKQ_ALLOW_PRIVATE_URLS": "1"}
 
 
@@ -241,6 +243,7 @@ def test_three_hosts_the_leaders_group_killed_another_takes_over_without_double_
                 str(concurrency),
                 TASKQ_HOSTNAME=host,
                 TASKQ_PERIODIC=every_second,
+                TASKQ_REAPER_INTERVAL=str(REAPER_INTERVAL),
                 **IMPORTS,
             )
             for host in hosts
@@ -258,8 +261,10 @@ def test_three_hosts_the_leaders_group_killed_another_takes_over_without_double_
                 dead_host = leader.partition("@")[2]
                 killed_at = conn.execute("SELECT now() AS t").fetchone()["t"]
                 kill_group(groups.pop(dead_host))
+                killed = time.monotonic()
                 successor = wait_for(lambda: (name := sampler.leader()) and name != leader and name,
                                      30, "another group to lead")  # fmt: skip
+                takeover = time.monotonic() - killed
                 wait_for(
                     lambda: conn.execute(
                         "SELECT 1 FROM periodic_ticks WHERE tick_at > %s + interval '1 s'",
@@ -270,6 +275,9 @@ def test_three_hosts_the_leaders_group_killed_another_takes_over_without_double_
         assert [code for code, _ in outcomes] == [0, 0], outcomes
     with direct(database_url) as conn:
         assert successor.partition("@")[2] in set(hosts) - {dead_host}
+        # The dead session frees the lock at once and the others try it every
+        # TASKQ_REAPER_INTERVAL: a few seconds, with room for a loaded machine.
+        assert takeover < 3 * REAPER_INTERVAL, takeover
         assert tick_count(conn) > ticks_before
         # No tick was enqueued twice, by either leader.
         twice = conn.execute(
