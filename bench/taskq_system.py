@@ -94,8 +94,11 @@ class TaskqSystem(System):
         " OR EXISTS (SELECT 1 FROM tasks WHERE status = 'PROCESSING'))::int"
     )
 
+    # The schema installed: head, or an earlier revision for an A/B of a migration's cost.
+    # A class default too, so that variants with an __init__ of their own install head.
+    revision = "head"
+
     def __init__(self, revision: str = "head") -> None:
-        # An earlier revision: the schema as it was, for an A/B of a migration's cost.
         self.revision = revision
 
     def install(self, url: str) -> None:
@@ -167,7 +170,6 @@ class TaskqTreeSystem(TaskqSystem):
     this checkout, so only the worker differs (``taskq bench --taskq-tree main=DIR``)."""
 
     def __init__(self, label: str, tree: str) -> None:
-        super().__init__()  # the schema at head, as for taskq
         self.name = f"taskq_{label}"
         self.tree = str(Path(tree).resolve())
 

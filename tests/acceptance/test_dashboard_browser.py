@@ -80,7 +80,8 @@ class Console:
 
 @pytest.fixture(scope="module")
 def console(pg_server_url: str, template_database: str) -> Iterator[Console]:
-    local = {"TASKQ_ALLOW_PRIVATE_URLS": "1"}  # the webhook receiver is on 127.0.0.1
+    # The webhook receiver is on 127.0.0.1; tests.worker_tasks has ``reporter`` (progress).
+    local = {"TASKQ_ALLOW_PRIVATE_URLS": "1", "TASKQ_IMPORTS": "tests.worker_tasks"}
     with api_server(
         pg_server_url, template_database, "taskq_dash", SECRET, 1,
         TASKQ_COOKIE_SECURE="0", TASKQ_SSE_KEEPALIVE="1", **local,
@@ -399,6 +400,28 @@ def test_cancel_a_running_task_from_its_page(console, as_user):
     expect(page.get_by_role("list", name="History")).to_contain_text("from processing")
     assert console.status(task["id"]) == "CANCELLED"
     expect(page.get_by_role("button", name="Retry task")).to_be_enabled()
+
+
+def test_a_running_tasks_progress_moves_its_bar_live(console, as_user):
+    from playwright.sync_api import expect
+
+    # 40 reports 0.25 s apart: the worker writes at most 4 a second, each a progress event.
+    task = console.create("ann", title="crunch", task_type="reporter",
+                          payload={"reports": 40, "pause": 0.25})  # fmt: skip
+    page = as_user("ann")
+    page.goto(f"/dashboard/#/tasks/{task['id']}")
+    bar = page.get_by_role("progressbar", name="Progress")
+    expect(bar).to_be_visible()
+    first = float(bar.get_attribute("value"))
+    assert first < 100
+    # The bar moves without a reload: a later step, with the task's own message.
+    expect(page.locator(".progress-line")).to_contain_text("step")
+    page.wait_for_function(
+        "v => Number(document.querySelector('.progress-line progress').value) > v", arg=first
+    )
+    expect(current_status(page)).to_contain_text("Completed", timeout=30_000)
+    expect(bar).to_have_attribute("value", "100")
+    assert console.sql("SELECT progress FROM tasks WHERE id = %s", (task["id"],))[0][0] == 100
 
 
 def test_a_task_page_lists_its_webhook_deliveries_and_replays_one(console, as_user):

@@ -198,6 +198,19 @@ def test_a_taskq_tree_system_runs_its_workers_from_that_tree(tmp_path):
     (command,) = system.worker_commands("postgresql://unused", 2, tmp_path / "started")
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert system.name == "taskq_main"
-    assert system.revision == "head"  # its schema is this checkout's, installed as taskq's
     # ahead of the working directory's own worker package, with the same arguments
     assert done.stdout.strip() == "tree worker --queues bench --log-level warning --concurrency 2"
+
+
+def test_every_taskq_variant_installs_the_schema_at_head():
+    from bench.taskq_system import TaskqSystem, TaskqTreeSystem
+    from bench.taskq_topology import (
+        TaskqDirectSystem,
+        TaskqPgbouncerSystem,
+        TaskqUnpreparedSystem,
+    )
+
+    variants = [TaskqSystem(), TaskqTreeSystem("main", str(ROOT)), TaskqDirectSystem(),
+                TaskqUnpreparedSystem(), TaskqPgbouncerSystem()]  # fmt: skip
+    assert [system.revision for system in variants] == ["head"] * len(variants)
+    assert TaskqSystem("0013").revision == "0013"
