@@ -10,6 +10,12 @@ idle workers: one ``taskq worker`` with 2 children) on a fresh database whose
   the start log);
 - binding limits: what the limit lets through.
 
+A resume's reach: milliseconds from the commit of ``UPDATE queues SET paused =
+false`` to the first line of the task that waited in the paused queue (one idle
+``taskq worker``): the queues trigger's NOTIFY wakes the workers, the poll is
+only the backstop. A pause needs no such figure: the claim reads the row, so no
+claim that starts after the pause commits takes a task.
+
 Run alone: ``python -m bench.queue_limits --database-url URL [--quick]``; also a
 part of ``taskq bench`` (taskq's extra metrics).
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import timedelta
@@ -44,7 +51,7 @@ def limit_metrics(
     system: Any, fresh: Callable[[], AbstractContextManager[str]], sizes: Any, rows=None
 ) -> list[tuple[str, float, str]]:
     """The drain's jobs/s with 2 worker processes for each of ``rows`` (default: LIMITS)."""
-    from bench.harness import measure_drain
+    from bench.harness import measure_drain, percentile
     from bench.taskq_system import QUEUE
 
     if rows is None:
@@ -57,7 +64,43 @@ def limit_metrics(
                     set_queue(conn, QUEUE, controls)
             figures.append((metric, measure_drain(system, db, sizes, 2), "jobs/s"))
             print(f"  taskq {metric} = {figures[-1][1]:,.1f}", file=sys.stderr, flush=True)
+    with fresh() as db:
+        waits = measure_resume(system, db, sizes)
+    for pct in (50, 99):
+        figures.append((f"resume_to_start_p{pct}_ms", percentile(waits, pct), "ms"))
     return figures
+
+
+def measure_resume(system: Any, url: str, sizes: Any, gap: float = 0.1) -> list[float]:
+    """Milliseconds from each resume's commit to the start of the one task that waited
+    ``gap`` seconds in the paused queue: one idle worker, a pause before every task."""
+    from bench.harness import keys, running_workers, unfinished, wait_until_done, warm_up
+    from bench.taskq_system import QUEUE
+
+    count = unfinished(system, url)
+    resumed: list[float] = []
+    waiting = keys("r", max(5, sizes.pickup_n // 4))
+    try:
+        with (
+            running_workers(system, url, 1, sizes.settle) as (workers, record),
+            system.client(url) as client,
+            psycopg.connect(url, autocommit=True) as conn,
+        ):
+            warm_up(system, url, client, count, 1)
+            for key in waiting:
+                set_queue(conn, QUEUE, {"paused": True})
+                client.enqueue_single([key])
+                time.sleep(gap)  # the worker woke for it, found the queue paused, sleeps
+                if count() != 1:
+                    raise RuntimeError("a task of a paused queue ran")
+                set_queue(conn, QUEUE, {"paused": False})
+                resumed.append(time.time())
+                wait_until_done(count, 10)
+            workers.stop()  # the workers write their start records as they exit
+            started = system.start_times(url, record)
+    finally:
+        count.close()
+    return [(started[k] - r) * 1000 for k, r in zip(waiting, resumed, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,6 +133,10 @@ def main(argv: list[str] | None = None) -> None:
         label = ", ".join(f"{k} {v}" for k, v in (controls or {}).items()) or "unlimited"
         print(f"| {label} | {median:,.0f} [{min(values):,.0f}-{max(values):,.0f}] "
               f"| {median / unlimited:.2f}x |")  # fmt: skip
+    for pct in (50, 99):
+        values = runs[f"resume_to_start_p{pct}_ms"]
+        spread = f"{statistics.median(values):.1f} ms [{min(values):.1f}-{max(values):.1f}]"
+        print(f"\nresume commit -> the waiting task's first line, p{pct}: {spread}")
 
 
 if __name__ == "__main__":

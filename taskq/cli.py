@@ -254,7 +254,7 @@ def worker(
         settings.metrics_dir(required_database_url())  # before worker.metrics is imported
         config = load_config(
             database_url=required_database_url(),
-            queues=split_queues(queues) if queues else None,
+            queues=split_queues(queues) if queues is not None else None,
             concurrency=concurrency,
             max_tasks=max_tasks,
             poll_interval=poll_interval,

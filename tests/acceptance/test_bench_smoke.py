@@ -18,6 +18,8 @@ TASKQ_ONLY = {
     "api_rss_mb",
     "ceiling_jobs_per_s",
     "drain_2proc_concurrency_10000_jobs_per_s",  # bench.queue_limits (--tiny: its first row)
+    "resume_to_start_p50_ms",  # bench.queue_limits: a resume reaches the worker
+    "resume_to_start_p99_ms",
 }
 
 

@@ -230,3 +230,6 @@ def test_a_bad_task_setting_stops_taskq_worker_with_one_line(database_url, monke
         monkeypatch.delenv(setting)
     loud = taskq("worker", "--log-level", "loud", database_url=database_url)
     one_line_failure(loud, "--log-level")
+    no_queue = taskq("worker", "--queues", " , ", database_url=database_url)
+    one_line_failure(no_queue, "queue")  # an empty --queues started a worker on the defaults
+    one_line_failure(taskq("worker", "--queues", "", database_url=database_url), "queue")
