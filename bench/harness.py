@@ -30,6 +30,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -261,6 +262,22 @@ def measure_drain_procs(procs: int, system: System, url: str, sizes: Sizes) -> f
 
 def measure_pickup(system: System, url: str, sizes: Sizes) -> list[float]:
     """Milliseconds from each enqueue commit to its job's start, one idle worker."""
+    pickup_keys = keys("p", sizes.pickup_n)
+    return start_delays(
+        system,
+        url,
+        sizes,
+        pickup_keys,
+        lambda client, _count: client.enqueue_paced(pickup_keys, sizes.pickup_gap),
+    )
+
+
+def start_delays(
+    system: System, url: str, sizes: Sizes, job_keys: list[str],
+    commits: Callable[[Any, Callable[[], int]], list[float]],
+) -> list[float]:  # fmt: skip
+    """Milliseconds from each of the times ``commits(client, count)`` returns (one per key
+    of ``job_keys``, as it enqueues them) to that job's start: one idle, warmed worker."""
     count = unfinished(system, url)
     try:
         with (
@@ -268,14 +285,13 @@ def measure_pickup(system: System, url: str, sizes: Sizes) -> list[float]:
             system.client(url) as client,
         ):
             warm_up(system, url, client, count, 1)
-            pickup_keys = keys("p", sizes.pickup_n)
-            committed = client.enqueue_paced(pickup_keys, sizes.pickup_gap)
+            committed = commits(client, count)
             wait_until_done(count, 60)
             workers.stop()  # the workers write their start records as they exit
             started = system.start_times(url, record)
     finally:
         count.close()
-    return [(started[k] - c) * 1000 for k, c in zip(pickup_keys, committed, strict=True)]
+    return [(started[k] - c) * 1000 for k, c in zip(job_keys, committed, strict=True)]
 
 
 def summarize(system: str, metric: str, unit: str, runs: list[float]) -> Result:

@@ -74,19 +74,14 @@ def limit_metrics(
 def measure_resume(system: Any, url: str, sizes: Any, gap: float = 0.1) -> list[float]:
     """Milliseconds from each resume's commit to the start of the one task that waited
     ``gap`` seconds in the paused queue: one idle worker, a pause before every task."""
-    from bench.harness import keys, running_workers, unfinished, wait_until_done, warm_up
+    from bench.harness import keys, start_delays, wait_until_done
     from bench.taskq_system import QUEUE
 
-    count = unfinished(system, url)
-    resumed: list[float] = []
     waiting = keys("r", max(5, sizes.pickup_n // 4))
-    try:
-        with (
-            running_workers(system, url, 1, sizes.settle) as (workers, record),
-            system.client(url) as client,
-            psycopg.connect(url, autocommit=True) as conn,
-        ):
-            warm_up(system, url, client, count, 1)
+
+    def resumes(client: Any, count: Callable[[], int]) -> list[float]:
+        resumed = []
+        with psycopg.connect(url, autocommit=True) as conn:
             for key in waiting:
                 set_queue(conn, QUEUE, {"paused": True})
                 client.enqueue_single([key])
@@ -96,11 +91,9 @@ def measure_resume(system: Any, url: str, sizes: Any, gap: float = 0.1) -> list[
                 set_queue(conn, QUEUE, {"paused": False})
                 resumed.append(time.time())
                 wait_until_done(count, 10)
-            workers.stop()  # the workers write their start records as they exit
-            started = system.start_times(url, record)
-    finally:
-        count.close()
-    return [(started[k] - r) * 1000 for k, r in zip(waiting, resumed, strict=True)]
+        return resumed
+
+    return start_delays(system, url, sizes, waiting, resumes)
 
 
 def main(argv: list[str] | None = None) -> None:
