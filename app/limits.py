@@ -40,20 +40,24 @@ from taskq.lockout import Attempt, Locked, LoginFailures, account_key, name_key
 AUTH_RULE = re.compile(r"^/api/v1/auth/(login|token|register)/?$")
 
 
-# KEYS[1] the window (newest first); ARGV timestamp, limit, expiry, cost.
+# KEYS[1] the window (newest first); ARGV limit, expiry, cost. The time is Redis's own
+# (TIME), so API hosts whose clocks differ still share one window.
 # limits' acquire_moving_window.lua, then its moving_window.lua on the result, in one call:
-# {acquired, oldest timestamp still in the window (or false), entries in the window}.
+# {acquired, oldest timestamp still in the window (or false), entries in the window, now}.
 ACQUIRE_AND_WINDOW_SCRIPT = """
-local now = tonumber(ARGV[1])
-local limit = tonumber(ARGV[2])
-local expiry = tonumber(ARGV[3])
-local cost = tonumber(ARGV[4])
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local stamp = string.format('%d.%06d', clock[1], clock[2])
+local now = tonumber(stamp)
+local limit = tonumber(ARGV[1])
+local expiry = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local acquired = 0
 if cost <= limit then
   local entry = redis.call('lindex', KEYS[1], limit - cost)
   if not (entry and tonumber(entry) >= now - expiry) then
     for i = 1, cost do
-      redis.call('lpush', KEYS[1], ARGV[1])
+      redis.call('lpush', KEYS[1], stamp)
     end
     redis.call('ltrim', KEYS[1], 0, limit - 1)
     redis.call('expire', KEYS[1], expiry)
@@ -72,9 +76,9 @@ while low <= high do
   end
 end
 if found then
-  return {acquired, redis.call('lindex', KEYS[1], found), found + 1}
+  return {acquired, redis.call('lindex', KEYS[1], found), found + 1, stamp}
 end
-return {acquired, false, 0}
+return {acquired, false, 0, stamp}
 """
 STRATEGY = "taskq-moving-window"
 
@@ -92,13 +96,14 @@ class OneTripMovingWindow(MovingWindowRateLimiter):
         if self._script is None:
             self._script = storage.get_connection().register_script(ACQUIRE_AND_WINDOW_SCRIPT)
         key = item.key_for(*identifiers)
-        now, expiry = time.time(), item.get_expiry()
-        acquired, oldest, entries = self._script(
-            keys=[storage.prefixed_key(key)], args=[now, item.amount, expiry, cost]
+        expiry = item.get_expiry()
+        acquired, oldest, entries, now = self._script(
+            keys=[storage.prefixed_key(key)], args=[item.amount, expiry, cost]
         )
-        start = float(oldest) if oldest else now
+        # The window ends on Redis's clock; the headers count on this host's.
+        ends_in = (float(oldest) if oldest else float(now)) + expiry - float(now)
         g.setdefault("taskq_limit_windows", {})[key] = WindowStats(
-            start + expiry, item.amount - int(entries)
+            time.time() + ends_in, item.amount - int(entries)
         )
         return bool(acquired)
 

@@ -35,14 +35,17 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "taskq:login-failures:"
 MAX_MEMORY_KEYS = 10_000  # in-process fallback: past this, forget accounts with no recent failure
 
-# KEYS[1] the account's sorted set; ARGV now, attempt id, longest window (s), then pairs of
-# (limit, window seconds). {1} reserved, or {0, seconds until a slot frees up}.
+# KEYS[1] the account's sorted set; ARGV attempt id, longest window (s), then pairs of
+# (limit, window seconds). {1} reserved, or {0, seconds until a slot frees up}. The time is
+# Redis's own (TIME): API hosts whose clocks differ still count into one set of windows.
 RESERVE_SCRIPT = """
-local now = tonumber(ARGV[1])
-local longest = tonumber(ARGV[3])
+if redis.replicate_commands then redis.replicate_commands() end
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local longest = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - longest)
 local wait = 0
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local limit = tonumber(ARGV[i])
   local seconds = tonumber(ARGV[i + 1])
   local since = '(' .. (now - seconds)
@@ -56,7 +59,7 @@ end
 if wait > 0 then
   return {0, tostring(wait)}
 end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('EXPIRE', KEYS[1], math.ceil(longest))
 return {1}
 """
@@ -113,9 +116,8 @@ class LoginFailures:
     def reserve(self, key: str) -> Attempt:
         """Count an attempt on ``key`` now; ``Locked`` when a window is full (nothing counted)."""
         member = uuid.uuid4().hex
-        now = time.time()
         if self._reserve is not None and time.monotonic() >= self._down_until:
-            args: list[float | str] = [now, member, self.longest]
+            args: list[float | str] = [member, self.longest]
             for limit, seconds in self.windows:
                 args += [limit, seconds]
             try:
@@ -126,7 +128,7 @@ class LoginFailures:
                 if int(reply[0]) != 1:
                     raise Locked(float(reply[1]))
                 return Attempt(key, member, in_redis=True)
-        self._reserve_in_memory(key, member, now)
+        self._reserve_in_memory(key, member, time.time())
         return Attempt(key, member, in_redis=False)
 
     def release(self, attempt: Attempt) -> None:

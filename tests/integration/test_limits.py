@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import redis
 
+from taskq.lockout import Locked, LoginFailures, account_key
 from tests.helpers import LIMITS, account, free_port, login, wait_for
 
 
@@ -58,6 +59,44 @@ def test_headers_count_down_from_the_hit_itself(app_with_limits, database_url):
         assert before + 59 <= reset <= time.time() + 61  # the oldest hit's time + 1 minute
     assert remaining == ["4", "3", "2", "1", "0"]
     assert_429(client.get("/api/v1/tasks", headers=ann))
+
+
+@pytest.fixture
+def host_clock(monkeypatch) -> list[float]:
+    """This process's clock set off by ``host_clock[0]`` seconds: an API host whose clock
+    is wrong. The limits run on Redis's clock, so it must not matter."""
+    skew = [0.0]
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + skew[0])
+    return skew
+
+
+def test_api_hosts_whose_clocks_differ_share_one_request_window(
+    app_with_limits, database_url, host_clock
+):
+    client = app_with_limits.test_client()
+    ann = account(app_with_limits, database_url, "ann")
+    for skew in (-1200.0, -1200.0, -1200.0, 0.0, 0.0):  # a host 20 minutes slow, then one on time
+        host_clock[0] = skew
+        assert client.get("/api/v1/tasks", headers=ann).status_code == 200
+    for skew in (0.0, -1200.0):  # the host clocks stamped the hits before: the 6th went through
+        host_clock[0] = skew
+        limited = client.get("/api/v1/tasks", headers=ann)
+        assert_429(limited)
+        assert 0 <= int(limited.headers["Retry-After"]) <= 60  # counted on the host's own clock
+
+
+def test_api_hosts_whose_clocks_differ_share_one_login_failure_budget(redis_url, host_clock):
+    failures = LoginFailures(redis_url, [(4, 900.0)])
+    key = account_key(1)
+    for skew in (-1200.0, -1200.0, 0.0, 0.0):
+        host_clock[0] = skew
+        failures.reserve(key)
+    for skew in (0.0, -1200.0, 1200.0):  # before, the host on time dropped the slow one's failures
+        host_clock[0] = skew
+        with pytest.raises(Locked) as locked:
+            failures.reserve(key)
+        assert 0 < locked.value.retry_after <= 900
 
 
 def assert_locked(response) -> None:
