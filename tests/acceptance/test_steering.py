@@ -2,7 +2,8 @@
 
 Unique keys under 50 concurrent creates and on the batch path, snooze, progress
 on the event streams, dependencies released by two workers finishing many
-parents at once, and the cancel cascade.
+parents at once, and the cancel cascade; and a seed 002 client's create, run by
+a ``positional=True`` function, end to end.
 """
 
 from __future__ import annotations
@@ -334,3 +335,26 @@ def test_a_failed_parent_cancels_its_dependents_and_theirs(server: Server, worke
             (None, "WAITING"),
             ("WAITING", "CANCELLED"),
         ]
+
+
+# ------------------------------------------------ seed 002's request, end to end
+
+
+def test_a_seed_002_create_runs_its_positional_function_and_reads_as_success(
+    server: Server, workers: list
+) -> None:
+    """Seed 002's body over HTTP, a ``positional=True`` function in a real worker, and the
+    seed's status name in a filter: what a seed 002 client does, start to finish."""
+    headers = server.headers("seed2")
+    body = {"task_name": "add_numbers", "args": [10, 20], "kwargs": {"scale": 2},
+            "queue_name": "default"}  # fmt: skip
+    created = requests.post(f"{server.url}{API}/tasks/", json=body, headers=headers, timeout=30)
+    assert created.status_code == 201, created.text
+    task_id = created.json()["task"]["id"]
+    wait_for(lambda: finished(server, [task_id]), 60, "the seed 002 task to finish")
+    done = requests.get(f"{server.url}{API}/tasks/{task_id}", headers=headers, timeout=30).json()
+    assert (done["task"]["status"], done["task"]["result"]) == ("COMPLETED", 60), done
+    listed = requests.get(
+        f"{server.url}{API}/tasks", params={"status": "success"}, headers=headers, timeout=30
+    ).json()
+    assert [t["id"] for t in listed["results"]] == [task_id], listed
