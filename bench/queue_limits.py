@@ -8,7 +8,9 @@ idle workers: one ``taskq worker`` with 2 children) on a fresh database whose
 - a concurrency or rate limit far above what the drain reaches: the cost of
   the mechanism itself (the queue row's lock held to commit, the running count,
   the start log);
-- binding limits: what the limit lets through.
+- binding limits: what the limit lets through;
+- run alone, also an unlimited queue whose tasks each carry a ``unique_key``: the
+  drain's cost of uniqueness (``bench.taskq_system.unique_drain``).
 
 A resume's reach: milliseconds from the commit of ``UPDATE queues SET paused =
 false`` to the first line of the task that waited in the paused queue (one idle
@@ -99,7 +101,7 @@ def measure_resume(system: Any, url: str, sizes: Any, gap: float = 0.1) -> list[
 def main(argv: list[str] | None = None) -> None:
     """Print the rows as a markdown table: median [min-max] of ``--repeats`` runs."""
     from bench.harness import FULL, QUICK, fresh_database, system_template
-    from bench.taskq_system import TaskqSystem
+    from bench.taskq_system import UNIQUE_DRAIN, TaskqSystem, unique_drain
     from taskq.settings import database_url
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -113,17 +115,20 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[float]] = {}
     with system_template(url, system) as template:
         for _ in range(args.repeats):
-            for metric, value, _unit in limit_metrics(
-                system, lambda: fresh_database(url, template), sizes, (UNLIMITED, *LIMITS)
-            ):
+            fresh = lambda: fresh_database(url, template)  # noqa: E731
+            for metric, value, _unit in limit_metrics(system, fresh, sizes, (UNLIMITED, *LIMITS)):
                 runs.setdefault(metric, []).append(value)
+            runs.setdefault(UNIQUE_DRAIN, []).append(unique_drain(system, fresh, sizes))
     unlimited = statistics.median(runs[UNLIMITED[0]])
     print(f"drain {sizes.drain_n:,} no-op jobs, 2 worker processes, {args.repeats} runs\n")
     print("| bench queue | jobs/s, median [min-max] | vs unlimited |\n|---|---|---|")
-    for metric, controls in (UNLIMITED, *LIMITS):
+    labels = [
+        (metric, ", ".join(f"{k} {v}" for k, v in (controls or {}).items()) or "unlimited")
+        for metric, controls in (UNLIMITED, *LIMITS)
+    ]
+    for metric, label in [*labels, (UNIQUE_DRAIN, "unlimited, a unique_key on every task")]:
         values = runs[metric]
         median = statistics.median(values)
-        label = ", ".join(f"{k} {v}" for k, v in (controls or {}).items()) or "unlimited"
         print(f"| {label} | {median:,.0f} [{min(values):,.0f}-{max(values):,.0f}] "
               f"| {median / unlimited:.2f}x |")  # fmt: skip
     for pct in (50, 99):

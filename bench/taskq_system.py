@@ -187,11 +187,25 @@ class TaskqTreeSystem(TaskqSystem):
         return []
 
 
+class WithUniqueKeys:
+    """``system`` whose clients give every task a ``unique_key`` (the drain's cost of them)."""
+
+    def __init__(self, system: TaskqSystem) -> None:
+        self.system = system
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.system, name)
+
+    def client(self, url: str, unique: bool = True) -> AbstractContextManager[Client]:
+        return self.system.client(url, unique=True)
+
+
 def unique_metrics(
     system: TaskqSystem, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
 ) -> list[tuple[str, float, str]]:
     """The enqueue workloads again with a ``unique_key`` on every task: the unique index on
-    single creates, the ``INSERT … ON CONFLICT`` path instead of COPY on batches."""
+    single creates, the ``INSERT … ON CONFLICT`` path instead of COPY on batches; and the
+    drain of such tasks with 2 worker processes (each one leaves the unique index's range)."""
     from bench.harness import keys
 
     figures = []
@@ -203,7 +217,21 @@ def unique_metrics(
             t0 = time.perf_counter()
             run(client, keys("u", sizes.enqueue_n))
             figures.append((metric, sizes.enqueue_n / (time.perf_counter() - t0), "jobs/s"))
+    figures.append((UNIQUE_DRAIN, unique_drain(system, fresh, sizes), "jobs/s"))
     return figures
+
+
+UNIQUE_DRAIN = "drain_2proc_unique_jobs_per_s"
+
+
+def unique_drain(
+    system: TaskqSystem, fresh: Callable[[], AbstractContextManager[str]], sizes: Any
+) -> float:
+    """The harness's 2-process drain of tasks that each carry a ``unique_key`` (jobs/s)."""
+    from bench.harness import measure_drain
+
+    with fresh() as db:
+        return measure_drain(WithUniqueKeys(system), db, sizes, 2)
 
 
 def http_metrics(

@@ -18,6 +18,7 @@ TASKQ_ONLY = {
     "api_rss_mb",
     "ceiling_jobs_per_s",
     "drain_2proc_concurrency_10000_jobs_per_s",  # bench.queue_limits (--tiny: its first row)
+    "drain_2proc_unique_jobs_per_s",  # bench.taskq_system.unique_metrics
     "resume_to_start_p50_ms",  # bench.queue_limits: a resume reaches the worker
     "resume_to_start_p99_ms",
 }
