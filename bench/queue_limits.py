@@ -12,11 +12,12 @@ idle workers: one ``taskq worker`` with 2 children) on a fresh database whose
 - run alone, also an unlimited queue whose tasks each carry a ``unique_key``: the
   drain's cost of uniqueness (``bench.taskq_system.unique_drain``).
 
-A resume's reach: milliseconds from the commit of ``UPDATE queues SET paused =
-false`` to the first line of the task that waited in the paused queue (one idle
-``taskq worker``): the queues trigger's NOTIFY wakes the workers, the poll is
-only the backstop. A pause needs no such figure: the claim reads the row, so no
-claim that starts after the pause commits takes a task.
+A resume's reach: milliseconds from sending ``UPDATE queues SET paused = false``
+(autocommit: its commit included, so an upper bound) to the first line of the
+task that waited in the paused queue (one idle ``taskq worker``): the queues
+trigger's NOTIFY wakes the workers, the poll is only the backstop. A pause needs
+no such figure: the claim reads the row, so no claim that starts after the
+pause commits takes a task.
 
 Run alone: ``python -m bench.queue_limits --database-url URL [--quick]``; also a
 part of ``taskq bench`` (taskq's extra metrics).
@@ -74,8 +75,9 @@ def limit_metrics(
 
 
 def measure_resume(system: Any, url: str, sizes: Any, gap: float = 0.1) -> list[float]:
-    """Milliseconds from each resume's commit to the start of the one task that waited
-    ``gap`` seconds in the paused queue: one idle worker, a pause before every task."""
+    """Milliseconds from each resume (sent; its commit included) to the start of the one
+    task that waited ``gap`` seconds in the paused queue: one idle worker, a pause before
+    every task."""
     from bench.harness import keys, start_delays, wait_until_done
     from bench.taskq_system import QUEUE
 
@@ -90,8 +92,11 @@ def measure_resume(system: Any, url: str, sizes: Any, gap: float = 0.1) -> list[
                 time.sleep(gap)  # the worker woke for it, found the queue paused, sleeps
                 if count() != 1:
                     raise RuntimeError("a task of a paused queue ran")
-                set_queue(conn, QUEUE, {"paused": False})
+                # Timed from before the UPDATE is sent, its commit included: an upper bound
+                # (after it returns, the task may already have started: the worker hears the
+                # NOTIFY as this client hears the commit).
                 resumed.append(time.time())
+                conn.execute("UPDATE queues SET paused = false WHERE name = %s", (QUEUE,))
                 wait_until_done(count, 10)
         return resumed
 
