@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     for pct in (50, 99):
         values = runs[f"resume_to_start_p{pct}_ms"]
         spread = f"{statistics.median(values):.1f} ms [{min(values):.1f}-{max(values):.1f}]"
-        print(f"\nresume commit -> the waiting task's first line, p{pct}: {spread}")
+        print(f"\nresume sent (commit included) -> the task's first line, p{pct}: {spread}")
 
 
 if __name__ == "__main__":
