@@ -762,17 +762,6 @@ class TaskBatchSchema(Schema):
         fields.Nested(TaskCreateSchema), required=True, validate=SettingLength("TASKQ_MAX_BATCH")
     )
 
-    @validates_schema
-    def no_parents(self, data: dict[str, Any], **kwargs: Any) -> None:
-        """depends_on is for POST /tasks only: a batch is loaded without locking parents."""
-        refused = {
-            n: {"depends_on": ["Not in a batch: create tasks with parents one by one."]}
-            for n, task in enumerate(data.get("tasks") or [])
-            if task.get("depends_on")
-        }
-        if refused:
-            raise ValidationError({"tasks": refused})
-
 
 class IdempotencyHeaderSchema(Schema):
     """The Idempotency-Key header of POST /tasks."""

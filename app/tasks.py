@@ -29,7 +29,15 @@ from app.openapi import doc, payload_json_schema
 from app.pagination import PageRequest, Term, order_sql, page_body, page_request
 from sql import queries
 from taskq import tracing
-from taskq.enqueue import enqueue_tasks
+from taskq.enqueue import (
+    PARENT_PROBLEMS,
+    KeyContention,
+    ParentProblem,
+    enqueue_tasks,
+    link_parents,
+    lock_parents,
+    parent_problem,
+)
 from taskq.queues import service_warnings
 from taskq.registry import user_task_types
 from taskq.representation import (
@@ -66,8 +74,6 @@ COUNTED_FILTERS = frozenset({"user_id", "username", "status", "task_type", "queu
 QUEUE_COUNTED_FILTERS = frozenset({"status", "queue"})
 CANCELLABLE = ("WAITING", "PENDING", "RETRYING", "PROCESSING")
 RETRYABLE = ("FAILED", "CANCELLED")
-# A parent in one of these can never complete: a task depending on it would never run.
-ENDED = ("FAILED", "CANCELLED")
 # A create meets a key whose task ended or was deleted before it could be read, or a
 # deadlock with a worker finishing a parent: it runs again, this many times at most.
 CREATE_TRIES = 5
@@ -450,10 +456,7 @@ def insert_one(params: dict[str, Any]) -> dict[str, Any] | None:
         params["status"] = "WAITING" if params["pending_parents"] else "PENDING"
         row = conn.execute(queries["insert_task"], params).fetchone()
         if row is not None:
-            conn.execute(queries["mark_parent_tasks"], {"ids": parents})
-            conn.execute(
-                queries["insert_task_dependencies"], {"ids": parents, "task_id": row["id"]}
-            )
+            link_parents(conn, {row["id"]: parents})
     return row
 
 
@@ -462,16 +465,11 @@ def pending_parents(conn: Any, user_id: int, parents: list[int]) -> int:
 
     404 when one is missing or another user's; 409 when one already failed or was cancelled.
     """
-    found = {r["id"]: r["status"] for r in conn.execute(
-        queries["lock_parent_tasks"], {"ids": parents, "user_id": user_id})}  # fmt: skip
-    missing = [p for p in parents if p not in found]
-    if missing:
-        messages = [f"Task {p} not found." for p in missing]
-        raise ApiError(404, "A parent task was not found.", {"depends_on": messages})
-    ended = [p for p in parents if found[p] in ENDED]
-    if ended:
-        messages = [f"Task {p} is {found[p]}: it will never complete." for p in ended]
-        raise ApiError(409, "A parent task has already ended.", {"depends_on": messages})
+    found = lock_parents(conn, user_id, parents)
+    problem = parent_problem(parents, found)
+    if problem is not None:
+        status, messages = problem
+        raise ApiError(status, PARENT_PROBLEMS[status], {"depends_on": messages})
     return sum(1 for p in parents if found[p] != "COMPLETED")
 
 
@@ -525,10 +523,15 @@ def first_task_of_key(params: dict[str, Any]) -> tuple[dict[str, Any], int] | No
     bare_list="tasks",
     response=schemas.TaskBatchCreatedSchema,
     status=201,
+    errors=(404, 409),
 )
 @jwt_required()
 def create_tasks_batch():
-    """All tasks or none; at most TASKQ_MAX_BATCH; a bare JSON array is accepted too."""
+    """All tasks or none; at most TASKQ_MAX_BATCH; a bare JSON array is accepted too.
+
+    404 when a ``depends_on`` task is not the caller's, 409 when one already failed or was
+    cancelled (``field_errors`` name the batch's tasks: ``tasks.3.depends_on``).
+    """
     body = get_json_body()
     if isinstance(body, list):
         body = {"tasks": body}
@@ -544,7 +547,7 @@ def create_tasks_batch():
     ):
         trace = tracing.carrier()
         columns = [{**task_columns(task), "trace_context": trace} for task in data["tasks"]]
-        result = enqueue_tasks(conn, user_id, columns)
+        result = enqueue_batch(conn, user_id, columns)
     existing = set(result.existing)
     created = [row for i, row in enumerate(result.rows) if i not in existing]
     count_created(created)
@@ -556,6 +559,23 @@ def create_tasks_batch():
     body = {"tasks": tasks, "count": len(tasks), "existing": result.existing, "message": message}
     body["warnings"] = warnings
     return body, 201 if created or not tasks else 200
+
+
+def enqueue_batch(conn: Any, user_id: int, columns: list[dict[str, Any]]) -> Any:
+    """``enqueue_tasks`` in a transaction of its own, run again after a deadlock with a
+    worker finishing one of the parents (both locked them); 404 or 409 for parents the
+    tasks cannot wait for, 409 for keys that kept meeting tasks ending meanwhile."""
+    for _ in range(CREATE_TRIES):
+        try:
+            return enqueue_tasks(conn, user_id, columns)
+        except errors.DeadlockDetected:
+            continue
+        except ParentProblem as exc:
+            fields = {f"tasks.{n}.depends_on": messages for n, messages in exc.messages.items()}
+            raise ApiError(exc.status, str(exc), fields) from None
+        except KeyContention as exc:
+            raise ApiError(409, f"{str(exc).capitalize()}.") from None
+    raise ApiError(409, "A parent task kept changing while this batch was created: send it again.")
 
 
 @bp.get("/tasks")

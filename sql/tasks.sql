@@ -29,10 +29,11 @@ SELECT * FROM tasks
    AND unique_window = taskq_unique_window(%(unique_for)s) AND unique_window IS NOT NULL;
 
 -- name: lock_parent_tasks
--- The caller's tasks among a new task's parents, locked in id order (every creator locks in
--- this order), so none ends unseen between this count and the new task's edges committing.
+-- The caller's tasks among new tasks' parents, locked in id order (every creator locks in
+-- this order), so none ends unseen between this count and the new tasks' edges committing.
+-- (user_id NULL: the tasks without an owner, as insert_tasks(conn, None, ...) makes them.)
 SELECT id, status::text AS status FROM tasks
- WHERE id = ANY(%(ids)s::bigint[]) AND user_id = %(user_id)s
+ WHERE id = ANY(%(ids)s::bigint[]) AND user_id IS NOT DISTINCT FROM %(user_id)s
  ORDER BY id
    FOR NO KEY UPDATE;
 
@@ -42,9 +43,9 @@ UPDATE tasks SET has_dependents = true
  WHERE id = ANY(%(ids)s::bigint[]) AND NOT has_dependents;
 
 -- name: insert_task_dependencies
--- The edges parent -> new task.
+-- The edges parent -> new task, as two arrays of the same length.
 INSERT INTO task_dependencies (parent_id, task_id)
-SELECT unnest(%(ids)s::bigint[]), %(task_id)s;
+SELECT * FROM unnest(%(parent_ids)s::bigint[], %(task_ids)s::bigint[]);
 
 -- name: get_task_by_idempotency_key
 -- The task a user created earlier with this Idempotency-Key.
@@ -203,28 +204,30 @@ SELECT d.*, t.status::text AS task_status
   FROM dead_letters d LEFT JOIN tasks t ON t.id = d.task_id
  WHERE d.id = %(dead_letter_id)s AND d.user_id = %(user_id)s;
 
--- name: insert_unique_tasks
--- Load reserved-id tasks of a batch with unique keys from their columns as JSON, in id order
--- (ids: only these rows; NULL: all); a row whose key is taken (by a concurrent create, an
--- earlier row, an older task) is skipped.
+-- name: insert_task_rows
+-- Load reserved-id tasks of a batch with unique keys or parents from their columns as JSON,
+-- in id order (ids: only these rows; NULL: all); a row whose key is taken (by a concurrent
+-- create, an earlier row, an older task) is skipped.
 INSERT INTO tasks (id, user_id, title, description, task_type, payload, queue, priority,
                    scheduled_at, run_at, max_retries, retry_delay, timeout, tags, metadata,
                    callback_url, callback_events, callback_headers, callback_secret,
                    callback_max_attempts, callback_format, trace_context, unique_key,
-                   unique_for, unique_window)
+                   unique_for, unique_window, status, depends_on, pending_parents)
 OVERRIDING SYSTEM VALUE
 SELECT r.id, r.user_id, r.title, r.description, r.task_type, r.payload, r.queue, r.priority,
        r.scheduled_at, r.run_at, r.max_retries, r.retry_delay, r.timeout, r.tags, r.metadata,
        r.callback_url, r.callback_events, r.callback_headers, r.callback_secret,
        r.callback_max_attempts, r.callback_format, r.trace_context, r.unique_key, r.unique_for,
-       taskq_unique_window(r.unique_for)
+       taskq_unique_window(r.unique_for), r.status::task_status, r.depends_on,
+       r.pending_parents
   FROM jsonb_to_recordset(%(rows)s::jsonb) AS r(
            id bigint, user_id bigint, title text, description text, task_type text,
            payload jsonb, queue text, priority smallint, scheduled_at timestamptz,
            run_at timestamptz, max_retries integer, retry_delay integer, timeout integer,
            tags text[], metadata jsonb, callback_url text, callback_events text[],
            callback_headers jsonb, callback_secret text, callback_max_attempts integer,
-           callback_format text, trace_context jsonb, unique_key text, unique_for integer)
+           callback_format text, trace_context jsonb, unique_key text, unique_for integer,
+           status text, depends_on bigint[], pending_parents integer)
  WHERE %(ids)s::bigint[] IS NULL OR r.id = ANY(%(ids)s::bigint[])
  ORDER BY r.id
 ON CONFLICT DO NOTHING

@@ -17,12 +17,15 @@ checked). COPY cannot skip a row whose key is taken, so those rows go as one
 JSON array into ``INSERT … SELECT … ON CONFLICT DO NOTHING``, held by the same
 unique indexes as a single create, so concurrent creates on either path cannot
 both insert a key; each row it skipped is answered with the task that holds
-the key (``enqueue_tasks``: ``existing`` lists their positions). Otherwise
-nothing is read back: the rows are built here from what was sent, the reserved
-ids and the column defaults, so the client skips parsing a ``RETURNING *`` of
-every column (most of its cost for a big batch), and the
-server skips building it. The insert trigger runs once for the COPY, as for an
-INSERT: one history row per task, one NOTIFY per 200 tasks, one wake-up per queue.
+the key (``enqueue_tasks``: ``existing`` lists their positions). A batch in
+which some task has ``depends_on`` goes that way too: its parents (the caller's
+tasks) are locked in id order and counted first, as a single create does, and
+its edges are written after the rows. Otherwise nothing is read back: the rows
+are built here from what was sent, the reserved ids and the column defaults, so
+the client skips parsing a ``RETURNING *`` of every column (most of its cost for
+a big batch), and the server skips building it. The insert trigger runs once
+for the COPY, as for an INSERT: one history row per task, one NOTIFY per 200
+tasks, one wake-up per queue.
 """
 
 from __future__ import annotations
@@ -95,8 +98,14 @@ COPY_COLUMNS = (
     ("trace_context", "bytea"),
 )
 COPY_TYPES = [pg_type for _, pg_type in COPY_COLUMNS]
-# The columns insert_unique_tasks loads (its jsonb_to_recordset column list).
-UNIQUE_LOAD_COLUMNS = (*(name for name, _ in COPY_COLUMNS), "unique_key", "unique_for")
+# The columns insert_task_rows loads (its jsonb_to_recordset column list).
+ROW_LOAD_COLUMNS = (
+    *(name for name, _ in COPY_COLUMNS),
+    *("unique_key", "unique_for", "status", "depends_on", "pending_parents"),
+)
+# Parents a task cannot wait for: the answer's status and title.
+PARENT_PROBLEMS = {404: "A parent task was not found.", 409: "A parent task has already ended."}
+ENDED = ("FAILED", "CANCELLED")
 JSONB_VERSION = b"\x01"
 PLAIN_JSON = frozenset({str, int, bool, type(None)})
 # json.dumps builds a new C encoder on every call (about 1 µs of a small payload's 1.4);
@@ -124,6 +133,16 @@ else:  # pragma: no cover - CPython always has the C encoder
 
 class KeyContention(Exception):
     """The unique keys of a batch kept meeting tasks that ended before they could be read."""
+
+
+class ParentProblem(ValueError):
+    """Parents some tasks of a batch cannot wait for: ``status`` 404 (not the caller's task,
+    or none) or 409 (FAILED or CANCELLED); ``messages``: each such task's position and its
+    messages."""
+
+    def __init__(self, status: int, messages: dict[int, list[str]]) -> None:
+        super().__init__(PARENT_PROBLEMS[status])
+        self.status, self.messages = status, messages
 
 
 @dataclass
@@ -158,11 +177,8 @@ def enqueue_tasks(
     tasks = list(tasks)
     if not tasks:
         return Enqueued([])
-    if any(task.get("depends_on") for task in tasks):
-        # A bulk load does not lock parents: create tasks with parents one by one (POST /tasks).
-        raise ValueError("depends_on is not supported when enqueueing in bulk")
-    if any(task.get("unique_key") is not None for task in tasks):
-        return insert_unique_tasks(conn, user_id, tasks)
+    if any(task.get("unique_key") is not None or task.get("depends_on") for task in tasks):
+        return insert_task_rows(conn, user_id, tasks)
     rows = []
     with conn.transaction(), conn.cursor(row_factory=tuple_row) as cur:
         # The jsonb values go as bytes: psycopg's default bytea dumper (dbapi20's) is
@@ -179,25 +195,28 @@ def enqueue_tasks(
     return Enqueued(rows)
 
 
-def insert_unique_tasks(
+def insert_task_rows(
     conn: psycopg.Connection[Any], user_id: int | None, tasks: list[Mapping[str, Any]]
 ) -> Enqueued:
-    """The batch path of tasks with unique keys: ``INSERT … ON CONFLICT DO NOTHING``.
+    """The batch path of tasks with unique keys or parents: ``INSERT … ON CONFLICT DO NOTHING``.
 
-    The skipped rows are looked up by their key; one whose holder ended (or was deleted)
-    before the lookup is inserted again, in the same transaction.
+    Parents are locked and counted before the insert (ParentProblem when one cannot be
+    waited for), edges written after it for the rows it made. The skipped rows are looked
+    up by their key; one whose holder ended (or was deleted) before the lookup is inserted
+    again, in the same transaction.
     """
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         reserved = cur.execute(queries["reserve_task_ids"], {"n": len(tasks)}).fetchone()
         ids, now = reserved["ids"], reserved["now"]
         rows = [new_task_row(i, user_id, task, now) for i, task in zip(ids, tasks, strict=True)]
-        loaded = [{name: row[name] for name in UNIQUE_LOAD_COLUMNS} for row in rows]
+        wait_for_parents(conn, user_id, rows, tasks)
+        loaded = [{name: row[name] for name in ROW_LOAD_COLUMNS} for row in rows]
         text = json.dumps(loaded, default=iso_value, separators=(",", ":"))
         position = {task_id: n for n, task_id in enumerate(ids)}
         todo, existing, only = set(ids), [], None
         for _ in range(UNIQUE_ROUNDS):
             params = {"rows": text, "ids": only}
-            for made in cur.execute(queries["insert_unique_tasks"], params).fetchall():
+            for made in cur.execute(queries["insert_task_rows"], params).fetchall():
                 rows[position[made["id"]]]["unique_window"] = made["unique_window"]
                 todo.discard(made["id"])
             keyed = [rows[position[i]] for i in sorted(todo)]
@@ -213,9 +232,71 @@ def insert_unique_tasks(
                 rows[n] = held
                 existing.append(n)
             if not todo:
+                held = set(existing)
+                made = [row for n, row in enumerate(rows) if n not in held]
+                link_parents(conn, {row["id"]: row["depends_on"] for row in made})
                 return Enqueued(rows, sorted(existing))
             only = sorted(todo)  # their holders ended since the conflict: insert them again
     raise KeyContention("unique keys kept meeting tasks that ended meanwhile: send it again")
+
+
+def wait_for_parents(
+    conn: psycopg.Connection[Any],
+    user_id: int | None,
+    rows: list[dict[str, Any]],
+    tasks: list[Mapping[str, Any]],
+) -> None:
+    """Set the ``depends_on``, ``pending_parents`` and status (WAITING while a parent has
+    not COMPLETED) of the rows whose task has parents, those locked until commit;
+    ParentProblem when one is not ``user_id``'s task or has ended."""
+    parents_of = {n: sorted(set(task["depends_on"])) for n, task in enumerate(tasks)
+                  if task.get("depends_on")}  # fmt: skip
+    if not parents_of:
+        return
+    found = lock_parents(conn, user_id, {p for parents in parents_of.values() for p in parents})
+    problems = {n: parent_problem(parents, found) for n, parents in parents_of.items()}
+    problems = {n: problem for n, problem in problems.items() if problem is not None}
+    if problems:
+        status = min(problem[0] for problem in problems.values())  # 404 before 409
+        raise ParentProblem(status, {n: messages for n, (s, messages) in problems.items()
+                                     if s == status})  # fmt: skip
+    for n, parents in parents_of.items():
+        pending = sum(1 for p in parents if found[p] != "COMPLETED")
+        status = "WAITING" if pending else "PENDING"
+        rows[n].update(depends_on=parents, pending_parents=pending, status=status)
+
+
+def lock_parents(
+    conn: psycopg.Connection[Any], user_id: int | None, parents: Iterable[int]
+) -> dict[int, str]:
+    """The status of each of ``parents`` that is ``user_id``'s task, the rows locked until
+    commit (in id order, as every creator locks them)."""
+    params = {"ids": sorted(parents), "user_id": user_id}
+    with conn.cursor(row_factory=tuple_row) as cur:
+        return dict(cur.execute(queries["lock_parent_tasks"], params).fetchall())
+
+
+def parent_problem(parents: list[int], found: Mapping[int, str]) -> tuple[int, list[str]] | None:
+    """Why a task cannot wait for ``parents`` (404 or 409, and a message per parent), given
+    what ``lock_parents`` found; None when it can."""
+    missing = [p for p in parents if p not in found]
+    if missing:
+        return 404, [f"Task {p} not found." for p in missing]
+    ended = [p for p in parents if found[p] in ENDED]
+    if ended:
+        return 409, [f"Task {p} is {found[p]}: it will never complete." for p in ended]
+    return None
+
+
+def link_parents(conn: psycopg.Connection[Any], parents_of: Mapping[int, list[int] | None]) -> None:
+    """Write the edges parent -> task of new tasks (task id -> its parents, or None) and
+    mark the parents as having dependents (what the dependency trigger looks at)."""
+    edges = [(p, task_id) for task_id, parents in parents_of.items() for p in parents or ()]
+    if not edges:
+        return
+    conn.execute(queries["mark_parent_tasks"], {"ids": sorted({p for p, _ in edges})})
+    columns = {"parent_ids": [p for p, _ in edges], "task_ids": [t for _, t in edges]}
+    conn.execute(queries["insert_task_dependencies"], columns)
 
 
 def iso_value(value: Any) -> Any:

@@ -2,7 +2,8 @@
 
 Unique keys under 50 concurrent creates and on the batch path, snooze, progress
 on the event streams, dependencies released by two workers finishing many
-parents at once, and the cancel cascade; and a seed 002 client's create, run by
+parents at once, batches of children made while their parents finish, and the
+cancel cascade; and a seed 002 client's create, run by
 a ``positional=True`` function, end to end.
 """
 
@@ -312,6 +313,58 @@ def test_two_workers_finishing_many_parents_at_once_release_their_children(
             ("PENDING", "PROCESSING"),
             ("PROCESSING", "COMPLETED"),
         ]
+
+
+def test_batches_of_children_created_while_two_workers_finish_their_parents(
+    server: Server, workers: list
+) -> None:
+    headers = server.headers("deps-batch")
+    running = [{"title": f"a{n}", "task_type": "ledger", "payload": {"sleep": 0.02}}
+               for n in range(100)]  # fmt: skip
+    held = [{"title": f"b{n}", "task_type": "noop", "scheduled_at": "2100-01-01T00:00:00Z"}
+            for n in range(100)]  # fmt: skip
+    made = server.post("/tasks/batch", headers, tasks=running + held).json()["tasks"]
+    parents = [t["id"] for t in made]
+    done = "SELECT count(*) AS n FROM tasks WHERE id = ANY(%s) AND status = 'COMPLETED'"
+    wait_for(lambda: server.sql(done, (parents,))[0]["n"] >= 20, 60, "parents finishing")
+
+    def children(n: int) -> requests.Response:  # 10 children of 1-5 parents each, a batch
+        picks = [sorted({parents[(n * 37 + k * 53 + j * 11) % 200] for j in range(1 + k % 5)})
+                 for k in range(10)]  # fmt: skip
+        batch = [{"title": f"c{n}.{k}", "task_type": "noop", "depends_on": p}
+                 for k, p in enumerate(picks)]  # fmt: skip
+        return server.post("/tasks/batch", headers, tasks=batch)
+
+    with ThreadPoolExecutor(4) as pool:  # while the workers finish the first 100 parents
+        answers = list(pool.map(children, range(40)))
+    assert {a.status_code for a in answers} == {201}, [a.text for a in answers]
+    made = sorted((t for a in answers for t in a.json()["tasks"]), key=lambda t: t["id"])
+    states = Counter(task["status"] for task in made)
+    assert set(states) <= {"WAITING", "PENDING"} and states["WAITING"] > 0, states
+    server.sql("UPDATE tasks SET scheduled_at = NULL, run_at = now() WHERE id = ANY(%s)",
+               (parents[100:],))  # fmt: skip
+    server.sql("SELECT pg_notify('taskq_wakeup', 'default')")
+    ids = [task["id"] for task in made]
+    wait_for(lambda: finished(server, [*parents, *ids]), 90, "every child run")
+    rows = server.sql(
+        "SELECT t.id, t.status::text AS s, t.pending_parents AS n,"
+        " (SELECT min(created_at) FROM task_history h WHERE h.task_id = t.id"
+        "   AND h.to_status = 'PROCESSING') AS started,"
+        " (SELECT max(h.created_at) FROM task_dependencies d JOIN task_history h"
+        "   ON h.task_id = d.parent_id AND h.to_status = 'COMPLETED'"
+        "   WHERE d.task_id = t.id) AS last_parent,"
+        " (SELECT count(*) FROM task_dependencies d WHERE d.task_id = t.id) AS edges"
+        " FROM tasks t WHERE t.id = ANY(%s) ORDER BY t.id",
+        (ids,),
+    )
+    for row, task in zip(rows, made, strict=True):
+        assert (row["s"], row["n"], row["edges"]) == ("COMPLETED", 0, len(task["depends_on"]))
+        assert row["started"] >= row["last_parent"], row  # never before its last parent
+        steps = [(f, t) for f, t, _, _ in server.history(row["id"])]
+        release = [(None, "WAITING"), ("WAITING", "PENDING")]
+        assert steps == [*(release if task["status"] == "WAITING" else [(None, "PENDING")]),
+                         ("PENDING", "PROCESSING"), ("PROCESSING", "COMPLETED")]  # fmt: skip
+    print("children created WAITING / PENDING:", states["WAITING"], states["PENDING"])
 
 
 def test_a_failed_parent_cancels_its_dependents_and_theirs(server: Server, workers: list) -> None:

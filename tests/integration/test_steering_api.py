@@ -8,7 +8,7 @@ import json
 import psycopg
 import pytest
 
-from tests.helpers import API, assert_error, create, insert_tasks, set_status
+from tests.helpers import API, assert_error, create, insert_tasks, make_user, set_status
 from tests.worker_helpers import claim, claim_connection, write
 from worker.completer import Outcomes
 
@@ -114,12 +114,39 @@ def test_depends_on_only_the_callers_existing_unfinished_tasks(client, make_acco
     assert_error(post({"depends_on": []}), 400, "depends_on")
     set_status(db, bobs["id"], "FAILED")
     assert_error(post({"depends_on": [bobs["id"]]}), 409, "depends_on")
-    batch = {"tasks": [{"title": "c", "task_type": "echo", "depends_on": [bobs["id"]]}]}
-    assert_error(
-        client.post(f"{API}/tasks/batch", json=batch, headers=bob.headers),
-        400,
-        "tasks.0.depends_on",
+    assert count_tasks(db) == before
+    assert db.execute("SELECT count(*) AS n FROM task_dependencies").fetchone()["n"] == 0
+
+
+def test_a_batch_refuses_parents_as_a_create_does_and_stores_nothing(client, make_account, db):
+    ann = make_account("ann")
+    bob = make_account("bob")
+    anns, bobs, failed = create(client, ann), create(client, bob), create(client, bob)
+    set_status(db, failed["id"], "FAILED")
+    before = count_tasks(db)
+
+    def batch(*parents):
+        tasks = [{"title": f"c{n}", "task_type": "echo"} for n in range(len(parents))]
+        for task, p in zip(tasks, parents, strict=True):
+            if p is not None:
+                task["depends_on"] = p
+        return client.post(f"{API}/tasks/batch", json={"tasks": tasks}, headers=bob.headers)
+
+    # Another user's task or none: 404, naming each such task (and only the 404s).
+    refused = assert_error(
+        batch([bobs["id"]], [anns["id"]], None, [failed["id"]], [10**9]),
+        404,
+        "tasks.1.depends_on",
+        "tasks.4.depends_on",
     )
+    assert refused["error"] == "A parent task was not found."
+    assert refused["field_errors"]["tasks.1.depends_on"] == [f"Task {anns['id']} not found."]
+    assert "tasks.3.depends_on" not in refused["field_errors"]
+    refused = assert_error(batch(None, [bobs["id"], failed["id"]]), 409, "tasks.1.depends_on")
+    assert refused["field_errors"]["tasks.1.depends_on"] == [
+        f"Task {failed['id']} is FAILED: it will never complete."
+    ]
+    assert_error(batch([]), 400, "tasks.0.depends_on")
     assert count_tasks(db) == before
     assert db.execute("SELECT count(*) AS n FROM task_dependencies").fetchone()["n"] == 0
 
@@ -145,6 +172,69 @@ def test_a_completed_parent_counts_as_done_and_psql_transitions_release(client, 
                      (child["id"],)).fetchone()  # fmt: skip
     assert row == {"s": "PENDING", "n": 0}
     assert history(db, child["id"]) == [(None, "WAITING"), ("WAITING", "PENDING")]
+
+
+def test_a_batch_waits_for_parents_as_single_creates_do(client, make_account, db):
+    ann = make_account("ann")
+    done, running = create(client, ann), create(client, ann)
+    set_status(db, done["id"], "COMPLETED")
+    tasks = [
+        {"title": "free", "task_type": "echo"},
+        {"title": "ready", "task_type": "echo", "depends_on": [done["id"]]},
+        {"title": "child", "task_type": "echo",
+         "depends_on": [running["id"], done["id"], running["id"]]},
+        {"title": "keyed", "task_type": "echo", "depends_on": [running["id"]], "unique_key": "k"},
+    ]  # fmt: skip
+    answer = client.post(f"{API}/tasks/batch", json={"tasks": tasks}, headers=ann.headers)
+    assert answer.status_code == 201, answer.get_json()
+    free, ready, child, keyed = answer.get_json()["tasks"]
+    assert (free["status"], free["depends_on"], free["pending_parents"]) == ("PENDING", [], 0)
+    assert (ready["status"], ready["pending_parents"]) == ("PENDING", 0)
+    assert child["status"] == "WAITING" and child["pending_parents"] == 1
+    assert child["depends_on"] == sorted([done["id"], running["id"]])
+    for task in (free, ready, child, keyed):  # the answer is what GET shows
+        shown = client.get(f"{API}/tasks/{task['id']}", headers=ann.headers).get_json()["task"]
+        assert {k: shown[k] for k in task} == task
+    edges = db.execute("SELECT parent_id, task_id FROM task_dependencies ORDER BY 2, 1").fetchall()
+    assert [(e["parent_id"], e["task_id"]) for e in edges] == [
+        (done["id"], ready["id"]),
+        (done["id"], child["id"]),
+        (running["id"], child["id"]),
+        (running["id"], keyed["id"]),
+    ]
+    marked = db.execute("SELECT id FROM tasks WHERE has_dependents ORDER BY id").fetchall()
+    assert [r["id"] for r in marked] == [done["id"], running["id"]]
+    # The same key again: the task holding it, and no second edge.
+    again = client.post(f"{API}/tasks/batch", json={"tasks": tasks[3:]}, headers=ann.headers)
+    assert again.status_code == 200 and again.get_json()["existing"] == [0]
+    assert again.get_json()["tasks"][0]["id"] == keyed["id"]
+    assert db.execute("SELECT count(*) AS n FROM task_dependencies").fetchone()["n"] == 4
+    set_status(db, running["id"], "COMPLETED")  # releases them as it does a single create's
+    for task in (child, keyed):
+        row = db.execute("SELECT status::text AS s, pending_parents AS n FROM tasks WHERE id = %s",
+                         (task["id"],)).fetchone()  # fmt: skip
+        assert row == {"s": "PENDING", "n": 0}
+        assert history(db, task["id"]) == [(None, "WAITING"), ("WAITING", "PENDING")]
+
+
+def test_insert_tasks_takes_parents_from_python_too(db):
+    from taskq.enqueue import ParentProblem
+    from taskq.enqueue import insert_tasks as enqueue
+
+    (parent,) = insert_tasks(db, user_id=None)
+    (child,) = enqueue(db, None, [{"title": "c", "depends_on": [parent]}])
+    assert (child["status"], child["depends_on"], child["pending_parents"]) == (
+        "WAITING",
+        [parent],
+        1,
+    )
+    stored = db.execute("SELECT status::text AS status FROM tasks WHERE id = %s", (child["id"],))
+    assert stored.fetchone()["status"] == "WAITING"
+    (owned,) = insert_tasks(db, user_id=make_user(db))
+    with pytest.raises(ParentProblem) as refused:  # an owned task is no parent of an unowned
+        enqueue(db, None, [{"title": "c"}, {"title": "d", "depends_on": [owned, parent]}])
+    assert refused.value.status == 404
+    assert refused.value.messages == {1: [f"Task {owned} not found."]}
 
 
 def test_cancelling_or_deleting_a_parent_cancels_the_waiting_tree(client, make_account, db):
