@@ -47,8 +47,14 @@ def completed(db, n: int) -> bool:
     return status_counts(db).get("COMPLETED", 0) >= n
 
 
-def start_worker(database_url: str, *args: str, **env: str) -> subprocess.Popen:
-    """``taskq worker`` as a subprocess in its own process group, with fast test settings."""
+def start_worker(
+    database_url: str,
+    *args: str,
+    wrap: Callable[[list[str]], list[str]] = list,
+    **env: str,
+) -> subprocess.Popen:
+    """``taskq worker`` as a subprocess in its own process group, with fast test settings
+    (``wrap``: the command line run in its place, ``unshare …`` around it, say)."""
     environ = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -62,7 +68,7 @@ def start_worker(database_url: str, *args: str, **env: str) -> subprocess.Popen:
     }
     environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "taskq.cli", "worker", *args],
+        wrap([sys.executable, "-m", "taskq.cli", "worker", *args]),
         env=environ,
         cwd=ROOT,
         start_new_session=True,

@@ -37,9 +37,10 @@ from worker.runner import SLOT_SIZE, Runner
 log = logging.getLogger("taskq.worker")
 
 
-def worker_id_for(hostname: str, pid: int) -> str:
-    """The ``tasks.worker_id`` / ``workers.id`` of the worker process ``pid`` on ``hostname``."""
-    return f"{hostname}:{pid}"
+def worker_id_for(config: WorkerConfig, pid: int) -> str:
+    """The ``tasks.worker_id`` / ``workers.id`` of the worker process ``pid`` under ``config``:
+    ``host:pid:instance``."""
+    return f"{config.hostname}:{pid}:{config.instance}"
 
 
 def die_with_parent() -> None:
@@ -56,7 +57,7 @@ class Child:
 
     def __init__(self, config: WorkerConfig, slot: Any = None, parent_pid: int | None = None):
         self.parent_pid = parent_pid
-        worker_id = worker_id_for(config.hostname, os.getpid())
+        worker_id = worker_id_for(config, os.getpid())
         self.exchange = Exchange(config, worker_id, held=self.held, gone=self.parent_gone)
         self.completer = Completer(config.batch_size, config.flush_ms, self.exchange)
         slot = slot if slot is not None else [0] * SLOT_SIZE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,9 @@ class WorkerConfig:
     listen_database_url: str = ""  # direct: LISTEN and the leader lock; "" = database_url
     database_pooled: bool = False
     hostname: str = ""  # in worker ids; "" = the system's host name
+    # In worker ids too: a random token per supervisor start, so hosts that share a name
+    # (containers on the host's network, cloned machines) and pid still get ids of their own.
+    instance: str = ""
     queues: tuple[str, ...] = ("default",)
     concurrency: int = 2
     max_tasks: int = 0
@@ -78,6 +82,8 @@ class WorkerConfig:
             object.__setattr__(self, "listen_database_url", self.database_url)
         if not self.hostname:
             object.__setattr__(self, "hostname", hostname())
+        if not self.instance:
+            object.__setattr__(self, "instance", secrets.token_hex(3))
         if (self.tasks.database_pooled, self.tasks.hostname) != (self.database_pooled,
                                                                   self.hostname):  # fmt: skip
             # ctx.connection() and progress pool too, and are named after the host

@@ -147,7 +147,7 @@ class Supervisor:
             index,
             process,
             slot,
-            child_process.worker_id_for(self.config.hostname, process.pid),
+            child_process.worker_id_for(self.config, process.pid),
             time.monotonic(),
         )
 

@@ -9,13 +9,18 @@ not just at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -287,7 +292,7 @@ def test_three_hosts_the_leaders_group_killed_another_takes_over_without_double_
         assert twice == []
         # Only the dead host's leases were reaped; every task has exactly one outcome.
         reaped = conn.execute(
-            "SELECT task_id, substring(error FROM 'worker (.*):[0-9]+ lost') AS host "
+            "SELECT task_id, substring(error FROM 'worker ([^:]*):') AS host "
             "FROM task_history WHERE error LIKE 'lease expired%%'"
         ).fetchall()
         assert {r["host"] for r in reaped} <= {dead_host}
@@ -313,3 +318,81 @@ def test_three_hosts_the_leaders_group_killed_another_takes_over_without_double_
 def tick_count(conn: psycopg.Connection) -> int:
     """How many periodic ticks were enqueued."""
     return conn.execute("SELECT count(*) AS n FROM periodic_ticks").fetchone()["n"]
+
+
+def unshared(command: list[str]) -> list[str]:
+    """``command`` in a new pid namespace (its first process is pid 1), as in a container."""
+    return ["unshare", "--pid", "--fork", "--mount-proc", *command]
+
+
+def children_of(pid: int) -> list[int]:
+    """The host pids of the processes whose parent is ``pid``."""
+    kids = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[
+                1
+            ] == str(pid):
+                kids.append(int(entry.name))
+    return kids
+
+
+def worker_children(supervisor: int) -> list[int]:
+    """The host pids of a supervisor's worker children (multiprocessing's spawned ones)."""
+    return [kid for kid in children_of(supervisor)
+            if b"spawn_main" in Path(f"/proc/{kid}/cmdline").read_bytes()]  # fmt: skip
+
+
+@pytest.mark.skipif(
+    subprocess.run(unshared(["true"]), capture_output=True).returncode != 0,
+    reason="unshare --pid is not permitted here (it needs root or user namespaces)",
+)
+def test_two_hosts_with_one_name_and_the_same_pids_keep_their_tasks_apart(
+    database_url: str,
+) -> None:
+    """Containers on the host's network share its host name, and each numbers its processes
+    from 1: the two groups' children have the same name and pid. Killing one's child must
+    settle its task alone, not the other group's, which runs on to one outcome."""
+    with direct(database_url) as conn:
+        conn.execute(LEDGER_DDL)
+        ids = insert_tasks(conn, 2, task_type="ledger", payload={"sleep": 4}, retry_delay=0)
+        env = {"TASKQ_HOSTNAME": "twin", "TASKQ_LEASE_SECONDS": "30", **IMPORTS}
+        groups = [start_worker(database_url, "--concurrency", "1", wrap=unshared, **env)
+                  for _ in range(2)]  # fmt: skip
+        try:
+            running = "SELECT id, worker_id FROM tasks WHERE status = 'PROCESSING'"
+            held = wait_for(lambda: len(rows := conn.execute(running).fetchall()) == 2 and rows,
+                            60, "both tasks running")  # fmt: skip
+            assert sorted(r["id"] for r in held) == ids
+            pids = [w["pid"] for w in conn.execute("SELECT pid FROM workers").fetchall()]
+            assert len(pids) == 2, pids  # one row for two processes: their ids were one
+            assert pids[0] == pids[1]  # the same name and pid: only the instance tells them apart
+            assert len({r["worker_id"] for r in held}) == 2, held
+            # unshare's one child is the supervisor (pid 1 in its namespace)
+            (victim,) = worker_children(children_of(groups[0].pid)[0])
+            os.kill(victim, signal.SIGKILL)
+            done = "SELECT count(*) AS n FROM tasks WHERE status = 'COMPLETED'"
+            wait_for(lambda: conn.execute(done).fetchone()["n"] == 2, 60, "both tasks completed")
+        finally:
+            for group in groups:  # unshare passes no signal on, but its child's exit code
+                for supervisor in children_of(group.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(supervisor, signal.SIGTERM)
+            outcomes = [stop_worker(group, signalled=True) for group in groups]
+        assert [code for code, _ in outcomes] == [0, 0], outcomes
+        runs = conn.execute(
+            "SELECT task_id, count(*) AS n FROM ledger WHERE phase = 'start' GROUP BY 1"
+        ).fetchall()
+        runs = {r["task_id"]: r["n"] for r in runs}
+        assert sorted(runs.values()) == [1, 2], runs  # the killed one ran again, the other once
+        (survivor,) = [task for task, n in runs.items() if n == 1]
+        steps = conn.execute(
+            "SELECT from_status::text AS f, to_status::text AS t FROM task_history"
+            " WHERE task_id = %s ORDER BY id",
+            (survivor,),
+        ).fetchall()
+        assert [(r["f"], r["t"]) for r in steps] == [
+            (None, "PENDING"),
+            ("PENDING", "PROCESSING"),
+            ("PROCESSING", "COMPLETED"),
+        ]
