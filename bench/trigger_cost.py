@@ -16,7 +16,9 @@ to ``REV`` (e.g. 0013) too, alternating with head round by round on this noisy
 machine, and adds batch enqueue (``insert_tasks``, 1,000 per call) of taskq at
 both revisions and of PgQueuer (20,000 jobs a figure), alternating too; the ratios are
 what to read. ``--pickup-rounds N`` adds ``taskq bench``'s idle pickup (p50, p99) of
-taskq at both revisions, alternating.
+taskq at both revisions, alternating. ``--writes-rounds N`` adds batch enqueue of
+owned tasks with the insert trigger and the foreign key on and off
+(``session_replication_role``), alternating: what those per-task writes weigh.
 """
 
 from __future__ import annotations
@@ -176,6 +178,39 @@ def pickup_rounds(url: str, before: str, rounds: int, log: Callable[[str], None]
         log(f"pickup {label:12} median p50 {p50:.2f} ms, p99 {p99:.2f} ms")
 
 
+def writes_rounds(url: str, rounds: int, log: Callable[[str], None], calls: int = 20) -> None:
+    """What the per-task writes of the insert trigger and the owner's foreign key weigh in
+    batch enqueue: ``insert_tasks`` of 1,000 owned tasks per call, ``calls`` calls a figure,
+    as usual and with ``session_replication_role = replica`` (which skips both: measured,
+    never a mode to run in), alternating; jobs/s and the client's CPU per task."""
+    import time
+
+    from taskq.enqueue import insert_tasks
+
+    tasks = [{"title": f"t{n}", "task_type": "noop", "payload": {"n": n}} for n in range(1000)]
+    figures: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    with migrated(url, "head") as db, psycopg.connect(db, autocommit=True) as conn:
+        owner = conn.execute(
+            "INSERT INTO users (username, email, password_hash)"
+            " VALUES ('bench', 'bench@example.com', 'x') RETURNING id"
+        ).fetchone()[0]
+        for n in range(rounds):
+            for role in ("origin", "replica") if n % 2 == 0 else ("replica", "origin"):
+                conn.execute("SELECT set_config('session_replication_role', %s, false)", [role])
+                cpu, wall = time.process_time(), time.perf_counter()
+                for _ in range(calls):
+                    insert_tasks(conn, owner, tasks)
+                wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+                figures[role].append((calls * 1000 / wall, cpu / (calls * 1000) * 1e6))
+            log(f"writes round {n + 1}: " + ", ".join(
+                f"{role} {figures[role][-1][0]:,.0f} jobs/s" for role in figures))  # fmt: skip
+    for role, runs in figures.items():
+        rate = statistics.median(r for r, _ in runs)
+        client = statistics.median(c for _, c in runs)
+        log(f"batch enqueue, triggers {'off' if role == 'replica' else 'on'}: median"
+            f" {rate:,.0f} jobs/s, client CPU {client:.1f} us a task")  # fmt: skip
+
+
 def main() -> None:
     """Profile head (and ``--before``), alternating; print best/median per trigger."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -184,6 +219,9 @@ def main() -> None:
     parser.add_argument("--before", default=None, help="also this revision, e.g. 0013")
     parser.add_argument("--batch-rounds", type=int, default=6)
     parser.add_argument("--pickup-rounds", type=int, default=0)
+    parser.add_argument(
+        "--writes-rounds", type=int, default=0, help="batch enqueue, triggers on and off"
+    )
     args = parser.parse_args()
     labels = {"head": "head"} if args.before is None else {"before": args.before, "head": "head"}
     with profiled_databases(args.url, labels) as profiles:
@@ -201,6 +239,8 @@ def main() -> None:
         batch_rounds(args.url, args.before, args.batch_rounds, print)
     if args.before is not None and args.pickup_rounds:
         pickup_rounds(args.url, args.before, args.pickup_rounds, print)
+    if args.writes_rounds:
+        writes_rounds(args.url, args.writes_rounds, print)
 
 
 @contextmanager
