@@ -32,3 +32,25 @@ SELECT taskq_history_add_partitions(%(days_ahead)s) AS made;
 -- name: drop_history_partitions
 -- Drop the task_history partitions whose every row is older than %(keep_days)s days (a catalog change, lock_timeout 2 s).
 SELECT taskq_history_drop_partitions(%(keep_days)s) AS dropped;
+
+-- name: invalid_queue_indexes
+-- What interrupted REINDEX CONCURRENTLY runs left on tasks: invalid copies (_ccnew) that every
+-- write still maintains, or invalid originals (_ccold) the swap did not drop.
+SELECT c.relname AS name
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'tasks'::regclass AND NOT i.indisvalid
+   AND c.relname ~ '_cc(new|old)[0-9]*$'
+ ORDER BY 1;
+
+-- name: queue_index_sizes
+-- The queue's partial indexes: their size, and what their live entries need (the entries
+-- vacuum or analyze last counted, at 64 bytes each, and 16 pages of room).
+SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes,
+       greatest(c.reltuples, 0)::bigint * 64 + 16 * current_setting('block_size')::bigint AS needed
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'tasks'::regclass AND c.relname IN ('ix_tasks_claim', 'ix_tasks_lease')
+ ORDER BY 1;
+
+-- name: index_bytes
+-- The size of one index.
+SELECT pg_relation_size(%(name)s::regclass) AS bytes;

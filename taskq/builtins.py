@@ -5,9 +5,10 @@ wait ``TASKQ_SIMULATED_SECONDS`` (default ``0.1-0.5``) and describe what they
 would have done. ``process`` is the default type: ``TASKQ_PROCESS_SECONDS``
 (default ``10-20``) of simulated work. Both come from ``ctx.settings``.
 
-The system's own types (``cleanup_old_tasks``, ``deliver_webhook``) are
-declared here, with their payload schemas, so the API knows and refuses them;
-the worker implements them (``worker.cleanup``, ``worker.webhooks``).
+The system's own types (``cleanup_old_tasks``, ``rebuild_queue_indexes``,
+``deliver_webhook``) are declared here, with their payload schemas, so the API
+knows and refuses them; the worker implements them (``worker.cleanup``,
+``worker.reindex``, ``worker.webhooks``).
 """
 
 from __future__ import annotations
@@ -302,6 +303,11 @@ class CleanupSchema(Schema):
     batch_size = fields.Integer(load_default=1000, validate=validate.Range(min=1, max=100_000))
 
 
+class RebuildSchema(Schema):
+    min_mb = fields.Float(load_default=64.0, validate=validate.Range(min=0))
+    ratio = fields.Float(load_default=4.0, validate=validate.Range(min=1))
+
+
 class DeliverySchema(Schema):
     """The delivery to send."""
 
@@ -312,6 +318,12 @@ declare(
     "cleanup_old_tasks",
     payload=CleanupSchema,
     description="Deletes COMPLETED and FAILED tasks older than TASKQ_CLEANUP_DAYS (30) days.",
+)
+declare(
+    "rebuild_queue_indexes",
+    payload=RebuildSchema,
+    description="Rebuilds ix_tasks_claim and ix_tasks_lease (REINDEX CONCURRENTLY) when they are "
+    "at least min_mb (64) and ratio (4) times what their live entries need.",
 )
 declare(
     "deliver_webhook",

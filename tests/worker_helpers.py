@@ -62,6 +62,7 @@ def start_worker(
         "TASKQ_LEASE_SECONDS": "3",
         "TASKQ_REAPER_INTERVAL": "0.3",
         "TASKQ_CLEANUP_SCHEDULE": "off",
+        "TASKQ_REINDEX_SCHEDULE": "off",
         "TASKQ_LOG_LEVEL": "INFO",
         "PYTHONPATH": str(ROOT),
         **env,

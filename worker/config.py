@@ -118,11 +118,20 @@ def split_queues(value: str) -> tuple[str, ...]:
     return queues
 
 
+# The system's periodic tasks: (name and task type, the setting of its cron, its default).
+BUILTIN_SCHEDULES = (
+    ("cleanup_old_tasks", "TASKQ_CLEANUP_SCHEDULE", "0 0 * * *"),
+    ("rebuild_queue_indexes", "TASKQ_REINDEX_SCHEDULE", "30 0 * * *"),
+)
+
+
 def periodic_schedules(imports: tuple[str, ...] = ()) -> tuple[PeriodicSchedule, ...]:
-    """TASKQ_PERIODIC (a JSON list of schedules, or an object keyed by name) plus the clean-up.
+    """TASKQ_PERIODIC (a JSON list of schedules, or an object keyed by name) plus the system's.
 
     The built-in ``cleanup_old_tasks`` runs on TASKQ_CLEANUP_SCHEDULE (default
-    ``0 0 * * *``, midnight UTC; ``off`` disables it).
+    ``0 0 * * *``, midnight UTC) and ``rebuild_queue_indexes`` on
+    TASKQ_REINDEX_SCHEDULE (``30 0 * * *``); ``off`` disables either, and a
+    TASKQ_PERIODIC entry of the same name replaces it.
     """
     raw = env("TASKQ_PERIODIC")
     items: list[dict] = []
@@ -136,19 +145,13 @@ def periodic_schedules(imports: tuple[str, ...] = ()) -> tuple[PeriodicSchedule,
         if not isinstance(parsed, list) or not all(isinstance(p, dict) for p in parsed):
             raise SettingError("TASKQ_PERIODIC must be a JSON list of objects")
         items = parsed
-    cleanup = env("TASKQ_CLEANUP_SCHEDULE", "0 0 * * *")
-    if (
-        cleanup
-        and cleanup.lower() != "off"
-        and not any(i.get("name") == "cleanup_old_tasks" for i in items)
-    ):
-        items = [*items, {"name": "cleanup_old_tasks", "schedule": cleanup,
-                          "task_type": "cleanup_old_tasks"}]  # fmt: skip
-    return tuple(
-        check_schedule(item, imports, "TASKQ_CLEANUP_SCHEDULE" if item.get("schedule") == cleanup
-                       and item.get("name") == "cleanup_old_tasks" else "TASKQ_PERIODIC")
-        for item in items
-    )  # fmt: skip
+    schedules = [check_schedule(item, imports) for item in items]
+    for name, setting, default in BUILTIN_SCHEDULES:
+        cron = env(setting, default)
+        if cron and cron.lower() != "off" and not any(i.get("name") == name for i in items):
+            item = {"name": name, "schedule": cron, "task_type": name}
+            schedules.append(check_schedule(item, imports, setting))
+    return tuple(schedules)
 
 
 def check_schedule(

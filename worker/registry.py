@@ -3,8 +3,9 @@
 ``from worker.registry import register, TaskContext`` is the old import path,
 kept for one release: import them from ``taskq``. ``load_task_modules`` is what
 a worker process calls once at start-up: it binds the worker's implementations
-of the system's types (``worker.cleanup``, ``worker.webhooks``) by plain import
-and imports the user modules of TASKQ_IMPORTS (read into ``WorkerConfig.imports``).
+of the system's types (``worker.cleanup``, ``worker.reindex``, ``worker.webhooks``)
+by plain import and imports the user modules of TASKQ_IMPORTS (read into
+``WorkerConfig.imports``).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from taskq.registry import (
     task_types,
     user_task_types,
 )
-from worker import cleanup, webhooks  # noqa: F401  the system types' functions bind on import
+from worker import cleanup, reindex, webhooks  # noqa: F401  the system types' functions bind on import
 
 __all__ = [
     "REGISTRY",

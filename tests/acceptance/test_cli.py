@@ -108,7 +108,7 @@ def test_list_tasks_prints_the_registry():
     rows = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
     for name in ("process", "echo", "compute", "http_request", "generate_report"):
         assert "[internal]" not in rows[name]
-    for name in ("cleanup_old_tasks", "deliver_webhook"):  # listed, marked as the system's
+    for name in ("cleanup_old_tasks", "rebuild_queue_indexes", "deliver_webhook"):  # the system's
         assert "[internal]" in rows[name]
 
 
@@ -223,6 +223,7 @@ def test_a_bad_task_setting_stops_taskq_worker_with_one_line(database_url, monke
         ("TASKQ_IMPORTS", "no_such_module_of_tasks"),
         ("TASKQ_LOG_LEVEL", "LOUD"),  # logging's ValueError traceback before
         ("TASKQ_CLEANUP_SCHEDULE", "61 * * * *"),
+        ("TASKQ_REINDEX_SCHEDULE", "daily"),
         ("TASKQ_PERIODIC", '[{"name": "x", "schedule": "* * * * * * 2030", "task_type": "noop"}]'),
     ):
         monkeypatch.setenv(setting, value)

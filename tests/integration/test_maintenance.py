@@ -222,3 +222,74 @@ def test_cleanup_deletes_old_finished_tasks_in_batches(db: psycopg.Connection, d
         "(SELECT 1 FROM tasks t WHERE t.id = h.task_id)"
     ).fetchone()["n"]
     assert orphans == 0
+
+
+# ------------------------------------------------------------- queue index rebuilds
+
+
+def rebuild(database_url: str, **payload: float) -> dict:
+    from worker.reindex import rebuild_queue_indexes_task
+
+    ctx = TaskContext(task_id=0, attempt=1, queue="default", task_type="rebuild_queue_indexes",
+                      worker_id="t", database_url=database_url)  # fmt: skip
+    return rebuild_queue_indexes_task({"min_mb": 64.0, "ratio": 4.0, **payload}, ctx)
+
+
+def index_state(db: psycopg.Connection) -> dict[str, tuple[int, bool]]:
+    """Every index of tasks: its size and whether it is valid."""
+    rows = db.execute(
+        "SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes, i.indisvalid AS valid"
+        " FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = 'tasks'::regclass"
+    ).fetchall()
+    return {r["name"]: (r["bytes"], r["valid"]) for r in rows}
+
+
+def test_a_drained_backlogs_claim_index_is_rebuilt_while_claims_go_on(db, database_url):
+    insert_tasks(db, 60_000)
+    db.execute("UPDATE tasks SET status = 'COMPLETED', completed_at = now()")  # drained
+    db.execute("VACUUM (ANALYZE) tasks")
+    waiting = insert_tasks(db, 400)
+    bloated = index_state(db)["ix_tasks_claim"][0]
+    assert bloated > 1.5 * 2**20  # the backlog's pages stay, nearly all of them empty
+    assert rebuild(database_url)["rebuilt"] == []  # below min_mb: left alone
+
+    claimed, errors, stop = [], [], threading.Event()
+
+    def claim_all() -> None:  # a worker's claims, through the whole rebuild
+        try:
+            with claim_connection(database_url, "w") as exchange:
+                while not stop.is_set() or len(claimed) < len(waiting):
+                    claimed.extend(row.id for row in claim(exchange, 5))
+        except Exception as exc:  # the test reports it
+            errors.append(exc)
+
+    claimer = threading.Thread(target=claim_all)
+    claimer.start()
+    try:
+        done = rebuild(database_url, min_mb=1)
+    finally:
+        stop.set()
+        claimer.join(timeout=60)
+    assert errors == [] and sorted(claimed) == waiting
+    (claim_index,) = done["rebuilt"]
+    assert claim_index["index"] == "ix_tasks_claim" and claim_index["before_bytes"] == bloated
+    assert claim_index["after_bytes"] < bloated / 20
+    assert done["dropped_invalid"] == [] and set(done["checked"]) == {
+        "ix_tasks_claim",
+        "ix_tasks_lease",
+    }
+    state = index_state(db)
+    assert all(valid for _, valid in state.values()) and "ix_tasks_claim" in state
+    assert not any("_cc" in name for name in state)
+    assert rebuild(database_url, min_mb=1)["rebuilt"] == []  # nothing left to gain
+
+
+def test_what_an_interrupted_rebuild_left_is_dropped(db, database_url):
+    insert_tasks(db, 2)  # one queue: a unique index on it fails half built, as a killed run
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        db.execute("CREATE UNIQUE INDEX CONCURRENTLY ix_tasks_claim_ccnew ON tasks (queue)")
+    assert index_state(db)["ix_tasks_claim_ccnew"][1] is False  # invalid, yet kept up to date
+    done = rebuild(database_url)
+    assert done["dropped_invalid"] == ["ix_tasks_claim_ccnew"] and done["rebuilt"] == []
+    assert "ix_tasks_claim_ccnew" not in index_state(db)

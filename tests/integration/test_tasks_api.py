@@ -106,7 +106,7 @@ def test_unknown_task_type_names_the_known_ones(client, make_account):
     assert "compute" in message and "echo" in message
 
 
-INTERNAL_TYPES = ("cleanup_old_tasks", "deliver_webhook")
+INTERNAL_TYPES = ("cleanup_old_tasks", "rebuild_queue_indexes", "deliver_webhook")
 
 
 def test_nobody_creates_internal_types_or_tasks_in_system_queues(client, make_account, db):
@@ -120,6 +120,7 @@ def test_nobody_creates_internal_types_or_tasks_in_system_queues(client, make_ac
     before = db.execute("SELECT id, task_type, status::text FROM tasks ORDER BY id").fetchall()
     attacks = [
         {"title": "wipe", "task_type": "cleanup_old_tasks", "payload": {"days": 0}},
+        {"title": "rebuild", "task_type": "rebuild_queue_indexes", "payload": {"min_mb": 0}},
         {"title": "resend", "task_type": "deliver_webhook",
          "payload": {"delivery_id": delivery["id"]}},
     ]  # fmt: skip

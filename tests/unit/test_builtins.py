@@ -37,7 +37,7 @@ def test_every_spec_type_is_registered_with_a_description() -> None:
 
 def test_the_systems_own_types_are_internal_and_not_offered_to_users() -> None:
     internal = {name for name, t in task_types().items() if t.internal}
-    assert internal == {"cleanup_old_tasks", "deliver_webhook"}
+    assert internal == {"cleanup_old_tasks", "rebuild_queue_indexes", "deliver_webhook"}
     assert set(user_task_types()) == set(task_types()) - internal
 
 

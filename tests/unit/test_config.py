@@ -107,3 +107,26 @@ def test_the_metrics_directory_is_shared_private_and_forgets_dead_gauges(monkeyp
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     with pytest.raises(SettingError, match="not a private directory"):
         metrics_dir(url)
+
+
+def test_the_systems_periodic_tasks_each_have_a_setting_and_can_be_turned_off(monkeypatch):
+    from worker.config import periodic_schedules
+
+    for name in ("TASKQ_PERIODIC", "TASKQ_CLEANUP_SCHEDULE", "TASKQ_REINDEX_SCHEDULE"):
+        monkeypatch.delenv(name, raising=False)
+    by_name = {s.name: s for s in periodic_schedules()}
+    assert {n: (s.schedule, s.task_type) for n, s in by_name.items()} == {
+        "cleanup_old_tasks": ("0 0 * * *", "cleanup_old_tasks"),
+        "rebuild_queue_indexes": ("30 0 * * *", "rebuild_queue_indexes"),
+    }
+    monkeypatch.setenv("TASKQ_REINDEX_SCHEDULE", "off")
+    assert [s.name for s in periodic_schedules()] == ["cleanup_old_tasks"]
+    monkeypatch.setenv("TASKQ_REINDEX_SCHEDULE", "*/5 * * * *")
+    monkeypatch.setenv("TASKQ_PERIODIC", '[{"name": "cleanup_old_tasks", "schedule": "0 3 * * *",'
+                       ' "task_type": "cleanup_old_tasks", "payload": {"days": 7}}]')  # fmt: skip
+    by_name = {s.name: s for s in periodic_schedules()}
+    assert by_name["cleanup_old_tasks"].schedule == "0 3 * * *"  # TASKQ_PERIODIC's replaces it
+    assert by_name["rebuild_queue_indexes"].schedule == "*/5 * * * *"
+    monkeypatch.setenv("TASKQ_REINDEX_SCHEDULE", "daily")
+    with pytest.raises(SettingError, match="TASKQ_REINDEX_SCHEDULE"):
+        periodic_schedules()
