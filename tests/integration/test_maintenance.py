@@ -293,3 +293,14 @@ def test_what_an_interrupted_rebuild_left_is_dropped(db, database_url):
     done = rebuild(database_url)
     assert done["dropped_invalid"] == ["ix_tasks_claim_ccnew"] and done["rebuilt"] == []
     assert "ix_tasks_claim_ccnew" not in index_state(db)
+
+
+def test_a_rebuild_runs_through_a_transaction_pool(db, database_url, pgbouncer_port):
+    from bench.pgbouncer import pooled_url
+    from worker.reindex import rebuild_queue_indexes
+
+    insert_tasks(db, 10)
+    with connect(pooled_url(database_url, pgbouncer_port), "taskq-task", pooled=True) as conn:
+        done = rebuild_queue_indexes(conn, 0, 0)  # every queue index, whatever its size
+    assert {r["index"] for r in done["rebuilt"]} == {"ix_tasks_claim", "ix_tasks_lease"}
+    assert all(valid for _, valid in index_state(db).values())
