@@ -31,6 +31,7 @@ from sql import queries
 from taskq import tracing
 from taskq.enqueue import (
     PARENT_PROBLEMS,
+    Enqueued,
     KeyContention,
     ParentProblem,
     enqueue_tasks,
@@ -561,7 +562,7 @@ def create_tasks_batch():
     return body, 201 if created or not tasks else 200
 
 
-def enqueue_batch(conn: Any, user_id: int, columns: list[dict[str, Any]]) -> Any:
+def enqueue_batch(conn: Any, user_id: int, columns: list[dict[str, Any]]) -> Enqueued:
     """``enqueue_tasks`` in a transaction of its own, run again after a deadlock with a
     worker finishing one of the parents (both locked them); 404 or 409 for parents the
     tasks cannot wait for, 409 for keys that kept meeting tasks ending meanwhile."""

@@ -232,8 +232,8 @@ def insert_task_rows(
                 rows[n] = held
                 existing.append(n)
             if not todo:
-                held = set(existing)
-                made = [row for n, row in enumerate(rows) if n not in held]
+                taken = set(existing)
+                made = [row for n, row in enumerate(rows) if n not in taken]
                 link_parents(conn, {row["id"]: row["depends_on"] for row in made})
                 return Enqueued(rows, sorted(existing))
             only = sorted(todo)  # their holders ended since the conflict: insert them again
