@@ -131,6 +131,15 @@ def shared_connection(database_url: str | None, settings: TaskSettings | None = 
     return conn
 
 
+def close_shared_connections(database_url: str | None = None) -> None:
+    """Close the shared connections (of ``database_url`` only, when given): a worker child's
+    at exit, a test's when its database goes."""
+    for url in [u for u in _CONNECTIONS if database_url is None or u == database_url]:
+        conn = _CONNECTIONS.pop(url)
+        if conn is not None:
+            conn.close()
+
+
 def not_implemented(payload: Any, ctx: TaskContext) -> Any:
     """The function of a declared type no module of this process implements."""
     raise LookupError(f"task type {ctx.task_type!r} is not implemented in this process")

@@ -26,6 +26,7 @@ import psycopg
 import pytest
 
 from taskq.migrate import upgrade
+from taskq.registry import close_shared_connections
 from tests.helpers import (
     PGBOUNCER_POOL,
     ROOT,
@@ -93,7 +94,9 @@ def database_url(pg_server_url: str, template_database: str) -> Iterator[str]:
     """A fresh migrated database for this test alone; its libpq URL."""
     name = f"taskq_t_{uuid.uuid4().hex[:12]}"
     admin_execute(pg_server_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    yield with_database(pg_server_url, name)
+    url = with_database(pg_server_url, name)
+    yield url
+    close_shared_connections(url)  # what tasks run in this process opened (ctx.connection())
     admin_execute(pg_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

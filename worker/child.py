@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 
 from taskq.connections import LISTENER, application_name
+from taskq.registry import close_shared_connections
 from worker.completer import Completer
 from worker.config import WorkerConfig
 from worker.exchange import Exchange
@@ -118,12 +119,14 @@ class Child:
                 producer.hand_back()
 
     def stop(self) -> None:
-        """Stop every service, the last started first; a lost database leaves it to the reaper."""
+        """Stop every service, the last started first; a lost database leaves it to the reaper.
+        Then close the connection the tasks shared (``ctx.connection()``)."""
         for service in reversed(self.services):
             try:
                 service.stop()
             except psycopg.Error as exc:
                 log.warning("could not write outcomes at exit (%s); the reaper settles them", exc)
+        close_shared_connections()
 
 
 def child_main(config_data: dict, slot: Any, parent_pid: int) -> None:
