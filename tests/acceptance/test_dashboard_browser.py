@@ -93,8 +93,8 @@ def console_on(url: str, database_url: str, local: dict[str, str]) -> Iterator[C
     """The console's users and worker on a running API."""
     worker = start_worker(database_url, "--concurrency", "2", **local)
     try:
-        # dot, sam, lee: each is one test's alone, so its counts move by its own tasks only.
-        for username in ("ann", "bob", "dot", "sam", "lee"):
+        # dot, sam, lee, kim: each is one test's alone, so its counts move by its own tasks only.
+        for username in ("ann", "bob", "dot", "sam", "lee", "kim"):
             body = {
                 "username": username,
                 "email": f"{username}@example.com",
@@ -249,6 +249,46 @@ def test_sign_in_then_create_a_task_and_watch_it_finish_without_a_reload(console
     expect(history.get_by_role("listitem")).to_have_count(3)
     assert page.evaluate("window.__sameDocument") is True  # no reload happened
     assert console.status(task_id_of(page)) == "COMPLETED"
+
+
+def test_a_task_created_to_wait_for_another_waits_then_runs(console, as_user):
+    from playwright.sync_api import expect
+
+    page = as_user("kim")
+    nav(page, "Create task").click()
+    page.get_by_label("Title").fill("Extract")
+    page.get_by_label("Task type").select_option("sleep")
+    page.get_by_label("Duration").fill("10")  # still running when the key is tried again
+    page.get_by_role("button", name="Create task").click()
+    expect(current_status(page)).to_contain_text("Processing")
+    parent = task_id_of(page)
+
+    nav(page, "Create task").click()
+    page.get_by_label("Title").fill("Load")
+    page.get_by_label("Task type").select_option("echo")
+    page.get_by_text("More options").click()
+    page.get_by_label("Waits for tasks").fill(f"#{parent}, 10000000")
+    page.get_by_label("Unique key").fill("load-once")
+    page.get_by_role("button", name="Create task").click()
+    # Another user's or no task: the API's 404 names the field, and nothing was made.
+    expect(page.get_by_label("Waits for tasks")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_role("alert")).to_contain_text("A parent task was not found.")
+    page.get_by_label("Waits for tasks").fill(str(parent))
+    page.get_by_role("button", name="Create task").click()
+    expect(current_status(page)).to_contain_text("Waiting")
+    child = task_id_of(page)
+    assert child != parent
+    expect(page.get_by_role("link", name=f"#{parent}")).to_be_visible()
+    # The same unique key while that task is unfinished: the console opens the task holding it.
+    nav(page, "Create task").click()
+    page.get_by_label("Title").fill("Load again")
+    page.get_by_label("Task type").select_option("echo")
+    page.get_by_text("More options").click()
+    page.get_by_label("Unique key").fill("load-once")
+    page.get_by_role("button", name="Create task").click()
+    expect(page).to_have_url(re.compile(rf"#/tasks/{child}$"))
+    expect(current_status(page)).to_contain_text("Completed", timeout=30_000)  # live, no reload
+    assert console.status(parent) == "COMPLETED"
 
 
 def test_create_an_account_from_the_sign_in_page(console, page):

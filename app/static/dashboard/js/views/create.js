@@ -38,6 +38,8 @@ export async function renderCreate(main, ctx) {
     retry_delay: field("Retry delay (seconds)", input("retry_delay", {type: "number", min: "0", value: "60"}), {hint: "Doubles with each retry"}),
     timeout: field("Time limit (seconds)", input("timeout", {type: "number", min: "1"}), {hint: "Empty: the worker's default"}),
     callback_url: field("Webhook URL", input("callback_url", {type: "url"}), {hint: "Receives signed POSTs on success, failure and cancel"}),
+    unique_key: field("Unique key", input("unique_key", {type: "text", maxlength: "255"}), {hint: "While a task of yours with this key is unfinished, creating another opens it instead"}),
+    depends_on: field("Waits for tasks", input("depends_on", {type: "text"}), {hint: "Task ids, separated by commas: it runs once all of them have completed"}),
   };
   const payloadSlot = h("div");
   let payload = null;
@@ -72,6 +74,9 @@ export async function renderCreate(main, ctx) {
       if (value(name) !== "") data[name] = Number.isFinite(Number(value(name))) ? Number(value(name)) : value(name);
     }
     if (value("callback_url")) data.callback_url = value("callback_url");
+    if (value("unique_key")) data.unique_key = value("unique_key");
+    const parents = value("depends_on").split(",").map((t) => t.trim().replace(/^#/, "")).filter(Boolean);
+    if (parents.length) data.depends_on = parents.map((t) => (/^\d+$/.test(t) ? Number(t) : t));
     data.payload = payload.read();
     return data;
   }
