@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -256,15 +257,18 @@ def test_a_drained_backlogs_claim_index_is_rebuilt_while_claims_go_on(db, databa
 
     claimed, errors, stop = [], [], threading.Event()
 
-    def claim_all() -> None:  # a worker's claims, through the whole rebuild
+    def claim_all() -> None:  # a worker's claims, through the whole rebuild and after it
+        deadline = time.monotonic() + 60
         try:
             with claim_connection(database_url, "w") as exchange:
-                while not stop.is_set() or len(claimed) < len(waiting):
+                while (not stop.is_set() or len(claimed) < len(waiting)) and (
+                    time.monotonic() < deadline
+                ):
                     claimed.extend(row.id for row in claim(exchange, 5))
         except Exception as exc:  # the test reports it
             errors.append(exc)
 
-    claimer = threading.Thread(target=claim_all)
+    claimer = threading.Thread(target=claim_all, daemon=True)
     claimer.start()
     try:
         done = rebuild(database_url, min_mb=1)
