@@ -54,3 +54,11 @@ SELECT c.relname AS name, pg_relation_size(c.oid) AS bytes,
 -- name: index_bytes
 -- The size of one index.
 SELECT pg_relation_size(%(name)s::regclass) AS bytes;
+
+-- name: drop_index_concurrently
+-- Drop {index} (an invalid leftover) without blocking the table's writers.
+DROP INDEX CONCURRENTLY IF EXISTS {index};
+
+-- name: reindex_concurrently
+-- Rebuild {index} beside the old one, then swap them: no claim, insert or completion waits.
+REINDEX INDEX CONCURRENTLY {index};

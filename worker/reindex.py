@@ -31,20 +31,23 @@ def rebuild_queue_indexes(conn: Any, min_mb: float, ratio: float) -> dict[str, A
     with conn.cursor(row_factory=dict_row) as cur:
         leftovers = [row["name"] for row in cur.execute(queries["invalid_queue_indexes"])]
         for name in leftovers:
-            cur.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                sql.Identifier(name)))  # fmt: skip
+            cur.execute(on_index("drop_index_concurrently", name))
         checked = cur.execute(queries["queue_index_sizes"]).fetchall()
         rebuilt = []
         for index in checked:
             if index["bytes"] < min_mb * 2**20 or index["bytes"] < ratio * index["needed"]:
                 continue
-            cur.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(
-                sql.Identifier(index["name"])))  # fmt: skip
+            cur.execute(on_index("reindex_concurrently", index["name"]))
             after = cur.execute(queries["index_bytes"], {"name": index["name"]}).fetchone()
             rebuilt.append({"index": index["name"], "before_bytes": index["bytes"],
                             "after_bytes": after["bytes"]})  # fmt: skip
     return {"dropped_invalid": leftovers, "rebuilt": rebuilt,
             "checked": {index["name"]: index["bytes"] for index in checked}}  # fmt: skip
+
+
+def on_index(query: str, name: str) -> sql.Composed:
+    """The DDL ``query`` of sql/maintenance.sql on the index ``name``."""
+    return sql.SQL(queries[query]).format(index=sql.Identifier(name))
 
 
 @implement("rebuild_queue_indexes")

@@ -325,16 +325,18 @@ def unshared(command: list[str]) -> list[str]:
     return ["unshare", "--pid", "--fork", "--mount-proc", *command]
 
 
+def parent_pid(entry: Path) -> int | None:
+    """The parent of the process /proc/``entry`` (None when it is gone or not a process)."""
+    try:
+        return int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def children_of(pid: int) -> list[int]:
     """The host pids of the processes whose parent is ``pid``."""
-    kids = []
-    for entry in Path("/proc").iterdir():
-        with contextlib.suppress(OSError):
-            if entry.name.isdigit() and (entry / "stat").read_text().rsplit(")", 1)[1].split()[
-                1
-            ] == str(pid):
-                kids.append(int(entry.name))
-    return kids
+    entries = (e for e in Path("/proc").iterdir() if e.name.isdigit())
+    return [int(e.name) for e in entries if parent_pid(e) == pid]
 
 
 def worker_children(supervisor: int) -> list[int]:
