@@ -9,7 +9,9 @@ with the time of each trigger it fired:
   the same statement triggers; COPY itself cannot be EXPLAINed);
 - ``claim_1`` / ``claim_0``: ``claim_tasks`` taking one task, and finding none
   (an idle worker's poll);
-- ``complete_1`` / ``complete_0``: ``complete_tasks`` of that task, and of none.
+- ``complete_1`` / ``complete_0``: ``complete_tasks`` of that task, and of none;
+- ``claim_1000`` / ``complete_1000``: the drain's batch (the worker's default batch
+  size), 1,000 tasks claimed and then completed: a drain's server time per task.
 
 Every run is rolled back. ``--before REV`` measures a second database migrated
 to ``REV`` (e.g. 0013) too, alternating with head round by round on this noisy
@@ -45,6 +47,7 @@ SELECT 'b' || g, 'bench_stamp', jsonb_build_object('key', 'b' || g), 'bench',
 INSERT_ONE = "INSERT INTO tasks (title, task_type, queue) VALUES ('one', 'bench_stamp', 'bench')"
 CLAIM = {"queues": ["bench"], "limit": 1, "worker_id": "w", "lease_seconds": 30}
 IDLE_CLAIM = {**CLAIM, "queues": ["idle"]}
+CLAIM_1000 = {**CLAIM, "limit": 1000}
 
 
 def explain(cur: psycopg.Cursor, query: str, params: dict | None = None) -> dict[str, float]:
@@ -71,6 +74,13 @@ def one_round(conn: psycopg.Connection) -> dict[str, dict[str, float]]:
             measured["complete_1"] = explain(cur, queries["complete_tasks"], done)
             measured["complete_0"] = explain(cur, queries["complete_tasks"], done)
             measured["claim_0"] = explain(cur, queries["claim_tasks"], IDLE_CLAIM)
+        with conn.transaction(force_rollback=True):
+            cur.execute(INSERT_1000)
+            measured["claim_1000"] = explain(cur, queries["claim_tasks"], CLAIM_1000)
+            leased = cur.execute("SELECT id, lease_token FROM tasks ORDER BY id").fetchall()
+            done = {"ids": [i for i, _ in leased], "tokens": [t for _, t in leased],
+                    "results": [None] * len(leased)}  # fmt: skip
+            measured["complete_1000"] = explain(cur, queries["complete_tasks"], done)
     return measured
 
 
@@ -99,7 +109,7 @@ class Profile:
         for statement, names in self.times.items():
             for name, values in names.items():
                 lines.append(
-                    f"{label:7} {statement:11} {name:40} best {min(values):7.3f} ms"
+                    f"{label:7} {statement:13} {name:40} best {min(values):7.3f} ms"
                     f"  median {statistics.median(values):7.3f} ms"
                 )
         return lines
@@ -231,9 +241,17 @@ def main() -> None:
         for label, profile in profiles.items():
             print("\n".join(profile.report(label)))
         if args.before is not None:
-            for statement in ("insert_1000", "claim_1", "claim_0", "complete_1", "complete_0"):
+            for statement in (
+                "insert_1000",
+                "claim_1",
+                "claim_0",
+                "complete_1",
+                "complete_0",
+                "claim_1000",
+                "complete_1000",
+            ):
                 b, h = profiles["before"].best(statement), profiles["head"].best(statement)
-                print(f"{statement:11} best: before {b:7.3f} ms, head {h:7.3f} ms, "
+                print(f"{statement:13} best: before {b:7.3f} ms, head {h:7.3f} ms, "
                       f"head/before {h / b:.2f}")  # fmt: skip
     if args.before is not None and args.batch_rounds:
         batch_rounds(args.url, args.before, args.batch_rounds, print)
