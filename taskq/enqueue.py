@@ -237,7 +237,8 @@ def insert_task_rows(
                 link_parents(conn, {row["id"]: row["depends_on"] for row in made})
                 return Enqueued(rows, sorted(existing))
             only = sorted(todo)  # their holders ended since the conflict: insert them again
-    raise KeyContention("unique keys kept meeting tasks that ended meanwhile: send it again")
+        # Inside the transaction, so that it rolls back: the batch is all or none.
+        raise KeyContention("unique keys kept meeting tasks that ended meanwhile: send it again")
 
 
 def wait_for_parents(

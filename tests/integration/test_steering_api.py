@@ -93,6 +93,54 @@ def test_batch_answers_taken_keys_with_their_tasks(client, make_account, db):
     assert count_tasks(db) == 3
 
 
+# A holder of the key that ends as soon as a create has met it, again and again: test-only
+# triggers on this test's database. Before each INSERT statement of a client (trigger depth
+# 1) an unfinished task of ``churn``'s key appears; after it, that task COMPLETES. So the
+# create's ON CONFLICT skips its row, and the lookup that follows finds no holder.
+CHURN = """
+CREATE TABLE churn (user_id bigint, key text);
+CREATE FUNCTION churn_hold() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() = 1 THEN
+        INSERT INTO tasks (user_id, title, task_type, unique_key)
+        SELECT user_id, 'holder', 'echo', key FROM churn;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION churn_end() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() = 1 THEN
+        UPDATE tasks t SET status = 'COMPLETED' FROM churn c
+         WHERE t.user_id = c.user_id AND t.unique_key = c.key AND t.status = 'PENDING';
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER churn_hold BEFORE INSERT ON tasks FOR EACH STATEMENT EXECUTE FUNCTION churn_hold();
+CREATE TRIGGER churn_end AFTER INSERT ON tasks FOR EACH STATEMENT EXECUTE FUNCTION churn_end();
+"""
+
+
+def test_keys_whose_holders_keep_ending_get_409_and_store_nothing(client, make_account, db):
+    ann = make_account("ann")
+    db.execute(CHURN)
+    db.execute("INSERT INTO churn VALUES (%s, 'k')", (ann.id,))
+    mine = {"title": "mine", "task_type": "echo", "unique_key": "k"}
+    batch = {"tasks": [mine, {"title": "other", "task_type": "echo"}]}
+    refused = assert_error(client.post(f"{API}/tasks/batch", json=batch, headers=ann.headers), 409)
+    assert refused["error"] == "Unique keys kept meeting tasks that ended meanwhile: send it again."
+    # The batch is one transaction: its rows and the holders made inside it are gone.
+    assert count_tasks(db) == 0
+    assert db.execute("SELECT count(*) AS n FROM task_history").fetchone()["n"] == 0
+    # A single create commits each try: the holders stay (COMPLETED), the create does not.
+    refused = assert_error(client.post(f"{API}/tasks", json=mine, headers=ann.headers), 409)
+    assert refused["error"] == "The task holding this key just ended or was deleted: send it again."
+    titles = db.execute("SELECT title, status::text AS s FROM tasks").fetchall()
+    assert titles and {(t["title"], t["s"]) for t in titles} == {("holder", "COMPLETED")}
+    # Once the churn stops, the same requests create their tasks.
+    db.execute("DELETE FROM churn")
+    assert client.post(f"{API}/tasks/batch", json=batch, headers=ann.headers).status_code == 201
+
+
 # ------------------------------------------------------------------ dependencies
 
 
