@@ -8,12 +8,14 @@ worker or ``ctx.connection()`` does, however often a query runs.
 from __future__ import annotations
 
 import contextlib
+import gc
+import warnings
 
 import psycopg
 
 from taskq.connections import API, CLAIM, PROGRESS, TASK
 from taskq.progress import ProgressWriter
-from taskq.registry import TaskContext, shared_connection
+from taskq.registry import TaskContext, close_shared_connections, shared_connection
 from taskq.settings import TaskSettings
 from tests.helpers import insert_tasks
 from tests.worker_helpers import claim, claim_connection
@@ -67,6 +69,31 @@ def test_a_task_connection_prepares_nothing_when_pooled(database_url) -> None:
         conn.close()
     assert shared_connection(database_url, settings) is not conn  # a closed one is reopened
     shared_connection(database_url, settings).close()
+
+
+def resource_warnings(drop) -> list[str]:
+    """The ResourceWarnings raised while ``drop()`` lets go of objects and GC runs."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drop()
+        gc.collect()
+    return [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_shared_connections_are_closed_so_none_is_left_to_warn_about(database_url) -> None:
+    # The check can see a leak: a connection dropped while open warns.
+    leaked = [psycopg.connect(database_url)]
+    assert resource_warnings(leaked.clear)
+    ctx = TaskContext(1, 1, "default", "noop", "w", database_url, TaskSettings())
+    held = [ctx.connection()]
+    held[0].execute("SELECT 1")
+    close_shared_connections(database_url)  # what a worker child and the test fixtures call
+    assert held[0].closed
+    assert resource_warnings(held.clear) == []
+    again = ctx.connection()  # the next task of the process opens a new one
+    assert not again.closed
+    close_shared_connections()
+    assert again.closed
 
 
 def test_the_progress_writer_prepares_nothing_when_pooled_and_reopens_a_broken_one(
