@@ -94,19 +94,32 @@ class QueueService:
         self.served: set[str] = set()
         self.paused: set[str] = set()
 
-    def warnings(self, queues: list[str]) -> list[str]:
-        """The create's warnings for tasks in ``queues`` (unserved or paused queues)."""
+    def refresh(self) -> None:
+        """Read the served and paused queues again when the last read is ``ttl`` s old."""
         if time.monotonic() - self.read_at >= current_app.config["TASKQ_QUEUE_INFO_SECONDS"]:
             row = fetch_one("queue_service")
             self.served, self.paused = set(row["served"]), set(row["paused"])
             self.read_at = time.monotonic()
+
+    def warnings(self, queues: list[str]) -> list[str]:
+        """The create's warnings for tasks in ``queues`` (unserved or paused queues)."""
         return service_warnings(queues, self.served, self.paused)
 
 
+def queue_service() -> QueueService:
+    """This app's QueueService."""
+    return current_app.extensions.setdefault("taskq_queue_service", QueueService())
+
+
+def read_queue_service() -> None:
+    """Read what a create's warnings need before it writes: a read that fails (503) then
+    finds nothing stored, and none fails after the create committed."""
+    queue_service().refresh()
+
+
 def create_warnings(queues: list[str]) -> list[str]:
-    """The warnings of a create into ``queues``, from this app's QueueService."""
-    service = current_app.extensions.setdefault("taskq_queue_service", QueueService())
-    return service.warnings(queues)
+    """The warnings of a create into ``queues``, from what ``read_queue_service`` read."""
+    return queue_service().warnings(queues)
 
 
 def ordering_terms(ordering: str | None) -> list[Term]:
@@ -413,6 +426,7 @@ def create_task():
     """
     data = TASK_CREATE_SCHEMA.load(get_json_body())
     key = idempotency_key()
+    read_queue_service()
     with tracing.span("taskq.create", tracing.request_parent(request.headers)) as span:
         params = {
             **task_params(data, current_user_id(), tracing.carrier()),
@@ -542,6 +556,7 @@ def create_tasks_batch():
         raise ApiError(400, "Batch too large.", {"tasks": [f"At most {maximum} tasks."]})
     data = schemas.TaskBatchSchema().load(body)
     user_id = current_user_id()
+    read_queue_service()
     with (
         tracing.span("taskq.create", tracing.request_parent(request.headers), taskq__batch=True),
         get_conn() as conn,
