@@ -26,7 +26,8 @@ def test_not_ready_behind_head(client, database_url):
 
 
 def test_taskq_api_finds_the_head_in_a_child_process(monkeypatch, client):
-    monkeypatch.delenv("TASKQ_MIGRATION_HEAD", raising=False)
+    monkeypatch.setenv("TASKQ_MIGRATION_HEAD", "")  # recorded, so teardown undoes the export
+    monkeypatch.delenv("TASKQ_MIGRATION_HEAD")
     export_migration_head()
     assert os.environ["TASKQ_MIGRATION_HEAD"] == head_revision()
     # The app reads it once, at start-up, like every setting.

@@ -84,11 +84,14 @@ def test_the_metrics_directory_is_shared_private_and_forgets_dead_gauges(monkeyp
 
     from taskq.settings import metrics_dir
 
-    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    # setenv first records the value before the test (a delenv of an unset name records
+    # nothing), so the one metrics_dir sets is undone at teardown, not left to later tests.
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "")
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
     url = "postgresql://u@h/db"
     path = metrics_dir(url)
-    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == path  # monkeypatch restores it
+    assert os.environ["PROMETHEUS_MULTIPROC_DIR"] == path
     assert (os.stat(path).st_mode & 0o777) == 0o700
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
     assert metrics_dir(url) == path  # the same for every process of this database
