@@ -348,6 +348,10 @@ def refresh():
         if not revoke(conn, claims):  # a concurrent refresh with the same token won
             raise ApiError(401, "Token has been revoked.", {"refresh": ["Already used."]})
         user = conn.execute(queries["get_user"], {"user_id": int(claims["sub"])}).fetchone()
+        # The token was checked before the rotation: a password change (or deactivation)
+        # committed since revoked it, and must not be answered with tokens it did not revoke.
+        if credential_revoked(user and {**user, "revoked": False}, claims.get("pv")):
+            raise ApiError(401, "Token has been revoked.", {"refresh": ["Token has been revoked."]})
     get_token_states().forget(int(claims["sub"]))  # this process refuses it at once
     return auth_response(user, "Token refreshed", cookies)
 
@@ -467,6 +471,8 @@ def change_password():
     user = fetch_one("get_user", {"user_id": current_user_id()})
     if user is None:
         raise ApiError(404, "User not found.")
+    if password_version(user["password_changed_at"]) != get_jwt().get("pv"):
+        raise ApiError(401, "Token has been revoked.")  # a change committed since its check
     if not check_password_hash(user["password_hash"], data["old_password"]):
         raise ApiError(400, "Invalid input.", {"old_password": ["Wrong password."]})
     check_password_strength(
@@ -477,8 +483,14 @@ def change_password():
         first_name=user["first_name"],
         last_name=user["last_name"],
     )
-    params = {"user_id": user["id"], "password_hash": hash_password(data["new_password"])}
+    params = {
+        "user_id": user["id"],
+        "password_hash": hash_password(data["new_password"]),
+        "password_changed_at": user["password_changed_at"],
+    }
     user = fetch_one("set_password", params)
+    if user is None:  # another change committed since the check: it revoked this token
+        raise ApiError(401, "Token has been revoked.")
     get_token_states().forget(user["id"])  # this process refuses the older tokens at once
     cookies = get_jwt_request_location() == "cookies"  # a cookie session keeps being one
     return auth_response(user, "Password changed successfully", cookies)

@@ -763,10 +763,14 @@ def reprocess_dead_letter(dead_letter_id: int):
     user_id = current_user_id()
     with get_conn() as conn:
         letter = dead_letter_or_404(conn, dead_letter_id, user_id)
+        # The letter again under its task's row lock, taken first as every writer of the
+        # task's letters takes it (a retry or another reprocess closing it, a failed attempt
+        # adding one): a reprocess that read it open before another one requeued the task,
+        # which then failed again or was cancelled, sees it closed and requeues nothing.
+        conn.execute(queries["lock_task_row"], {"task_id": letter["task_id"]})
+        letter = dead_letter_or_404(conn, dead_letter_id, user_id)
         if letter["reprocessed_at"] is not None:
             raise ApiError(409, f"Dead letter {dead_letter_id} was already reprocessed.")
-        # retry_task re-checks the status under the row lock, so two concurrent
-        # reprocesses (or a retry racing one) requeue the task once.
         params = {"task_id": letter["task_id"], "user_id": user_id, "any_owner": False}
         try:
             row = conn.execute(queries["retry_task"], params).fetchone()

@@ -56,9 +56,11 @@ RETURNING *;
 
 -- name: set_password
 -- Store a new password hash; tokens carrying the old password version stop working.
+-- Only over the password version the old password was checked against: no row back when
+-- another change committed since (it revoked the caller's token, and its password stays).
 UPDATE users
    SET password_hash = %(password_hash)s, password_changed_at = clock_timestamp(),
        updated_at = now()
- WHERE id = %(user_id)s
+ WHERE id = %(user_id)s AND password_changed_at = %(password_changed_at)s
 RETURNING *;
 

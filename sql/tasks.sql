@@ -185,6 +185,12 @@ WITH requeued AS (
 )
 SELECT * FROM requeued;
 
+-- name: lock_task_row
+-- Lock a task row until commit, as any status change of it does (a reprocess reads its dead
+-- letter again under it: retries, failed attempts and deletes change the task's letters
+-- only while holding it).
+SELECT id FROM tasks WHERE id = %(task_id)s FOR NO KEY UPDATE;
+
 -- name: list_dead_letters
 -- A page of the caller's dead letters, newest first, with the task's current status; {after}: a cursor's keyset.
 SELECT d.*, t.status::text AS task_status
