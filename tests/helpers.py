@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,6 +29,7 @@ from psycopg.types.json import Jsonb
 from bench.dashboard_latency import CHROMIUM, CHROMIUM_ARGS
 
 ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "Sturdy-Lamp-42"  # the browser tests' accounts
 API = "/api/v1"
 PGBOUNCER_POOL = 6  # server connections per database of the tests' transaction-mode PgBouncer
 
@@ -359,8 +361,8 @@ def assert_error(response, status: int, *fields: str) -> dict:
     body = response.get_json()
     assert set(body) == {"error", "field_errors"}
     assert isinstance(body["error"], str) and body["error"]
-    for field in fields:
-        assert field in body["field_errors"], body
+    for name in fields:
+        assert name in body["field_errors"], body
     return body
 
 
@@ -431,3 +433,59 @@ def sse_events(response: requests.Response) -> Iterator[dict[str, str]]:
         elif not line.startswith(":"):
             name, _, value = line.partition(":")
             fields[name] = value.removeprefix(" ")
+
+
+# ---------------------------------------------------------------- browser tests
+
+
+@dataclass
+class Console:
+    """A running API (and worker) of a browser test, and a way to reach them around the browser."""
+
+    url: str
+    database_url: str
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def sql(self, statement: str, params=()) -> list[tuple]:
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            cursor = conn.execute(statement, params)
+            return cursor.fetchall() if cursor.description else []
+
+    def status(self, task_id: int) -> str:
+        return self.sql("SELECT status::text FROM tasks WHERE id = %s", (task_id,))[0][0]
+
+    def token(self, username: str) -> str:
+        """A bearer token of ``username`` (one login per user: each costs a password hash)."""
+        if username not in self.tokens:
+            response = requests.post(
+                f"{self.url}/api/v1/auth/login",
+                json={"username": username, "password": PASSWORD},
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+            self.tokens[username] = response.json()["tokens"]["access"]
+        return self.tokens[username]
+
+    def act(self, username: str, task_id: int, action: str) -> None:
+        """POST /tasks/{id}/{action} as ``username``."""
+        requests.post(
+            f"{self.url}/api/v1/tasks/{task_id}/{action}",
+            headers={"Authorization": f"Bearer {self.token(username)}"},
+            timeout=10,
+        ).raise_for_status()
+
+    def post_task(self, username: str, **task) -> requests.Response:
+        """POST /tasks as ``username`` (``task_type`` echo unless given)."""
+        task.setdefault("task_type", "echo")
+        return requests.post(
+            f"{self.url}/api/v1/tasks",
+            json=task,
+            headers={"Authorization": f"Bearer {self.token(username)}"},
+            timeout=10,
+        )
+
+    def create(self, username: str, **task) -> dict:
+        """A task created as ``username``."""
+        response = self.post_task(username, **task)
+        assert response.status_code == 201, response.text
+        return response.json()["task"]

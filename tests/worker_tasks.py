@@ -109,3 +109,27 @@ def fail(payload: dict, ctx: TaskContext) -> None:
 def add_numbers(arg1, arg2, scale=1):
     """Seed 002's task function: positional and keyword arguments, no payload, no ctx."""
     return (arg1 + arg2) * scale
+
+
+class HostileSchema(Schema):
+    message = fields.String(required=True)
+    error = fields.String(required=True)
+    gate = fields.String(required=True)
+
+
+def await_file(path: str, timeout: float = 60.0) -> None:
+    """Return once ``path`` exists (at most ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+@register("hostile", payload=HostileSchema)
+def hostile(payload: dict, ctx: TaskContext) -> None:
+    """Task code a user controls (the console's XSS tests): reports progress with the
+    payload's ``message`` once the file ``<gate>/report`` exists, then raises with its
+    ``error`` once ``<gate>/fail`` exists."""
+    await_file(os.path.join(payload["gate"], "report"))
+    ctx.progress(50, payload["message"])
+    await_file(os.path.join(payload["gate"], "fail"))
+    raise RuntimeError(payload["error"])

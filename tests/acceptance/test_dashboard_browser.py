@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -18,64 +17,15 @@ import pytest
 import requests
 
 from app.auth import create_admin_user
-from tests.helpers import Receiver, api_server, chromium_browser, wait_for
+from tests.helpers import PASSWORD, Console, Receiver, api_server, chromium_browser, wait_for
 from tests.worker_helpers import start_worker, stop_worker
 
 pytestmark = pytest.mark.slow
 
 SECRET = "dashboard-acceptance-secret-0123456789abcdef"
-PASSWORD = "Sturdy-Lamp-42"
 DESKTOP = {"width": 1280, "height": 800}
 STATUS_CARDS = ("Waiting", "Pending", "Processing", "Retrying", "Completed", "Failed", "Cancelled")
 PHONE = {"width": 390, "height": 844}
-
-
-@dataclass
-class Console:
-    """The running API (and worker) and a way to reach them around the browser."""
-
-    url: str
-    database_url: str
-    tokens: dict[str, str] = field(default_factory=dict)
-
-    def sql(self, statement: str, params=()) -> list[tuple]:
-        with psycopg.connect(self.database_url, autocommit=True) as conn:
-            cursor = conn.execute(statement, params)
-            return cursor.fetchall() if cursor.description else []
-
-    def status(self, task_id: int) -> str:
-        return self.sql("SELECT status::text FROM tasks WHERE id = %s", (task_id,))[0][0]
-
-    def token(self, username: str) -> str:
-        """A bearer token of ``username`` (one login per user: each costs a password hash)."""
-        if username not in self.tokens:
-            response = requests.post(
-                f"{self.url}/api/v1/auth/login",
-                json={"username": username, "password": PASSWORD},
-                timeout=10,
-            )
-            assert response.status_code == 200, response.text
-            self.tokens[username] = response.json()["tokens"]["access"]
-        return self.tokens[username]
-
-    def act(self, username: str, task_id: int, action: str) -> None:
-        """POST /tasks/{id}/{action} as ``username``."""
-        requests.post(
-            f"{self.url}/api/v1/tasks/{task_id}/{action}",
-            headers={"Authorization": f"Bearer {self.token(username)}"},
-            timeout=10,
-        ).raise_for_status()
-
-    def create(self, username: str, **task) -> dict:
-        task.setdefault("task_type", "echo")
-        response = requests.post(
-            f"{self.url}/api/v1/tasks",
-            json=task,
-            headers={"Authorization": f"Bearer {self.token(username)}"},
-            timeout=10,
-        )
-        assert response.status_code == 201, response.text
-        return response.json()["task"]
 
 
 @pytest.fixture(scope="module")
