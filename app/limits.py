@@ -198,6 +198,17 @@ def auth_windows(limit: str) -> list[tuple[int, float]]:
     return [(item.amount, float(item.get_expiry())) for item in parse_many(limit)]
 
 
+def forwarded_prefix_is_a_path() -> None:
+    """400 unless X-Forwarded-Prefix (the root path ProxyFix took from it) is empty or a
+    path: it starts every link, and one like ``::1`` would be glued to the host."""
+    if request.script_root and not request.script_root.startswith("/"):
+        raise ApiError(
+            400,
+            "Invalid X-Forwarded-Prefix.",
+            {"X-Forwarded-Prefix": ["Must be a path starting with /."]},
+        )
+
+
 def outside_api() -> bool:
     """Health, metrics and docs are never limited."""
     return not request.path.startswith("/api/")
@@ -210,6 +221,7 @@ def init_app(app: Flask) -> Limiter:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
             app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_port=hops, x_prefix=hops
         )
+        app.before_request(forwarded_prefix_is_a_path)
     redis_url = app.config.get("REDIS_URL")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     app.config.setdefault("RATELIMIT_KEY_PREFIX", "taskq")
