@@ -78,6 +78,11 @@ RETRYABLE = ("FAILED", "CANCELLED")
 # A create meets a key whose task ended or was deleted before it could be read, or a
 # deadlock with a worker finishing a parent: it runs again, this many times at most.
 CREATE_TRIES = 5
+# A batch takes no Idempotency-Key (each task's unique_key makes a resend safe).
+BATCH_IDEMPOTENCY_WARNING = (
+    "Idempotency-Key is not taken by /tasks/batch: give each task a unique_key to make "
+    "sending the batch again safe."
+)
 # Schemas keep no per-load state: one instance spares every create a deep copy of its fields.
 TASK_CREATE_SCHEMA = schemas.TaskCreateSchema()
 
@@ -572,6 +577,8 @@ def create_tasks_batch():
     if existing:
         message += f", {len(existing)} already existed with their unique_key"
     warnings = create_warnings([task["queue"] for task in tasks])
+    if "Idempotency-Key" in request.headers:  # sent by habit or by a client library: say so
+        warnings.append(BATCH_IDEMPOTENCY_WARNING)
     body = {"tasks": tasks, "count": len(tasks), "existing": result.existing, "message": message}
     body["warnings"] = warnings
     return body, 201 if created or not tasks else 200

@@ -141,6 +141,19 @@ def test_keys_whose_holders_keep_ending_get_409_and_store_nothing(client, make_a
     assert client.post(f"{API}/tasks/batch", json=batch, headers=ann.headers).status_code == 201
 
 
+def test_a_batch_says_it_takes_no_idempotency_key(client, make_account, db):
+    ann = make_account("ann")
+    headers = {**ann.headers, "Idempotency-Key": "batch-1"}
+    tasks = [{"title": "1", "task_type": "echo"}]
+    for _ in range(2):  # the key does not make the resend a replay: two tasks
+        answer = client.post(f"{API}/tasks/batch", json=tasks, headers=headers)
+        assert answer.status_code == 201
+        assert any("Idempotency-Key is not taken" in w for w in answer.get_json()["warnings"])
+    assert count_tasks(db) == 2
+    answer = client.post(f"{API}/tasks/batch", json=tasks, headers=ann.headers)
+    assert not any("Idempotency-Key" in w for w in answer.get_json()["warnings"])
+
+
 # ------------------------------------------------------------------ dependencies
 
 
