@@ -9,10 +9,12 @@ are never followed: a 3xx is returned as it is.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -176,18 +178,47 @@ def fetch(
     allow_private: bool = False,
 ) -> Response:
     """One HTTP request through the guard (``allow_private``: TASKQ_ALLOW_PRIVATE_URLS);
-    redirects are returned, not followed."""
+    redirects are returned, not followed. ``timeout`` bounds the whole call (TimeoutError)."""
     scheme, host, port = split_url(url)
     parts = urlsplit(url)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
     conn = cls(host, port, timeout=timeout)
-    conn._create_connection = guarded_connection(allow_private)  # type: ignore[attr-defined]
+    connect = guarded_connection(allow_private)
+    opened: list[socket.socket] = []  # the response may outlive conn.sock (Connection: close)
+
+    def create_connection(*args, **kwargs):
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    conn._create_connection = create_connection  # type: ignore[attr-defined]
     started = time.perf_counter()
+    # ``timeout`` bounds each socket operation; a server dripping a byte just in time
+    # would stretch the whole call without end, so at ``timeout`` the socket is shut.
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        for sock in opened:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    deadline = threading.Timer(timeout, expire)
+    deadline.daemon = True
+    deadline.start()
     try:
-        conn.request(method.upper(), target, body=body, headers=headers or {})
-        reply = conn.getresponse()
-        data = reply.read(MAX_BODY_BYTES)
+        try:
+            conn.request(method.upper(), target, body=body, headers=headers or {})
+            if conn.sock is not None:  # over https, the TLS socket that replaced the raw one
+                opened.append(conn.sock)
+            reply = conn.getresponse()
+            data = reply.read(MAX_BODY_BYTES)
+        except (OSError, http.client.HTTPException):
+            if expired.is_set():
+                raise TimeoutError(f"no complete answer within {timeout:g}s") from None
+            raise
+        if expired.is_set():  # a body read to EOF ends quietly when the socket is shut
+            raise TimeoutError(f"no complete answer within {timeout:g}s")
         return Response(
             status=reply.status,
             headers={k: v for k, v in reply.getheaders()},
@@ -195,4 +226,5 @@ def fetch(
             elapsed_ms=(time.perf_counter() - started) * 1000,
         )
     finally:
+        deadline.cancel()
         conn.close()

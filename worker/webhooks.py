@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import time
 from datetime import UTC, datetime
@@ -152,7 +153,7 @@ def send(delivery: dict[str, Any], settings: TaskSettings) -> tuple[int | None, 
         )
     except UnsafeURLError as exc:
         return None, (time.perf_counter() - started) * 1000, f"refused: {exc}"
-    except (OSError, ValueError) as exc:  # connection refused, timeout, bad response
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timeout, not HTTP
         return None, (time.perf_counter() - started) * 1000, f"{type(exc).__name__}: {exc}"
     error = None if 200 <= reply.status < 300 else f"HTTP {reply.status}"
     return reply.status, reply.elapsed_ms, error
