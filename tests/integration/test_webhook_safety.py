@@ -18,7 +18,7 @@ from app.schemas import TaskCreateSchema
 from taskq import TaskSettings
 from taskq.fields import outbound_policy
 from tests.helpers import Receiver
-from tests.integration.test_webhooks import delivery_for, insert_task, sender_context
+from tests.webhook_helpers import delivery_for, insert_task, sender_context
 from worker.webhooks import WebhookDeliveryError, deliver_webhook
 
 UNSET = TaskSettings()  # the worker's defaults: TASKQ_ALLOW_PRIVATE_URLS unset
