@@ -189,38 +189,31 @@ DRIP_BYTES = 40  # 4 s of dripping: well past the timeout, short enough to wait 
 QUICK = TaskSettings(allow_private_urls=True, webhook_timeout=TIMEOUT)
 
 
-def drip_headers(conn: socket.socket, stop: threading.Event) -> bool:
-    """A status line and endless headers, one byte every 0.1 s (each read in time); True
+def drip(conn: socket.socket, stop: threading.Event, head: bytes, byte: bytes) -> bool:
+    """``head``, then ``byte`` every 0.1 s (each read in time) ``DRIP_BYTES`` times; True
     when it sent them all (the client waited for the whole drip)."""
-    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    conn.sendall(head)
     for _ in range(DRIP_BYTES):
         if stop.is_set():
-            return
-        conn.sendall(b"X")
+            return False
+        conn.sendall(byte)
         time.sleep(0.1)
     return True
+
+
+def drip_headers(conn: socket.socket, stop: threading.Event) -> bool:
+    """A status line and endless headers."""
+    return drip(conn, stop, b"HTTP/1.1 200 OK\r\n", b"X")
 
 
 def drip_body(conn: socket.socket, stop: threading.Event) -> bool:
-    """A 200 with a long body, one byte every 0.1 s."""
-    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
-    for _ in range(DRIP_BYTES):
-        if stop.is_set():
-            return
-        conn.sendall(b"x")
-        time.sleep(0.1)
-    return True
+    """A 200 with a long body."""
+    return drip(conn, stop, b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n", b"x")
 
 
 def drip_unframed_body(conn: socket.socket, stop: threading.Event) -> bool:
-    """A 200 with no length (read to EOF), one byte every 0.1 s."""
-    conn.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
-    for _ in range(DRIP_BYTES):
-        if stop.is_set():
-            return
-        conn.sendall(b"x")
-        time.sleep(0.1)
-    return True
+    """A 200 with no length (read to EOF)."""
+    return drip(conn, stop, b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", b"x")
 
 
 def silent(conn: socket.socket, stop: threading.Event) -> None:
